@@ -1,0 +1,67 @@
+//! The library's error type. Every error a user can cause names the file or
+//! setting involved and says what to do about it.
+
+use std::path::PathBuf;
+
+/// Result with the library's [`Error`].
+pub type Result<T, E = Error> = std::result::Result<T, E>;
+
+#[derive(Debug, thiserror::Error)]
+pub enum Error {
+    /// A file or folder could not be read or written.
+    #[error("{action} {}: {source}", path.display())]
+    Io {
+        action: &'static str,
+        path: PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
+
+    /// The input data (a data folder, a manifest, a photo) is not usable as it is.
+    #[error("{}: {problem}\n  hint: {hint}", path.display())]
+    Data {
+        path: PathBuf,
+        problem: String,
+        hint: String,
+    },
+
+    /// A command-line setting or configuration value is out of range.
+    #[error("invalid {setting}: {problem}")]
+    Setting { setting: &'static str, problem: String },
+
+    /// A JSON file of ours (manifest, report, config) could not be parsed.
+    #[error("{} is not a valid {what}: {source}\n  hint: it may be from another tool or damaged; create it again", path.display())]
+    Json {
+        what: &'static str,
+        path: PathBuf,
+        #[source]
+        source: serde_json::Error,
+    },
+}
+
+impl Error {
+    /// An I/O error with the path and the action that failed.
+    pub fn io(action: &'static str, path: impl Into<PathBuf>, source: std::io::Error) -> Self {
+        Error::Io {
+            action,
+            path: path.into(),
+            source,
+        }
+    }
+
+    /// A problem with input data, with a hint on what to do.
+    pub fn data(path: impl Into<PathBuf>, problem: impl Into<String>, hint: impl Into<String>) -> Self {
+        Error::Data {
+            path: path.into(),
+            problem: problem.into(),
+            hint: hint.into(),
+        }
+    }
+
+    pub fn setting(setting: &'static str, problem: impl Into<String>) -> Self {
+        Error::Setting {
+            setting,
+            problem: problem.into(),
+        }
+    }
+}

@@ -1,0 +1,134 @@
+//! File plumbing shared by every stage: atomic writes (a reader or a crash
+//! never sees half a file) and content hashing.
+
+use std::fs::{self, File};
+use std::io::{self, Read, Write};
+use std::path::{Path, PathBuf};
+
+use serde::Serialize;
+use serde::de::DeserializeOwned;
+use sha2::{Digest, Sha256};
+
+use crate::error::{Error, Result};
+
+/// Writes `bytes` to `path` atomically: a temporary file in the same folder,
+/// flushed to disk, then renamed over the target. A crash leaves either the
+/// old file or the new one, never a torn one.
+pub fn write_atomic(path: &Path, bytes: &[u8]) -> Result<()> {
+    write_atomic_with(path, |file| file.write_all(bytes))
+}
+
+/// Like [`write_atomic`], with the content produced by `fill` (for large files).
+pub fn write_atomic_with(path: &Path, fill: impl FnOnce(&mut File) -> io::Result<()>) -> Result<()> {
+    let dir = parent_dir(path);
+    fs::create_dir_all(&dir).map_err(|e| Error::io("cannot create folder", &dir, e))?;
+    let tmp = temp_sibling(path);
+    let result = (|| {
+        let mut file = File::create(&tmp)?;
+        fill(&mut file)?;
+        file.sync_all()?;
+        drop(file);
+        fs::rename(&tmp, path)?;
+        // The rename is durable only once the folder entry is on disk.
+        if let Ok(d) = File::open(&dir) {
+            let _ = d.sync_all();
+        }
+        Ok(())
+    })();
+    result.map_err(|e| {
+        let _ = fs::remove_file(&tmp);
+        Error::io("cannot write", path, e)
+    })
+}
+
+/// Serialises `value` as pretty JSON and writes it atomically.
+pub fn write_json<T: Serialize + ?Sized>(path: &Path, value: &T) -> Result<()> {
+    let mut bytes = serde_json::to_vec_pretty(value).expect("our types always serialise");
+    bytes.push(b'\n');
+    write_atomic(path, &bytes)
+}
+
+/// Reads a JSON file written by [`write_json`]; `what` names it in errors.
+pub fn read_json<T: DeserializeOwned>(path: &Path, what: &'static str) -> Result<T> {
+    let bytes = fs::read(path).map_err(|e| Error::io("cannot read", path, e))?;
+    serde_json::from_slice(&bytes).map_err(|source| Error::Json {
+        what,
+        path: path.to_owned(),
+        source,
+    })
+}
+
+/// The temporary name used while writing `path`: hidden, and unique per process
+/// and thread so that concurrent writers never share one.
+pub fn temp_sibling(path: &Path) -> PathBuf {
+    let name = path.file_name().map(|n| n.to_string_lossy()).unwrap_or_default();
+    let tid = format!("{:?}", std::thread::current().id());
+    let tid: String = tid.chars().filter(char::is_ascii_digit).collect();
+    parent_dir(path).join(format!(".{name}.{}.{tid}.tmp", std::process::id()))
+}
+
+fn parent_dir(path: &Path) -> PathBuf {
+    match path.parent() {
+        Some(p) if !p.as_os_str().is_empty() => p.to_owned(),
+        _ => PathBuf::from("."),
+    }
+}
+
+/// SHA-256 of a byte slice, as lower-case hex.
+pub fn sha256_hex(bytes: &[u8]) -> String {
+    hex(&Sha256::digest(bytes))
+}
+
+/// SHA-256 of a file's content, streamed (weight files are tens of MB).
+pub fn sha256_file(path: &Path) -> Result<String> {
+    let mut file = File::open(path).map_err(|e| Error::io("cannot open", path, e))?;
+    let mut hasher = Sha256::new();
+    let mut buf = vec![0u8; 1 << 20];
+    loop {
+        let n = file.read(&mut buf).map_err(|e| Error::io("cannot read", path, e))?;
+        if n == 0 {
+            break;
+        }
+        hasher.update(&buf[..n]);
+    }
+    Ok(hex(&hasher.finalize()))
+}
+
+fn hex(bytes: &[u8]) -> String {
+    bytes.iter().map(|b| format!("{b:02x}")).collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn atomic_write_replaces_and_leaves_no_temp_file() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("sub/report.json");
+        write_atomic(&path, b"old").unwrap();
+        write_atomic(&path, b"new").unwrap();
+        assert_eq!(fs::read(&path).unwrap(), b"new");
+        let names: Vec<_> = fs::read_dir(path.parent().unwrap()).unwrap().map(|e| e.unwrap().file_name()).collect();
+        assert_eq!(names, vec![std::ffi::OsString::from("report.json")]);
+    }
+
+    #[test]
+    fn failed_fill_keeps_old_file_and_removes_temp() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("m.json");
+        write_atomic(&path, b"old").unwrap();
+        let err = write_atomic_with(&path, |f| {
+            f.write_all(b"half")?;
+            Err(io::Error::other("disk full"))
+        });
+        assert!(err.unwrap_err().to_string().contains("m.json"));
+        assert_eq!(fs::read(&path).unwrap(), b"old");
+        assert_eq!(fs::read_dir(dir.path()).unwrap().count(), 1);
+    }
+
+    #[test]
+    fn sha256_matches_known_vector() {
+        assert_eq!(sha256_hex(b"abc"), "ba7816bf8f01cfea414140de5dae2223b00361a396177a9cb410ff61f20015ad");
+    }
+}

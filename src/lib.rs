@@ -1,0 +1,18 @@
+//! catdog: a folder of photos in, a trained and explained cat-vs-dog classifier out.
+//!
+//! The modules follow the pipeline, and data flows one way through them:
+//!
+//! | stage          | module          | owns                                                     |
+//! |----------------|-----------------|----------------------------------------------------------|
+//! | loading        | [`data::scan`]  | finding photos in a folder, the two layouts, labels       |
+//! | cleaning       | [`data::clean`] | decoding every file, usable / rejected / ignored, quarantine |
+//! | splitting      | [`data::split`] | stratified, seeded train/val/test split, the [`data::Manifest`] |
+//! | preprocessing  | [`preprocess`]  | decode + torchvision's eval transform, augmentation       |
+//! | batching       | [`loader`]      | parallel, prefetched, shuffled batches from a manifest    |
+//!
+//! Shared plumbing: [`error`] (the library's error type) and [`fsio`] (atomic writes, hashing).
+
+pub mod error;
+pub mod fsio;
+
+pub use error::{Error, Result};
