@@ -27,7 +27,10 @@ pub enum Error {
 
     /// A command-line setting or configuration value is out of range.
     #[error("invalid {setting}: {problem}")]
-    Setting { setting: &'static str, problem: String },
+    Setting {
+        setting: &'static str,
+        problem: String,
+    },
 
     /// A JSON file of ours (manifest, report, config) could not be parsed.
     #[error("{} is not a valid {what}: {source}\n  hint: it may be from another tool or damaged; create it again", path.display())]
@@ -50,7 +53,11 @@ impl Error {
     }
 
     /// A problem with input data, with a hint on what to do.
-    pub fn data(path: impl Into<PathBuf>, problem: impl Into<String>, hint: impl Into<String>) -> Self {
+    pub fn data(
+        path: impl Into<PathBuf>,
+        problem: impl Into<String>,
+        hint: impl Into<String>,
+    ) -> Self {
         Error::Data {
             path: path.into(),
             problem: problem.into(),
