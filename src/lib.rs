@@ -12,6 +12,7 @@
 //!
 //! Shared plumbing: [`error`] (the library's error type) and [`fsio`] (atomic writes, hashing).
 
+pub mod bench;
 pub mod data;
 pub mod demo;
 pub mod error;

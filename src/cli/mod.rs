@@ -1,6 +1,7 @@
 //! Subcommands. Each file holds one group of commands and only turns
 //! arguments into library calls and results into text.
 
+mod bench;
 mod data;
 mod demo;
 
@@ -27,6 +28,8 @@ enum Command {
     Clean(data::CleanArgs),
     /// Clean, then split into train/val/test and write the manifest
     Split(data::SplitArgs),
+    /// Measure throughput, beside PyTorch's when --python is given
+    Bench(bench::BenchArgs),
 }
 
 pub fn main() -> ExitCode {
@@ -35,6 +38,7 @@ pub fn main() -> ExitCode {
         Command::Demo(args) => demo::run(args),
         Command::Clean(args) => data::clean(args),
         Command::Split(args) => data::split(args),
+        Command::Bench(args) => bench::run(args),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,
