@@ -9,10 +9,12 @@
 //! | splitting      | [`data::split`] | stratified, seeded train/val/test split, the [`data::Manifest`] |
 //! | preprocessing  | [`preprocess`]  | decode + torchvision's eval transform, augmentation       |
 //! | batching       | [`loader`]      | parallel, prefetched, shuffled batches from a manifest    |
+//! | evaluation     | [`evaluate`]    | accuracy, loss, confusion matrix, per-class scores, ROC AUC |
 //!
 //! Shared plumbing: [`error`] (the library's error type) and [`fsio`] (atomic writes, hashing).
 
 pub mod error;
+pub mod evaluate;
 pub mod fsio;
 
 pub use error::{Error, Result};
