@@ -10,11 +10,13 @@
 //! | preprocessing  | [`preprocess`]  | decode + torchvision's eval transform, augmentation       |
 //! | batching       | [`loader`]      | parallel, prefetched, shuffled batches from a manifest    |
 //! | evaluation     | [`evaluate`]    | accuracy, loss, confusion matrix, per-class scores, ROC AUC |
+//! | reporting      | [`report`]      | curves, confusion, photo grids, Grad-CAM, `index.html`    |
 //!
 //! Shared plumbing: [`error`] (the library's error type) and [`fsio`] (atomic writes, hashing).
 
 pub mod error;
 pub mod evaluate;
 pub mod fsio;
+pub mod report;
 
 pub use error::{Error, Result};
