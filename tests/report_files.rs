@@ -229,7 +229,7 @@ fn page_shows_only_the_pictures_beside_it() {
 #[test]
 fn edge_cases_still_draw() {
     let (dir, _keep) = out_dir("edge-cases");
-    // One epoch; many epochs near 100 %; an empty grid; one photo; three classes, one with a long
+    // One epoch; many epochs near 100 %; a diverged run; an empty grid; one photo; three classes, one with a long
     // name, one never predicted.
     report::write_curves(&dir.join("one-epoch.png"), &history()[..1]).unwrap();
     let long_run: Vec<EpochRecord> = (1..=40)
@@ -247,6 +247,10 @@ fn edge_cases_still_draw() {
         })
         .collect();
     report::write_curves(&dir.join("long-run.png"), &long_run).unwrap();
+    let mut diverged = history();
+    diverged[5].train_loss = f64::INFINITY;
+    (diverged[6].train_loss, diverged[6].val_loss) = (f64::NAN, f64::NAN);
+    report::write_curves(&dir.join("diverged.png"), &diverged).unwrap();
     report::write_grid(
         &dir.join("empty.png"),
         "Top losses: the most confidently wrong",
@@ -269,6 +273,7 @@ fn edge_cases_still_draw() {
     for name in [
         "one-epoch.png",
         "long-run.png",
+        "diverged.png",
         "empty.png",
         "one.png",
         "three-classes.png",

@@ -18,7 +18,8 @@ const HEIGHT: u32 = 520;
 const TITLE: u32 = 56;
 
 /// Writes two panels side by side, loss and accuracy per epoch, each with a
-/// training and a validation line. `history` is in epoch order.
+/// training and a validation line. `history` is in epoch order; values that
+/// are not finite (a diverged run) are skipped.
 pub fn write_curves(path: &Path, history: &[EpochRecord]) -> Result<()> {
     draw_png(path, WIDTH, HEIGHT, |canvas| {
         let (top, body) = canvas.split_vertically(TITLE);
@@ -34,6 +35,7 @@ pub fn write_curves(path: &Path, history: &[EpochRecord]) -> Result<()> {
         let highest_loss = history
             .iter()
             .flat_map(|r| [r.train_loss, r.val_loss])
+            .filter(|v| v.is_finite())
             .fold(0.0, f64::max);
         let loss_top = if highest_loss > 0.0 {
             highest_loss * 1.1
@@ -56,6 +58,7 @@ pub fn write_curves(path: &Path, history: &[EpochRecord]) -> Result<()> {
         let lowest = history
             .iter()
             .flat_map(|r| [r.train_acc, r.val_acc])
+            .filter(|v| v.is_finite())
             .fold(1.0, f64::min);
         let bottom = ((lowest - 0.02) * 10.0).floor().clamp(0.0, 9.0) / 10.0;
         let accuracy = |r: &EpochRecord| [r.train_acc, r.val_acc];
@@ -132,7 +135,11 @@ fn panel(
     // Markers show single epochs, until there are so many that they blur the line.
     let marker = if history.len() <= 20 { 4 } else { 0 };
     for (i, (_, colour)) in SERIES.into_iter().enumerate() {
-        let points = history.iter().map(|r| (r.epoch, value(r)[i]));
+        // A diverged run's NaN or infinite losses are left out, not drawn off the chart.
+        let points = history
+            .iter()
+            .map(|r| (r.epoch, value(r)[i]))
+            .filter(|(_, v)| v.is_finite());
         chart.draw_series(LineSeries::new(points, colour.stroke_width(3)).point_size(marker))?;
     }
     draw_legend(&chart.plotting_area().strip_coord_spec(), legend)
@@ -144,14 +151,14 @@ fn draw_legend(plot: &Canvas, corner: Legend) -> Drawn {
     const PAD: i32 = 12;
     const ROW: i32 = 24;
     const SWATCH: i32 = 24;
-    let text_width = SERIES
+    let widest = SERIES
         .iter()
         .map(|(name, _)| text_width(name, 15.0, false))
         .max()
         .unwrap_or(0) as i32;
     let size = (
-        PAD + SWATCH + 8 + text_width + PAD,
-        PAD + ROW * SERIES.len() as i32 + PAD / 2,
+        PAD + SWATCH + 8 + widest + PAD,
+        ROW * SERIES.len() as i32 + PAD,
     );
     let (width, height) = plot.dim_in_pixel();
     let x = width as i32 - size.0 - PAD;
@@ -168,7 +175,7 @@ fn draw_legend(plot: &Canvas, corner: Legend) -> Drawn {
         GRID.stroke_width(1),
     ))?;
     for (row, (name, colour)) in (0..).zip(SERIES) {
-        let middle = y + PAD + ROW * row + ROW / 2 - 4;
+        let middle = y + PAD / 2 + ROW * row + ROW / 2;
         plot.draw(&PathElement::new(
             [(x + PAD, middle), (x + PAD + SWATCH, middle)],
             colour.stroke_width(3),
