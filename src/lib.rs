@@ -9,6 +9,8 @@
 //! | splitting      | [`data::split`] | stratified, seeded train/val/test split, the [`data::Manifest`] |
 //! | preprocessing  | [`preprocess`]  | decode + torchvision's eval transform, augmentation       |
 //! | batching       | [`loader`]      | parallel, prefetched, shuffled batches from a manifest    |
+//! | evaluation     | [`evaluate`]    | accuracy, loss, confusion matrix, per-class scores, ROC AUC |
+//! | reporting      | [`report`]      | curves, confusion, photo grids, Grad-CAM, `index.html`    |
 //!
 //! Shared plumbing: [`error`] (the library's error type) and [`fsio`] (atomic writes, hashing).
 
@@ -16,9 +18,11 @@ pub mod bench;
 pub mod data;
 pub mod demo;
 pub mod error;
+pub mod evaluate;
 pub mod fsio;
 pub mod loader;
 pub mod preprocess;
 pub mod progress;
+pub mod report;
 
 pub use error::{Error, Result};

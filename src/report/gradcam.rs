@@ -1,0 +1,197 @@
+//! Grad-CAM (Selvaraju et al., 2017): which parts of a photo pushed the model
+//! towards a class. The model code supplies the activations of the last
+//! convolutional block and the gradients of the class score with respect to
+//! them; this turns them into a heat map and lays it over the photo.
+
+use image::{Rgb, RgbImage};
+
+/// How much of the heat map's colour goes into each pixel of the overlay:
+/// enough to read the map, little enough to still see the photo under it.
+const ALPHA: f32 = 0.45;
+
+/// The Grad-CAM map (`h` x `w`, row-major) from `activations` and `gradients`,
+/// both `c` x `h` x `w`. Each channel is weighted by the spatial mean of its
+/// gradient (how much the class score rises with it), the weighted channels
+/// are summed, negative values are cut (only evidence *for* the class is
+/// shown), and the result is stretched to [0, 1] so that every map uses the
+/// whole colour scale. A map without contrast comes back all 0.
+///
+/// # Panics
+/// If a slice's length is not `c * h * w`, or the map is empty.
+pub fn gradcam_map(
+    activations: &[f32],
+    gradients: &[f32],
+    c: usize,
+    h: usize,
+    w: usize,
+) -> Vec<f32> {
+    let plane = h * w;
+    assert!(plane > 0, "a Grad-CAM map needs at least one pixel");
+    assert_eq!(
+        activations.len(),
+        c * plane,
+        "activations must be c x h x w"
+    );
+    assert_eq!(gradients.len(), c * plane, "gradients must be c x h x w");
+    let mut map = vec![0.0f32; plane];
+    for (acts, grads) in activations
+        .chunks_exact(plane)
+        .zip(gradients.chunks_exact(plane))
+    {
+        let weight = grads.iter().sum::<f32>() / plane as f32;
+        for (m, a) in map.iter_mut().zip(acts) {
+            *m += weight * a;
+        }
+    }
+    map.iter_mut().for_each(|m| *m = m.max(0.0));
+    let lo = map.iter().copied().fold(f32::INFINITY, f32::min);
+    let range = map.iter().copied().fold(f32::NEG_INFINITY, f32::max) - lo;
+    map.iter_mut()
+        .for_each(|m| *m = if range > 0.0 { (*m - lo) / range } else { 0.0 });
+    map
+}
+
+/// `photo` with `map` (`h` x `w`, values in [0, 1]) laid over it: the map is
+/// stretched to the photo's size by bilinear interpolation, coloured with the
+/// Turbo colour map (blue for 0 through green and yellow to red for 1), and
+/// blended in at 45 %.
+///
+/// # Panics
+/// If `map` does not have `h * w` values, or is empty.
+pub fn overlay(photo: &RgbImage, map: &[f32], h: usize, w: usize) -> RgbImage {
+    assert!(
+        h * w > 0 && map.len() == h * w,
+        "the map must be h x w and not empty"
+    );
+    let (width, height) = photo.dimensions();
+    // Pixel centres line up (PyTorch's align_corners=false): photo pixel x sits
+    // at map column (x + 0.5) * w / width - 0.5.
+    let source = |i: u32, photo_len: u32, map_len: usize| {
+        (i as f32 + 0.5) * map_len as f32 / photo_len as f32 - 0.5
+    };
+    RgbImage::from_fn(width, height, |x, y| {
+        let heat = turbo(bilinear(
+            map,
+            h,
+            w,
+            source(y, height, h),
+            source(x, width, w),
+        ));
+        let pixel = photo.get_pixel(x, y);
+        Rgb(std::array::from_fn(|i| {
+            ((1.0 - ALPHA) * pixel[i] as f32 + ALPHA * heat[i] as f32).round() as u8
+        }))
+    })
+}
+
+/// `map` (`h` x `w`) at fractional row `y` and column `x`, clamped to the edges.
+fn bilinear(map: &[f32], h: usize, w: usize, y: f32, x: f32) -> f32 {
+    let y = y.clamp(0.0, (h - 1) as f32);
+    let x = x.clamp(0.0, (w - 1) as f32);
+    let (y0, x0) = (y.floor() as usize, x.floor() as usize);
+    let (y1, x1) = ((y0 + 1).min(h - 1), (x0 + 1).min(w - 1));
+    let (fy, fx) = (y - y0 as f32, x - x0 as f32);
+    let row = |r: usize| map[r * w + x0] * (1.0 - fx) + map[r * w + x1] * fx;
+    row(y0) * (1.0 - fy) + row(y1) * fy
+}
+
+/// Google's Turbo colour map (Anton Mikhailov, 2019), by Ruofei Du's published
+/// polynomial approximation: like jet, but with a smooth, perceptually ordered lightness.
+pub(crate) fn turbo(t: f32) -> [u8; 3] {
+    // Coefficients of 1, t, t², … t⁵ for each channel, one row each as published.
+    #[rustfmt::skip]
+    const RED: [f64; 6] = [0.13572138, 4.61539260, -42.66032258, 132.13108234, -152.94239396, 59.28637943];
+    #[rustfmt::skip]
+    const GREEN: [f64; 6] = [0.09140261, 2.19418839, 4.84296658, -14.18503333, 4.27729857, 2.82956604];
+    #[rustfmt::skip]
+    const BLUE: [f64; 6] = [0.10667330, 12.64194608, -60.58204836, 110.36276771, -89.90310912, 27.34824973];
+    let t = f64::from(t.clamp(0.0, 1.0));
+    let channel = |k: &[f64; 6]| {
+        let value = k.iter().rev().fold(0.0, |acc, &c| acc * t + c);
+        (value.clamp(0.0, 1.0) * 255.0).round() as u8
+    };
+    [channel(&RED), channel(&GREEN), channel(&BLUE)]
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn map_weights_channels_by_mean_gradient_and_cuts_negatives() {
+        // 2 channels of 1 x 3. Mean gradients: 1 and -0.5.
+        let activations = [1.0, 2.0, 3.0, 4.0, 0.0, 2.0];
+        let gradients = [1.0, 1.0, 1.0, -0.5, -0.5, -0.5];
+        // 1*[1 2 3] - 0.5*[4 0 2] = [-1 2 2] → ReLU [0 2 2] → [0 1 1].
+        assert_eq!(
+            gradcam_map(&activations, &gradients, 2, 1, 3),
+            vec![0.0, 1.0, 1.0]
+        );
+    }
+
+    #[test]
+    fn map_has_the_right_shape_and_range_and_is_not_flat() {
+        // Three channels, each a bump at its own place; the class score rises
+        // with the first two and falls with the third.
+        let (c, h, w) = (3, 7, 5);
+        let centres = [(1.0, 1.0), (5.0, 3.0), (3.0, 2.0)];
+        let mut activations = Vec::new();
+        for (cy, cx) in centres {
+            for y in 0..h {
+                for x in 0..w {
+                    let d2: f32 = (y as f32 - cy).powi(2) + (x as f32 - cx).powi(2);
+                    activations.push((-d2 / 2.0).exp());
+                }
+            }
+        }
+        let gradients: Vec<f32> = [1.0, 0.5, -1.0]
+            .iter()
+            .flat_map(|&g| vec![g; h * w])
+            .collect();
+        let map = gradcam_map(&activations, &gradients, c, h, w);
+        assert_eq!(map.len(), h * w);
+        assert!(map.iter().all(|v| (0.0..=1.0).contains(v)), "{map:?}");
+        assert_eq!(map.iter().copied().fold(0.0, f32::max), 1.0);
+        assert_eq!(map[w + 1], 1.0, "the strongest bump is the hottest pixel");
+        assert_eq!(
+            map[2 * w + 3],
+            0.0,
+            "the negative channel's bump is cut: {map:?}"
+        );
+    }
+
+    #[test]
+    fn map_without_contrast_is_zero() {
+        assert_eq!(gradcam_map(&[1.0; 4], &[-1.0; 4], 1, 2, 2), vec![0.0; 4]);
+        assert_eq!(gradcam_map(&[1.0; 4], &[1.0; 4], 1, 2, 2), vec![0.0; 4]);
+    }
+
+    #[test]
+    fn bilinear_interpolates_between_pixel_centres() {
+        let map = [0.0, 1.0, 2.0, 3.0]; // 2 x 2
+        assert_eq!(bilinear(&map, 2, 2, 0.5, 0.5), 1.5);
+        assert_eq!(bilinear(&map, 2, 2, 0.0, 0.25), 0.25);
+        assert_eq!(bilinear(&map, 2, 2, -3.0, 9.0), 1.0);
+    }
+
+    #[test]
+    fn overlay_keeps_the_photo_size_and_colours_hot_regions_red() {
+        let photo = RgbImage::from_pixel(40, 20, Rgb([128, 128, 128]));
+        // Hot on the right, cool on the left.
+        let out = overlay(&photo, &[0.2, 0.95], 1, 2);
+        assert_eq!(out.dimensions(), (40, 20));
+        let (left, right) = (out.get_pixel(0, 10), out.get_pixel(39, 10));
+        assert!(left[2] > left[0], "cold is blue: {left:?}");
+        assert!(right[0] > right[2], "hot is red: {right:?}");
+    }
+
+    #[test]
+    fn turbo_runs_from_dark_blue_to_dark_red() {
+        let [r, g, b] = turbo(0.15);
+        assert!(b > r && b > g, "{:?}", (r, g, b));
+        let [r, g, b] = turbo(0.5);
+        assert!(g > r && g > b, "{:?}", (r, g, b));
+        let [r, g, b] = turbo(0.95);
+        assert!(r > g && r > b, "{:?}", (r, g, b));
+    }
+}

@@ -1,0 +1,44 @@
+//! The run's report, in `RUN/report/`: pictures of training and evaluation
+//! and one offline `index.html` that shows them with the metrics and settings.
+//!
+//! Every function here takes plain numbers and images, so that the training
+//! and evaluation code can call it whatever framework computed them, and
+//! writes one file atomically. Write the pictures first and [`write_index`]
+//! last: the page shows the pictures it finds beside it.
+
+mod confusion;
+mod curves;
+mod draw;
+mod gradcam;
+mod grid;
+mod html;
+mod text;
+
+use serde::{Deserialize, Serialize};
+
+pub use confusion::write_confusion;
+pub use curves::write_curves;
+pub use gradcam::{gradcam_map, overlay};
+pub use grid::{Tile, write_grid};
+pub use html::write_index;
+
+/// The report's files, by the names `index.html` refers to them.
+pub const CURVES: &str = "curves.png";
+pub const CONFUSION: &str = "confusion.png";
+pub const PREDICTIONS: &str = "predictions.png";
+pub const TOP_LOSSES: &str = "top-losses.png";
+pub const GRADCAM: &str = "gradcam.png";
+pub const INDEX: &str = "index.html";
+
+/// One epoch of training, as the training loop records it and
+/// [`write_curves`] plots it. Accuracies are shares in [0, 1].
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct EpochRecord {
+    pub epoch: usize,
+    pub train_loss: f64,
+    pub train_acc: f64,
+    pub val_loss: f64,
+    pub val_acc: f64,
+    /// Wall-clock time the epoch took, training and validation.
+    pub seconds: f64,
+}
