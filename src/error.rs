@@ -29,6 +29,14 @@ pub enum Error {
     #[error("invalid {setting}: {problem}")]
     Setting { setting: &'static str, problem: String },
 
+    /// A weight file or model checkpoint cannot be used, or could not be fetched.
+    #[error("{}: {problem}\n  hint: {hint}", path.display())]
+    Weights {
+        path: PathBuf,
+        problem: String,
+        hint: String,
+    },
+
     /// A JSON file of ours (manifest, report, config) could not be parsed.
     #[error("{} is not a valid {what}: {source}\n  hint: it may be from another tool or damaged; create it again", path.display())]
     Json {
@@ -52,6 +60,15 @@ impl Error {
     /// A problem with input data, with a hint on what to do.
     pub fn data(path: impl Into<PathBuf>, problem: impl Into<String>, hint: impl Into<String>) -> Self {
         Error::Data {
+            path: path.into(),
+            problem: problem.into(),
+            hint: hint.into(),
+        }
+    }
+
+    /// A problem with a weight file or checkpoint, with a hint on what to do.
+    pub fn weights(path: impl Into<PathBuf>, problem: impl Into<String>, hint: impl Into<String>) -> Self {
+        Error::Weights {
             path: path.into(),
             problem: problem.into(),
             hint: hint.into(),

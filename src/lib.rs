@@ -10,9 +10,12 @@
 //! | preprocessing  | [`preprocess`]  | decode + torchvision's eval transform, augmentation       |
 //! | batching       | [`loader`]      | parallel, prefetched, shuffled batches from a manifest    |
 //!
+//! The network, its weight files and checkpoints live in [`model`].
+//!
 //! Shared plumbing: [`error`] (the library's error type) and [`fsio`] (atomic writes, hashing).
 
 pub mod error;
 pub mod fsio;
+pub mod model;
 
 pub use error::{Error, Result};

@@ -1,0 +1,12 @@
+//! The network: torchvision's ResNet-18 in burn, its weight files and catdog's checkpoints.
+//!
+//! - [`ResNet18`]: the model, parameter for parameter torchvision's `resnet18`, so its weight
+//!   files load by name; forward, pooled features, replaceable head, frozen backbone.
+//! - [`imagenet_classes`]: the 1000 ImageNet class names.
+
+mod batch_norm;
+pub mod imagenet_classes;
+mod resnet;
+
+pub use batch_norm::BatchNorm2d;
+pub use resnet::{BasicBlock, FEATURES, ResNet18};
