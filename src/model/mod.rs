@@ -5,9 +5,11 @@
 //! - [`weights`]: where the ImageNet weights live (`--weights auto|PATH|none`) and loading
 //!   `.pth` / `.safetensors` files with a clear error for a wrong one.
 //! - [`download`]: fetching them (checksum-verified, atomic).
+//! - [`checkpoint`]: catdog's own trained models (`model.safetensors` + `model.json`).
 //! - [`imagenet_classes`]: the 1000 ImageNet class names.
 
 mod batch_norm;
+pub mod checkpoint;
 pub mod download;
 pub mod imagenet_classes;
 mod resnet;
