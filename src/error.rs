@@ -27,7 +27,10 @@ pub enum Error {
 
     /// A command-line setting or configuration value is out of range.
     #[error("invalid {setting}: {problem}")]
-    Setting { setting: &'static str, problem: String },
+    Setting {
+        setting: &'static str,
+        problem: String,
+    },
 
     /// A weight file or model checkpoint cannot be used, or could not be fetched.
     #[error("{}: {problem}\n  hint: {hint}", path.display())]
@@ -58,7 +61,11 @@ impl Error {
     }
 
     /// A problem with input data, with a hint on what to do.
-    pub fn data(path: impl Into<PathBuf>, problem: impl Into<String>, hint: impl Into<String>) -> Self {
+    pub fn data(
+        path: impl Into<PathBuf>,
+        problem: impl Into<String>,
+        hint: impl Into<String>,
+    ) -> Self {
         Error::Data {
             path: path.into(),
             problem: problem.into(),
@@ -67,7 +74,11 @@ impl Error {
     }
 
     /// A problem with a weight file or checkpoint, with a hint on what to do.
-    pub fn weights(path: impl Into<PathBuf>, problem: impl Into<String>, hint: impl Into<String>) -> Self {
+    pub fn weights(
+        path: impl Into<PathBuf>,
+        problem: impl Into<String>,
+        hint: impl Into<String>,
+    ) -> Self {
         Error::Weights {
             path: path.into(),
             problem: problem.into(),

@@ -14,8 +14,13 @@
 //!
 //! Shared plumbing: [`error`] (the library's error type) and [`fsio`] (atomic writes, hashing).
 
+pub mod data;
+pub mod demo;
 pub mod error;
 pub mod fsio;
+pub mod loader;
 pub mod model;
+pub mod preprocess;
+pub mod progress;
 
 pub use error::{Error, Result};

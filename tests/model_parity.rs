@@ -14,19 +14,19 @@ use burn::prelude::*;
 use burn::store::{BurnToPyTorchAdapter, ModuleSnapshot};
 use catdog::model::weights::{HeadWeights, load_into};
 use catdog::model::{FEATURES, ResNet18};
-use common::{Npy, read_npy, relative_l2, shared_dir};
+use common::{read_npy_f32, relative_l2, shared};
 
 fn golden(test: &str) -> Option<PathBuf> {
-    shared_dir(test).map(|dir| dir.join("golden/resnet18"))
+    shared(test).map(|dir| dir.join("golden/resnet18"))
 }
 
 fn values<const D: usize>(t: Tensor<D>) -> Vec<f32> {
     t.into_data().try_into_vec().unwrap()
 }
 
-fn tensor4(npy: Npy, device: &Device) -> Tensor<4> {
-    let shape: [usize; 4] = npy.shape.try_into().unwrap();
-    Tensor::from_data(TensorData::new(npy.data, shape), device)
+fn tensor4((shape, data): (Vec<usize>, Vec<f32>), device: &Device) -> Tensor<4> {
+    let shape: [usize; 4] = shape.try_into().unwrap();
+    Tensor::from_data(TensorData::new(data, shape), device)
 }
 
 /// The golden ImageNet-shaped model, loaded on `device`; prints how long the load took.
@@ -50,16 +50,16 @@ fn pretrained_logits_and_features_match_torchvision() {
     };
     let device = Device::flex();
     let model = pretrained(&dir, &device);
-    let input = tensor4(read_npy(&dir.join("input.npy")), &device);
+    let input = tensor4(read_npy_f32(&dir.join("input.npy")), &device);
 
     let logits = values(model.forward(input.clone()));
     let features = values(model.features(input));
-    let expected_logits = read_npy(&dir.join("logits.npy"));
-    let expected_features = read_npy(&dir.join("features.npy"));
-    assert_eq!(expected_logits.shape, [8, 1000]);
-    assert_eq!(expected_features.shape, [8, FEATURES]);
-    let logits_error = relative_l2(&logits, &expected_logits.data);
-    let features_error = relative_l2(&features, &expected_features.data);
+    let (logits_shape, expected_logits) = read_npy_f32(&dir.join("logits.npy"));
+    let (features_shape, expected_features) = read_npy_f32(&dir.join("features.npy"));
+    assert_eq!(logits_shape, [8, 1000]);
+    assert_eq!(features_shape, [8, FEATURES]);
+    let logits_error = relative_l2(&logits, &expected_logits);
+    let features_error = relative_l2(&features, &expected_features);
     eprintln!("relative L2 error: logits {logits_error:.3e}, features {features_error:.3e}");
     assert!(
         logits_error < 1e-4,
@@ -82,16 +82,16 @@ fn one_adam_step_matches_pytorch() {
         serde_json::from_slice(&std::fs::read(dir.join("train_step.json")).unwrap()).unwrap();
 
     // head_init.npy is [2, 513]: each row is a class's 512 weights then its bias.
-    let head = read_npy(&dir.join("head_init.npy"));
-    assert_eq!(head.shape, [2, FEATURES + 1]);
+    let (head_shape, head) = read_npy_f32(&dir.join("head_init.npy"));
+    assert_eq!(head_shape, [2, FEATURES + 1]);
     let mut weight = vec![0.0f32; FEATURES * 2];
     for class in 0..2 {
         for i in 0..FEATURES {
-            weight[i * 2 + class] = head.data[class * (FEATURES + 1) + i];
+            weight[i * 2 + class] = head[class * (FEATURES + 1) + i];
         }
     }
     let bias: Vec<f32> = (0..2)
-        .map(|class| head.data[class * (FEATURES + 1) + FEATURES])
+        .map(|class| head[class * (FEATURES + 1) + FEATURES])
         .collect();
     model.fc = Linear {
         weight: Param::from_tensor(Tensor::from_data(
@@ -104,7 +104,7 @@ fn one_adam_step_matches_pytorch() {
         ))),
     };
 
-    let input = tensor4(read_npy(&dir.join("input.npy")), &device);
+    let input = tensor4(read_npy_f32(&dir.join("input.npy")), &device);
     let labels: Vec<i64> = step["labels"]
         .as_array()
         .unwrap()
@@ -133,17 +133,17 @@ fn one_adam_step_matches_pytorch() {
     let grads = GradientsParams::from_grads(loss.backward(), &model);
     let model = optim.step(1e-3, model, grads).valid();
 
-    let head_after = read_npy(&dir.join("head_after.npy"));
+    let (_, head_after) = read_npy_f32(&dir.join("head_after.npy"));
     let weight = values(model.fc.weight.val());
     let bias = values(model.fc.bias.clone().unwrap().val());
     let mut head_error = 0.0f32;
     for class in 0..2 {
         for i in 0..FEATURES {
             head_error = head_error
-                .max((weight[i * 2 + class] - head_after.data[class * (FEATURES + 1) + i]).abs());
+                .max((weight[i * 2 + class] - head_after[class * (FEATURES + 1) + i]).abs());
         }
-        head_error = head_error
-            .max((bias[class] - head_after.data[class * (FEATURES + 1) + FEATURES]).abs());
+        head_error =
+            head_error.max((bias[class] - head_after[class * (FEATURES + 1) + FEATURES]).abs());
     }
     eprintln!("head after the step: max abs error {head_error:.3e}");
     assert!(

@@ -13,6 +13,7 @@ use super::ResNet18;
 use super::weights;
 use crate::error::{Error, Result};
 use crate::fsio;
+use crate::preprocess::Preprocessing;
 
 /// Weights file inside a checkpoint folder.
 pub const WEIGHTS_FILE: &str = "model.safetensors";
@@ -21,31 +22,6 @@ pub const META_FILE: &str = "model.json";
 /// The only architecture catdog trains.
 pub const ARCH: &str = "resnet18";
 
-/// How images must be prepared for the model (torchvision's eval transform).
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
-pub struct Preprocessing {
-    /// Side of the square centre crop fed to the network.
-    pub image_size: u32,
-    /// Shorter side after the resize that precedes the crop.
-    pub resize: u32,
-    /// Per-channel (RGB) mean subtracted from [0, 1] pixel values.
-    pub mean: [f32; 3],
-    /// Per-channel (RGB) standard deviation they are divided by.
-    pub std: [f32; 3],
-}
-
-impl Default for Preprocessing {
-    /// ImageNet's: resize to 256, crop 224, ImageNet mean and std.
-    fn default() -> Self {
-        Self {
-            image_size: 224,
-            resize: 256,
-            mean: [0.485, 0.456, 0.406],
-            std: [0.229, 0.224, 0.225],
-        }
-    }
-}
-
 /// The content of `model.json`.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct CheckpointMeta {
@@ -53,6 +29,7 @@ pub struct CheckpointMeta {
     pub num_classes: usize,
     /// Class names in output order.
     pub class_names: Vec<String>,
+    /// How input images must be prepared (the training run's settings).
     pub preprocessing: Preprocessing,
     /// catdog version that wrote the checkpoint.
     pub catdog_version: String,

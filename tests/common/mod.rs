@@ -1,39 +1,33 @@
-//! Helpers shared by integration tests: finding `../shared` and reading `.npy` files.
+//! Helpers shared by the integration tests: the location of ../shared and a
+//! minimal .npy reader for torchvision's golden outputs.
 
-use std::path::{Path, PathBuf};
+#![allow(dead_code)] // each test binary uses a different subset
 
-/// `../shared` beside the repository, or `None` (with a message saying the test is skipped)
-/// where it is absent, as on a user's fresh clone.
-pub fn shared_dir(test: &str) -> Option<PathBuf> {
-    let dir = Path::new(concat!(env!("CARGO_MANIFEST_DIR"), "/../shared"));
+use std::path::PathBuf;
+
+/// `../shared` beside the repository, or `None` (after saying so) when absent:
+/// a user's fresh clone does not have it, and the tests that need it skip.
+pub fn shared(test: &str) -> Option<PathBuf> {
+    let dir = PathBuf::from(concat!(env!("CARGO_MANIFEST_DIR"), "/../shared"));
     if dir.is_dir() {
-        Some(dir.to_path_buf())
+        Some(dir)
     } else {
         eprintln!(
-            "{test}: skipped: ../shared not found (looked for {})",
-            dir.display()
+            "skipped {test}: ../shared not found (it holds the real photos and torchvision's golden outputs)"
         );
         None
     }
 }
 
-/// A float32 array from a `.npy` file.
-pub struct Npy {
-    pub shape: Vec<usize>,
-    pub data: Vec<f32>,
-}
-
-/// Reads a `.npy` file holding little-endian float32 in C order (what `np.save` writes for a
-/// float32 array); anything else is refused rather than misread.
-pub fn read_npy(path: &Path) -> Npy {
-    let bytes =
-        std::fs::read(path).unwrap_or_else(|e| panic!("cannot read {}: {e}", path.display()));
-    assert!(
-        bytes.starts_with(b"\x93NUMPY"),
+/// A little-endian f32 array in NumPy's .npy format (C order): shape and data.
+pub fn read_npy_f32(path: &std::path::Path) -> (Vec<usize>, Vec<f32>) {
+    let bytes = std::fs::read(path).unwrap_or_else(|e| panic!("{}: {e}", path.display()));
+    assert_eq!(
+        &bytes[..6],
+        b"\x93NUMPY",
         "{} is not a .npy file",
         path.display()
     );
-    // Version 1 has a 2-byte header length, versions 2 and 3 a 4-byte one.
     let (header_len, start) = match bytes[6] {
         1 => (u16::from_le_bytes([bytes[8], bytes[9]]) as usize, 10),
         _ => (
@@ -43,25 +37,19 @@ pub fn read_npy(path: &Path) -> Npy {
     };
     let header = std::str::from_utf8(&bytes[start..start + header_len]).unwrap();
     assert!(
-        header.contains("'descr': '<f4'"),
-        "{}: not little-endian float32: {header}",
-        path.display()
+        header.contains("'descr': '<f4'") && header.contains("'fortran_order': False"),
+        "{header}"
     );
-    assert!(
-        header.contains("'fortran_order': False"),
-        "{}: not C order: {header}",
-        path.display()
-    );
-    let dims = header
+    let shape_text = header
         .split("'shape': (")
         .nth(1)
-        .and_then(|s| s.split(')').next())
-        .expect("shape in header");
-    let shape: Vec<usize> = dims
+        .unwrap()
+        .split(')')
+        .next()
+        .unwrap();
+    let shape: Vec<usize> = shape_text
         .split(',')
-        .map(str::trim)
-        .filter(|d| !d.is_empty())
-        .map(|d| d.parse().unwrap())
+        .filter_map(|s| s.trim().parse().ok())
         .collect();
     let data: Vec<f32> = bytes[start + header_len..]
         .chunks_exact(4)
@@ -70,10 +58,10 @@ pub fn read_npy(path: &Path) -> Npy {
     assert_eq!(
         data.len(),
         shape.iter().product::<usize>(),
-        "{}: data length does not match shape",
+        "{}: data does not match shape",
         path.display()
     );
-    Npy { shape, data }
+    (shape, data)
 }
 
 /// ||a - b|| / ||b||, in f64.

@@ -1,0 +1,128 @@
+//! `catdog clean` and `catdog split`.
+
+use std::path::{Path, PathBuf};
+
+use anyhow::{Context, Result};
+use catdog::data::{self, Layout, Limits, Manifest, Prepare, Ratios};
+use catdog::{fsio, progress};
+
+#[derive(clap::Args)]
+pub struct DataArgs {
+    /// The data folder: one folder per class (Cat/, Dog/) or files named like cat.0.jpg
+    pub data: PathBuf,
+    /// Force the layout instead of detecting it
+    #[arg(long, value_enum)]
+    pub layout: Option<Layout>,
+    /// Refuse images with more pixels than this (decompression bombs)
+    #[arg(long, default_value_t = Limits::default().max_pixels)]
+    pub max_pixels: u64,
+    /// Refuse files larger than this many bytes
+    #[arg(long, default_value_t = Limits::default().max_file_bytes)]
+    pub max_file_bytes: u64,
+}
+
+impl DataArgs {
+    fn limits(&self) -> Limits {
+        Limits {
+            max_pixels: self.max_pixels,
+            max_file_bytes: self.max_file_bytes,
+        }
+    }
+}
+
+#[derive(clap::Args)]
+pub struct CleanArgs {
+    #[command(flatten)]
+    pub data: DataArgs,
+    /// Where to write the per-file report (JSON)
+    #[arg(long, default_value = "clean-report.json")]
+    pub report: PathBuf,
+    /// Move rejected files under this folder, keeping their relative paths
+    #[arg(long)]
+    pub quarantine: Option<PathBuf>,
+}
+
+#[derive(clap::Args)]
+pub struct SplitArgs {
+    #[command(flatten)]
+    pub data: DataArgs,
+    /// Seed of the split: the same seed and files give the same split
+    #[arg(long, default_value_t = 42)]
+    pub seed: u64,
+    /// Fractions for train, validation and test
+    #[arg(long, default_value = "0.8,0.1,0.1")]
+    pub ratios: Ratios,
+    /// Where to write the manifest (JSON)
+    #[arg(long, default_value = "manifest.json")]
+    pub out: PathBuf,
+}
+
+pub fn clean(args: CleanArgs) -> Result<()> {
+    let scan = data::scan::scan(
+        &args.data.data,
+        args.data.layout,
+        args.quarantine.as_deref(),
+    )?;
+    let bar = progress::bar(scan.candidates.len() as u64, "decoding");
+    let mut report = data::clean::clean(&scan, &args.data.limits(), &bar);
+    print!("{}", report.table());
+    if let Some(dir) = &args.quarantine {
+        let moved = data::clean::quarantine(&mut report, dir)?;
+        println!("moved {moved} rejected file(s) to {}", dir.display());
+    }
+    fsio::write_json(&args.report, &report)?;
+    println!("report: {}", args.report.display());
+    Ok(())
+}
+
+pub fn split(args: SplitArgs) -> Result<()> {
+    let manifest = prepare(&args.data, args.ratios, args.seed, &args.out, None)?;
+    print_split(&manifest, &args.out);
+    Ok(())
+}
+
+/// Clean + split with a progress bar, printing the clean summary; writes the
+/// manifest, and the clean report when `report` names a file.
+pub fn prepare(
+    args: &DataArgs,
+    ratios: Ratios,
+    seed: u64,
+    out: &Path,
+    report_path: Option<&Path>,
+) -> Result<Manifest> {
+    let bar = progress::bar(0, "decoding");
+    let (manifest, report) = data::prepare(
+        &Prepare {
+            root: &args.data,
+            layout: args.layout,
+            ratios,
+            seed,
+            limits: args.limits(),
+            exclude: None,
+        },
+        &bar,
+    )?;
+    print!("{}", report.table());
+    if let Some(path) = report_path {
+        fsio::write_json(path, &report)?;
+    }
+    manifest.save(out).with_context(|| "saving the manifest")?;
+    Ok(manifest)
+}
+
+pub fn print_split(manifest: &Manifest, path: &Path) {
+    println!();
+    print!("{}", manifest.table());
+    let conflicts = manifest
+        .duplicates
+        .iter()
+        .filter(|d| !d.labels_agree)
+        .count();
+    if !manifest.duplicates.is_empty() {
+        println!(
+            "{} group(s) of identical files kept in one split each ({conflicts} with conflicting labels)",
+            manifest.duplicates.len()
+        );
+    }
+    println!("seed {}; manifest: {}", manifest.seed, path.display());
+}

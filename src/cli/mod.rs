@@ -1,0 +1,46 @@
+//! Subcommands. Each file holds one group of commands and only turns
+//! arguments into library calls and results into text.
+
+mod data;
+mod demo;
+
+use std::process::ExitCode;
+
+use clap::{Parser, Subcommand};
+
+#[derive(Parser)]
+#[command(
+    name = "catdog",
+    version,
+    about = "Photos in, a trained and explained cat-vs-dog classifier out (ResNet-18 transfer learning)"
+)]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Run the whole pipeline on a generated data set (works offline)
+    Demo(demo::DemoArgs),
+    /// Decode every photo and report the usable, rejected and ignored files
+    Clean(data::CleanArgs),
+    /// Clean, then split into train/val/test and write the manifest
+    Split(data::SplitArgs),
+}
+
+pub fn main() -> ExitCode {
+    let cli = Cli::parse();
+    let result = match cli.command {
+        Command::Demo(args) => demo::run(args),
+        Command::Clean(args) => data::clean(args),
+        Command::Split(args) => data::split(args),
+    };
+    match result {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("error: {e:#}");
+            ExitCode::FAILURE
+        }
+    }
+}

@@ -1,0 +1,299 @@
+//! The manifest: a prepared data set in one JSON file. It records every usable
+//! file with its label, split and content hash, the classes, the counts, the
+//! seed, the duplicates and what was rejected or ignored and why, so that
+//! `catdog split` alone is a complete, reproducible preparation.
+
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+
+use indicatif::ProgressBar;
+use serde::{Deserialize, Serialize};
+
+use super::clean::{self, CleanReport};
+use super::decode::{Limits, RejectReason};
+use super::scan::{self, Ignored, Layout};
+use super::split::{self, Ratios, Split};
+use crate::error::{Error, Result};
+use crate::fsio;
+
+/// Bumped when the format changes incompatibly.
+pub const MANIFEST_VERSION: u32 = 1;
+
+#[derive(Clone, Debug, Serialize, Deserialize)]
+pub struct Manifest {
+    pub version: u32,
+    pub catdog_version: String,
+    /// The data folder the paths are relative to (absolute when made).
+    pub root: PathBuf,
+    pub layout: Layout,
+    pub classes: Vec<String>,
+    pub seed: u64,
+    pub ratios: Ratios,
+    /// Files per split and class.
+    pub counts: BTreeMap<Split, BTreeMap<String, usize>>,
+    pub files: Vec<ManifestFile>,
+    /// Groups of files with identical content; each group shares one split.
+    pub duplicates: Vec<DuplicateGroup>,
+    pub rejected: Vec<RejectedFile>,
+    pub ignored: Vec<Ignored>,
+}
+
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ManifestFile {
+    /// Relative to [`Manifest::root`], `/`-separated.
+    pub path: String,
+    pub label: String,
+    pub split: Split,
+    /// SHA-256 of the file's content.
+    pub hash: String,
+}
+
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct DuplicateGroup {
+    pub hash: String,
+    pub paths: Vec<String>,
+    pub split: Split,
+    /// False when the same photo carries different labels: a data error to look at.
+    pub labels_agree: bool,
+}
+
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct RejectedFile {
+    pub path: String,
+    pub reason: RejectReason,
+    pub detail: String,
+}
+
+/// One file ready for the loader: where it is and its class index.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Sample {
+    pub path: PathBuf,
+    pub label: usize,
+}
+
+/// Scans, cleans and splits a data folder: the whole data preparation.
+pub struct Prepare<'a> {
+    pub root: &'a Path,
+    pub layout: Option<Layout>,
+    pub ratios: Ratios,
+    pub seed: u64,
+    pub limits: Limits,
+    /// A folder under the root to leave out (the quarantine folder).
+    pub exclude: Option<&'a Path>,
+}
+
+/// Runs [`Prepare`]: returns the manifest and the clean step's full report.
+pub fn prepare(p: &Prepare<'_>, progress: &ProgressBar) -> Result<(Manifest, CleanReport)> {
+    let scan = scan::scan(p.root, p.layout, p.exclude)?;
+    progress.set_length(scan.candidates.len() as u64);
+    let report = clean::clean(&scan, &p.limits, progress);
+    let manifest = Manifest::from_report(&report, p.ratios, p.seed)?;
+    Ok((manifest, report))
+}
+
+impl Manifest {
+    /// Splits the usable files of a clean report.
+    pub fn from_report(report: &CleanReport, ratios: Ratios, seed: u64) -> Result<Manifest> {
+        let usable: Vec<&clean::FileReport> = report.usable().collect();
+        let class_index = |name: &str| {
+            report
+                .classes
+                .iter()
+                .position(|c| c == name)
+                .expect("scan lists every class")
+        };
+        let items: Vec<split::Item> = usable
+            .iter()
+            .map(|f| split::Item {
+                class: class_index(f.class.as_deref().expect("usable files have a class")),
+                hash: f.hash.as_deref().expect("usable files have a hash"),
+            })
+            .collect();
+        let splits = split::assign(&items, report.classes.len(), &ratios, seed);
+        let files: Vec<ManifestFile> = usable
+            .iter()
+            .zip(&splits)
+            .map(|(f, &split)| ManifestFile {
+                path: f.path.clone(),
+                label: f.class.clone().expect("usable files have a class"),
+                split,
+                hash: f.hash.clone().expect("usable files have a hash"),
+            })
+            .collect();
+        for class in &report.classes {
+            if !files.iter().any(|f| &f.label == class) {
+                return Err(Error::data(
+                    &report.root,
+                    format!("class '{class}' has no usable photo"),
+                    "see the clean report for why its files were rejected",
+                ));
+            }
+        }
+        let mut counts: BTreeMap<Split, BTreeMap<String, usize>> = BTreeMap::new();
+        for split in Split::ALL {
+            let row = counts.entry(split).or_default();
+            for class in &report.classes {
+                row.insert(class.clone(), 0);
+            }
+        }
+        for f in &files {
+            *counts
+                .get_mut(&f.split)
+                .and_then(|r| r.get_mut(&f.label))
+                .expect("initialised above") += 1;
+        }
+        Ok(Manifest {
+            version: MANIFEST_VERSION,
+            catdog_version: env!("CARGO_PKG_VERSION").to_owned(),
+            root: report
+                .root
+                .canonicalize()
+                .unwrap_or_else(|_| report.root.clone()),
+            layout: report.layout,
+            classes: report.classes.clone(),
+            seed,
+            ratios,
+            counts,
+            duplicates: duplicate_groups(&files),
+            rejected: report
+                .rejected()
+                .map(|f| {
+                    let r = f
+                        .rejection
+                        .clone()
+                        .expect("rejected files have a rejection");
+                    RejectedFile {
+                        path: f.path.clone(),
+                        reason: r.reason,
+                        detail: r.detail,
+                    }
+                })
+                .collect(),
+            ignored: report
+                .files
+                .iter()
+                .filter_map(|f| {
+                    f.ignored_because.as_ref().map(|reason| Ignored {
+                        path: f.path.clone(),
+                        reason: reason.clone(),
+                    })
+                })
+                .collect(),
+            files,
+        })
+    }
+
+    pub fn save(&self, path: &Path) -> Result<()> {
+        fsio::write_json(path, self)
+    }
+
+    pub fn load(path: &Path) -> Result<Manifest> {
+        let m: Manifest = fsio::read_json(path, "catdog manifest")?;
+        if m.version != MANIFEST_VERSION {
+            return Err(Error::data(
+                path,
+                format!(
+                    "manifest version {} is not supported (this catdog reads {MANIFEST_VERSION})",
+                    m.version
+                ),
+                "make it again with `catdog split`",
+            ));
+        }
+        Ok(m)
+    }
+
+    /// The files of one split, with class indices, in manifest order.
+    pub fn samples(&self, split: Split) -> Vec<Sample> {
+        self.files
+            .iter()
+            .filter(|f| f.split == split)
+            .map(|f| Sample {
+                path: self.root.join(&f.path),
+                label: self
+                    .classes
+                    .iter()
+                    .position(|c| c == &f.label)
+                    .unwrap_or(usize::MAX),
+            })
+            .collect()
+    }
+
+    /// Checks that the manifest is consistent and its files are still there;
+    /// names the first missing file.
+    pub fn verify(&self, manifest_path: &Path) -> Result<()> {
+        if let Some(f) = self.files.iter().find(|f| !self.classes.contains(&f.label)) {
+            return Err(Error::data(
+                manifest_path,
+                format!(
+                    "{} has label '{}', which is not among the classes {:?}",
+                    f.path, f.label, self.classes
+                ),
+                "make the manifest again with `catdog split`",
+            ));
+        }
+        let missing: Vec<&ManifestFile> = self
+            .files
+            .iter()
+            .filter(|f| !self.root.join(&f.path).is_file())
+            .collect();
+        if let Some(first) = missing.first() {
+            return Err(Error::data(
+                self.root.join(&first.path),
+                format!(
+                    "listed in the manifest but missing ({} of {} files are missing)",
+                    missing.len(),
+                    self.files.len()
+                ),
+                format!(
+                    "the data moved or changed since {} was made; make it again with `catdog split`",
+                    manifest_path.display()
+                ),
+            ));
+        }
+        Ok(())
+    }
+
+    /// The counts as a text table: one row per class, one column per split.
+    pub fn table(&self) -> String {
+        let mut rows = vec![vec![
+            "class".to_owned(),
+            "train".into(),
+            "val".into(),
+            "test".into(),
+            "total".into(),
+        ]];
+        for class in &self.classes {
+            let n: Vec<usize> = Split::ALL.iter().map(|s| self.counts[s][class]).collect();
+            let mut row = vec![class.clone()];
+            row.extend(n.iter().map(usize::to_string));
+            row.push(n.iter().sum::<usize>().to_string());
+            rows.push(row);
+        }
+        let totals: Vec<usize> = Split::ALL
+            .iter()
+            .map(|s| self.counts[s].values().sum())
+            .collect();
+        let mut row = vec!["total".to_owned()];
+        row.extend(totals.iter().map(usize::to_string));
+        row.push(totals.iter().sum::<usize>().to_string());
+        rows.push(row);
+        clean::render_table(&rows)
+    }
+}
+
+fn duplicate_groups(files: &[ManifestFile]) -> Vec<DuplicateGroup> {
+    let mut by_hash: BTreeMap<&str, Vec<&ManifestFile>> = BTreeMap::new();
+    for f in files {
+        by_hash.entry(&f.hash).or_default().push(f);
+    }
+    by_hash
+        .into_iter()
+        .filter(|(_, g)| g.len() > 1)
+        .map(|(hash, g)| DuplicateGroup {
+            hash: hash.to_owned(),
+            paths: g.iter().map(|f| f.path.clone()).collect(),
+            split: g[0].split,
+            labels_agree: g.iter().all(|f| f.label == g[0].label),
+        })
+        .collect()
+}
