@@ -14,6 +14,7 @@ use burn::prelude::*;
 use burn::store::{BurnToPyTorchAdapter, ModuleSnapshot};
 use catdog::model::weights::{HeadWeights, load_into};
 use catdog::model::{FEATURES, ResNet18};
+use catdog::preprocess::eval_tensor_from_path;
 use common::{read_npy_f32, relative_l2, shared};
 
 fn golden(test: &str) -> Option<PathBuf> {
@@ -68,6 +69,48 @@ fn pretrained_logits_and_features_match_torchvision() {
     assert!(
         features_error < 1e-4,
         "features differ from torchvision's: {features_error:.3e}"
+    );
+}
+
+#[test]
+fn jpegs_through_catdog_preprocessing_give_torchvision_predictions() {
+    let Some(dir) = golden("jpegs_through_catdog_preprocessing_give_torchvision_predictions")
+    else {
+        return;
+    };
+    let device = Device::flex();
+    let model = pretrained(&dir, &device);
+    let photos = dir.join("../../data/kaggle-sample");
+    let names = std::fs::read_to_string(dir.join("images.txt")).unwrap();
+    let names: Vec<&str> = names.lines().filter(|l| !l.is_empty()).collect();
+    assert_eq!(names.len(), 8);
+    let mut batch = Vec::new();
+    for name in &names {
+        batch.extend(eval_tensor_from_path(&photos.join(name), 224).unwrap());
+    }
+    // Preprocessing's own accuracy is tests/preprocess_golden.rs's business; shown for context.
+    let (_, input) = read_npy_f32(&dir.join("input.npy"));
+    eprintln!(
+        "catdog's preprocessing vs input.npy: relative L2 {:.3e}",
+        relative_l2(&batch, &input)
+    );
+    let logits = values(model.forward(tensor4((vec![8, 3, 224, 224], batch), &device)));
+    let (_, expected) = read_npy_f32(&dir.join("logits.npy"));
+
+    let top1 = |row: &[f32]| {
+        (0..row.len())
+            .max_by(|&a, &b| row[a].total_cmp(&row[b]))
+            .unwrap()
+    };
+    for (i, name) in names.iter().enumerate() {
+        let (ours, theirs) = (&logits[i * 1000..][..1000], &expected[i * 1000..][..1000]);
+        assert_eq!(top1(ours), top1(theirs), "{name}: top-1 class differs");
+    }
+    let error = relative_l2(&logits, &expected);
+    eprintln!("from the JPEGs: top-1 identical for all 8, logits relative L2 error {error:.3e}");
+    assert!(
+        error < 1e-2,
+        "logits from the JPEGs differ from torchvision's: {error:.3e}"
     );
 }
 
