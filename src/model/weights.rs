@@ -113,38 +113,43 @@ impl WeightLocations {
     }
 }
 
-/// The weight file that `choice` means, or `None` for random initialisation (the caller says
-/// so to the user). `Auto` looks in our cache, then PyTorch's.
-pub fn resolve(choice: &WeightsChoice, locations: &WeightLocations) -> Result<Option<PathBuf>> {
-    match choice {
-        WeightsChoice::None => Ok(None),
-        WeightsChoice::File(path) if path.is_file() => Ok(Some(path.clone())),
-        WeightsChoice::File(path) => Err(Error::weights(
-            path,
-            "no such weight file",
-            "pass a torchvision ResNet-18 .pth or .safetensors file, `--weights auto` or `--weights none`",
-        )),
-        WeightsChoice::Auto => {
-            let candidates = locations.candidates();
-            if let Some(found) = candidates.iter().find(|p| p.is_file()) {
-                return Ok(Some(found.clone()));
-            }
-            let looked: Vec<String> = candidates.iter().map(|p| p.display().to_string()).collect();
-            Err(Error::weights(
-                locations.cached_file(),
-                format!(
-                    "the ImageNet weights are not there (looked in: {})",
-                    looked.join(", ")
-                ),
-                missing_weights_hint(&locations.cached_file()),
-            ))
+impl WeightsChoice {
+    /// The weight file this choice means, or `None` for random initialisation (the caller says
+    /// so to the user). `Auto` searches [`WeightLocations::from_env`].
+    pub fn resolve(&self) -> Result<Option<PathBuf>> {
+        match self {
+            WeightsChoice::None => Ok(None),
+            WeightsChoice::File(path) if path.is_file() => Ok(Some(path.clone())),
+            WeightsChoice::File(path) => Err(Error::weights(
+                path,
+                "no such weight file",
+                "pass a torchvision ResNet-18 .pth or .safetensors file, `--weights auto` or `--weights none`",
+            )),
+            WeightsChoice::Auto => find_imagenet_weights(&WeightLocations::from_env()?).map(Some),
         }
     }
 }
 
-/// What to tell a user whose ImageNet weights are missing: how to get them, and exactly where
-/// to put a copy made by hand.
-pub fn missing_weights_hint(destination: &Path) -> String {
+/// The ImageNet weights: in our cache, else in PyTorch's; if neither has them, an error
+/// saying how to get them and exactly where to put a copy made by hand.
+pub fn find_imagenet_weights(locations: &WeightLocations) -> Result<PathBuf> {
+    let candidates = locations.candidates();
+    if let Some(found) = candidates.iter().find(|p| p.is_file()) {
+        return Ok(found.clone());
+    }
+    let looked: Vec<String> = candidates.iter().map(|p| p.display().to_string()).collect();
+    Err(Error::weights(
+        locations.cached_file(),
+        format!(
+            "the ImageNet weights are not there (looked in: {})",
+            looked.join(", ")
+        ),
+        missing_weights_hint(&locations.cached_file()),
+    ))
+}
+
+/// How to get the ImageNet weights, and exactly where to put a copy made by hand.
+fn missing_weights_hint(destination: &Path) -> String {
     format!(
         "run `catdog weights download`; without internet access, download {RESNET18_URL} on another machine \
          and copy it to {} (sha256 {RESNET18_SHA256}); or pass `--weights PATH`, or `--weights none` for \
@@ -398,7 +403,7 @@ mod tests {
             cache: dir.path().join("ours"),
             torch: Some(dir.path().join("torch")),
         };
-        let err = resolve(&WeightsChoice::Auto, &l).unwrap_err().to_string();
+        let err = find_imagenet_weights(&l).unwrap_err().to_string();
         let expected_place = dir.path().join("ours").join(RESNET18_FILE);
         assert!(
             err.contains(&format!("copy it to {}", expected_place.display())),
@@ -409,30 +414,30 @@ mod tests {
         std::fs::create_dir_all(dir.path().join("torch")).unwrap();
         std::fs::write(dir.path().join("torch").join(RESNET18_FILE), b"x").unwrap();
         assert_eq!(
-            resolve(&WeightsChoice::Auto, &l).unwrap(),
-            Some(dir.path().join("torch").join(RESNET18_FILE))
+            find_imagenet_weights(&l).unwrap(),
+            dir.path().join("torch").join(RESNET18_FILE)
         );
         std::fs::create_dir_all(dir.path().join("ours")).unwrap();
         std::fs::write(&expected_place, b"x").unwrap();
-        assert_eq!(
-            resolve(&WeightsChoice::Auto, &l).unwrap(),
-            Some(expected_place)
-        );
+        assert_eq!(find_imagenet_weights(&l).unwrap(), expected_place);
     }
 
     #[test]
     fn explicit_choices() {
-        let l = WeightLocations {
-            cache: PathBuf::from("/nonexistent"),
-            torch: None,
-        };
-        assert_eq!(resolve(&"none".parse().unwrap(), &l).unwrap(), None);
-        let err = resolve(&"/no/such.pth".parse().unwrap(), &l)
-            .unwrap_err()
-            .to_string();
+        let none: WeightsChoice = "none".parse().unwrap();
+        assert_eq!(none.resolve().unwrap(), None);
+        let missing: WeightsChoice = "/no/such.pth".parse().unwrap();
+        let err = missing.resolve().unwrap_err().to_string();
         assert!(
             err.starts_with("/no/such.pth: no such weight file"),
             "{err}"
+        );
+        let file = tempfile::NamedTempFile::new().unwrap();
+        let choice: WeightsChoice = file.path().to_str().unwrap().parse().unwrap();
+        assert_eq!(choice.resolve().unwrap(), Some(file.path().to_path_buf()));
+        assert_eq!(
+            "auto".parse::<WeightsChoice>().unwrap(),
+            WeightsChoice::Auto
         );
     }
 
