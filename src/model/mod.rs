@@ -6,12 +6,14 @@
 //!   `.pth` / `.safetensors` files with a clear error for a wrong one.
 //! - [`download`]: fetching them (checksum-verified, atomic).
 //! - [`checkpoint`]: catdog's own trained models (`model.safetensors` + `model.json`).
+//! - [`predict`]: ranked class probabilities for preprocessed images.
 //! - [`imagenet_classes`]: the 1000 ImageNet class names.
 
 mod batch_norm;
 pub mod checkpoint;
 pub mod download;
 pub mod imagenet_classes;
+pub mod predict;
 mod resnet;
 pub mod weights;
 
