@@ -3,6 +3,8 @@
 
 mod data;
 mod demo;
+mod imagenet;
+mod weights;
 
 use std::process::ExitCode;
 
@@ -27,6 +29,10 @@ enum Command {
     Clean(data::CleanArgs),
     /// Clean, then split into train/val/test and write the manifest
     Split(data::SplitArgs),
+    /// Manage the pretrained ImageNet weights
+    Weights(weights::WeightsArgs),
+    /// Classify photos into the 1000 ImageNet classes with the pretrained network
+    Imagenet(imagenet::ImagenetArgs),
 }
 
 pub fn main() -> ExitCode {
@@ -35,6 +41,8 @@ pub fn main() -> ExitCode {
         Command::Demo(args) => demo::run(args),
         Command::Clean(args) => data::clean(args),
         Command::Split(args) => data::split(args),
+        Command::Weights(args) => weights::run(args),
+        Command::Imagenet(args) => imagenet::run(args),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,
