@@ -32,6 +32,14 @@ pub enum Error {
         problem: String,
     },
 
+    /// A weight file or model checkpoint cannot be used, or could not be fetched.
+    #[error("{}: {problem}\n  hint: {hint}", path.display())]
+    Weights {
+        path: PathBuf,
+        problem: String,
+        hint: String,
+    },
+
     /// A JSON file of ours (manifest, report, config) could not be parsed.
     #[error("{} is not a valid {what}: {source}\n  hint: it may be from another tool or damaged; create it again", path.display())]
     Json {
@@ -59,6 +67,19 @@ impl Error {
         hint: impl Into<String>,
     ) -> Self {
         Error::Data {
+            path: path.into(),
+            problem: problem.into(),
+            hint: hint.into(),
+        }
+    }
+
+    /// A problem with a weight file or checkpoint, with a hint on what to do.
+    pub fn weights(
+        path: impl Into<PathBuf>,
+        problem: impl Into<String>,
+        hint: impl Into<String>,
+    ) -> Self {
+        Error::Weights {
             path: path.into(),
             problem: problem.into(),
             hint: hint.into(),

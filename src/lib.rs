@@ -12,6 +12,8 @@
 //! | evaluation     | [`evaluate`]    | accuracy, loss, confusion matrix, per-class scores, ROC AUC |
 //! | reporting      | [`report`]      | curves, confusion, photo grids, Grad-CAM, `index.html`    |
 //!
+//! The network, its weight files and checkpoints live in [`model`].
+//!
 //! Shared plumbing: [`error`] (the library's error type) and [`fsio`] (atomic writes, hashing).
 
 pub mod bench;
@@ -21,6 +23,7 @@ pub mod error;
 pub mod evaluate;
 pub mod fsio;
 pub mod loader;
+pub mod model;
 pub mod preprocess;
 pub mod progress;
 pub mod report;

@@ -4,6 +4,8 @@
 mod bench;
 mod data;
 mod demo;
+mod imagenet;
+mod weights;
 
 use std::process::ExitCode;
 
@@ -28,6 +30,10 @@ enum Command {
     Clean(data::CleanArgs),
     /// Clean, then split into train/val/test and write the manifest
     Split(data::SplitArgs),
+    /// Manage the pretrained ImageNet weights
+    Weights(weights::WeightsArgs),
+    /// Classify photos into the 1000 ImageNet classes with the pretrained network
+    Imagenet(imagenet::ImagenetArgs),
     /// Measure throughput, beside PyTorch's when --python is given
     Bench(bench::BenchArgs),
 }
@@ -38,6 +44,8 @@ pub fn main() -> ExitCode {
         Command::Demo(args) => demo::run(args),
         Command::Clean(args) => data::clean(args),
         Command::Split(args) => data::split(args),
+        Command::Weights(args) => weights::run(args),
+        Command::Imagenet(args) => imagenet::run(args),
         Command::Bench(args) => bench::run(args),
     };
     match result {

@@ -63,3 +63,15 @@ pub fn read_npy_f32(path: &std::path::Path) -> (Vec<usize>, Vec<f32>) {
     );
     (shape, data)
 }
+
+/// ||a - b|| / ||b||, in f64.
+pub fn relative_l2(a: &[f32], b: &[f32]) -> f64 {
+    assert_eq!(a.len(), b.len());
+    let diff: f64 = a
+        .iter()
+        .zip(b)
+        .map(|(&x, &y)| (x as f64 - y as f64).powi(2))
+        .sum();
+    let norm: f64 = b.iter().map(|&y| (y as f64).powi(2)).sum();
+    (diff / norm).sqrt()
+}

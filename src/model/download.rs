@@ -1,0 +1,285 @@
+//! Fetching weight files over HTTP(S): streamed to a temporary file beside the destination,
+//! checked (size and SHA-256) while streaming, then renamed into place. The destination name
+//! only ever holds a complete, verified file; on any error the temporary file is removed.
+
+use std::fs::{self, File};
+use std::io::{Read, Write};
+use std::path::Path;
+use std::time::Duration;
+
+use indicatif::{ProgressBar, ProgressStyle};
+use sha2::{Digest, Sha256};
+
+use super::weights::{RESNET18_SHA256, RESNET18_SIZE, RESNET18_URL};
+use crate::error::{Error, Result};
+use crate::fsio;
+
+/// What [`download_resnet18`] did.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Downloaded {
+    /// A verified copy was already at the destination.
+    AlreadyThere,
+    Fetched,
+}
+
+/// Makes sure torchvision's ImageNet ResNet-18 weights are at `dest`: keeps a copy already
+/// there if its checksum is right, downloads them otherwise.
+pub fn download_resnet18(dest: &Path, progress: bool) -> Result<Downloaded> {
+    if dest.is_file() && fsio::sha256_file(dest)? == RESNET18_SHA256 {
+        return Ok(Downloaded::AlreadyThere);
+    }
+    download(RESNET18_URL, RESNET18_SHA256, RESNET18_SIZE, dest, progress)?;
+    Ok(Downloaded::Fetched)
+}
+
+/// Downloads `url` to `dest`, which must end up `size` bytes long with SHA-256 `sha256`
+/// (lower-case hex). Shows a progress bar on a terminal when `progress` is set.
+pub fn download(url: &str, sha256: &str, size: u64, dest: &Path, progress: bool) -> Result<()> {
+    let fail = |problem: String| {
+        Error::weights(
+            dest,
+            problem,
+            format!(
+                "nothing was saved. Without internet access, download {url} on another machine and copy it to \
+                 {} (sha256 {sha256}); or pass `--weights PATH`",
+                dest.display()
+            ),
+        )
+    };
+    if let Some(dir) = dest.parent().filter(|d| !d.as_os_str().is_empty()) {
+        fs::create_dir_all(dir).map_err(|e| Error::io("cannot create folder", dir, e))?;
+    }
+    let tmp = fsio::temp_sibling(dest);
+    let bar = if progress {
+        ProgressBar::new(size)
+    } else {
+        ProgressBar::hidden()
+    };
+    bar.set_style(
+        ProgressStyle::with_template(
+            "{msg} [{bar:30}] {bytes}/{total_bytes} {bytes_per_sec} eta {eta}",
+        )
+        .expect("valid template")
+        .progress_chars("=> "),
+    );
+    bar.set_message(format!("downloading {url}"));
+    let result = fetch(url, sha256, size, &tmp, &bar)
+        .map_err(fail)
+        .and_then(|()| {
+            fs::rename(&tmp, dest)
+                .map_err(|e| Error::io("cannot move the download into place at", dest, e))
+        });
+    bar.finish_and_clear();
+    if result.is_err() {
+        let _ = fs::remove_file(&tmp);
+    }
+    result
+}
+
+/// Streams the body into `tmp`, checking length and checksum; the error says what went wrong.
+fn fetch(url: &str, sha256: &str, size: u64, tmp: &Path, bar: &ProgressBar) -> Result<(), String> {
+    // Generous per-phase limits: a dead network fails in a minute, a slow one still finishes.
+    let agent = ureq::Agent::config_builder()
+        .timeout_connect(Some(Duration::from_secs(30)))
+        .timeout_recv_response(Some(Duration::from_secs(60)))
+        .timeout_per_read(Some(Duration::from_secs(60)))
+        .build()
+        .new_agent();
+    let response = agent
+        .get(url)
+        .call()
+        .map_err(|e| format!("cannot download {url}: {e}"))?;
+    if let Some(announced) = response.body().content_length().filter(|&n| n != size) {
+        return Err(format!(
+            "{url} is {announced} bytes, expected {size}: not the expected file"
+        ));
+    }
+    let mut body = response.into_body().into_reader();
+    let mut file =
+        File::create(tmp).map_err(|e| format!("cannot create {}: {e}", tmp.display()))?;
+    let mut hasher = Sha256::new();
+    let mut buf = vec![0u8; 1 << 16];
+    let mut received = 0u64;
+    loop {
+        let n = body.read(&mut buf).map_err(|e| {
+            format!("download of {url} broke off after {received} of {size} bytes: {e}")
+        })?;
+        if n == 0 {
+            break;
+        }
+        received += n as u64;
+        if received > size {
+            return Err(format!(
+                "{url} sent more than the expected {size} bytes: not the expected file"
+            ));
+        }
+        hasher.update(&buf[..n]);
+        file.write_all(&buf[..n])
+            .map_err(|e| format!("cannot write {}: {e}", tmp.display()))?;
+        bar.set_position(received);
+    }
+    if received != size {
+        return Err(format!(
+            "download of {url} stopped after {received} of {size} bytes"
+        ));
+    }
+    let actual = format!("{:x}", hasher.finalize());
+    if actual != sha256 {
+        return Err(format!(
+            "{url} has SHA-256 {actual}, expected {sha256}: corrupted or not the expected file"
+        ));
+    }
+    file.sync_all()
+        .map_err(|e| format!("cannot write {}: {e}", tmp.display()))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::io::{BufRead, BufReader};
+    use std::net::TcpListener;
+    use std::thread;
+
+    /// Serves one HTTP request on 127.0.0.1: announces `content_length`, sends `body`, closes.
+    fn serve_once(content_length: usize, body: Vec<u8>) -> String {
+        let listener = TcpListener::bind("127.0.0.1:0").unwrap();
+        let addr = listener.local_addr().unwrap();
+        thread::spawn(move || {
+            let (stream, _) = listener.accept().unwrap();
+            let mut reader = BufReader::new(stream.try_clone().unwrap());
+            let mut line = String::new();
+            while reader.read_line(&mut line).unwrap() > 2 {
+                line.clear();
+            }
+            let mut stream = stream;
+            let head = format!(
+                "HTTP/1.1 200 OK\r\nContent-Length: {content_length}\r\nConnection: close\r\n\r\n"
+            );
+            let _ = stream.write_all(head.as_bytes());
+            let _ = stream.write_all(&body);
+        });
+        format!("http://{addr}/resnet18.pth")
+    }
+
+    fn payload() -> Vec<u8> {
+        (0..200_000u32)
+            .map(|i| (i.wrapping_mul(2_654_435_761) >> 13) as u8)
+            .collect()
+    }
+
+    fn entries(dir: &Path) -> Vec<String> {
+        let mut names: Vec<_> = fs::read_dir(dir)
+            .unwrap()
+            .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+            .collect();
+        names.sort();
+        names
+    }
+
+    #[test]
+    fn good_file_is_verified_and_moved_into_place() {
+        let data = payload();
+        let url = serve_once(data.len(), data.clone());
+        let dir = tempfile::tempdir().unwrap();
+        let dest = dir.path().join("cache/w.pth");
+        download(
+            &url,
+            &fsio::sha256_hex(&data),
+            data.len() as u64,
+            &dest,
+            false,
+        )
+        .unwrap();
+        assert_eq!(fs::read(&dest).unwrap(), data);
+        assert_eq!(entries(&dir.path().join("cache")), ["w.pth"]);
+    }
+
+    #[test]
+    fn corrupted_file_is_refused_and_nothing_is_left() {
+        let data = payload();
+        let mut corrupted = data.clone();
+        corrupted[1234] ^= 0x40;
+        let url = serve_once(corrupted.len(), corrupted);
+        let dir = tempfile::tempdir().unwrap();
+        let dest = dir.path().join("w.pth");
+        let err = download(
+            &url,
+            &fsio::sha256_hex(&data),
+            data.len() as u64,
+            &dest,
+            false,
+        )
+        .unwrap_err()
+        .to_string();
+        assert!(
+            err.contains("has SHA-256") && err.contains("corrupted"),
+            "{err}"
+        );
+        assert!(
+            err.contains(&format!("copy it to {}", dest.display())),
+            "{err}"
+        );
+        assert!(entries(dir.path()).is_empty());
+    }
+
+    #[test]
+    fn interrupted_transfer_is_refused_and_nothing_is_left() {
+        let data = payload();
+        let url = serve_once(data.len(), data[..data.len() / 3].to_vec());
+        let dir = tempfile::tempdir().unwrap();
+        let dest = dir.path().join("w.pth");
+        let err = download(
+            &url,
+            &fsio::sha256_hex(&data),
+            data.len() as u64,
+            &dest,
+            false,
+        )
+        .unwrap_err()
+        .to_string();
+        assert!(
+            err.contains("broke off") || err.contains("stopped after"),
+            "{err}"
+        );
+        assert!(entries(dir.path()).is_empty());
+    }
+
+    #[test]
+    fn wrong_size_is_refused_before_reading_the_body() {
+        let data = payload();
+        let url = serve_once(data.len() - 1, data[1..].to_vec());
+        let dir = tempfile::tempdir().unwrap();
+        let dest = dir.path().join("w.pth");
+        let err = download(
+            &url,
+            &fsio::sha256_hex(&data),
+            data.len() as u64,
+            &dest,
+            false,
+        )
+        .unwrap_err()
+        .to_string();
+        assert!(err.contains("expected 200000"), "{err}");
+        assert!(entries(dir.path()).is_empty());
+    }
+
+    #[test]
+    fn unreachable_server_says_where_to_put_the_file() {
+        // A port that was just free: nothing listens there.
+        let addr = TcpListener::bind("127.0.0.1:0")
+            .unwrap()
+            .local_addr()
+            .unwrap();
+        let dir = tempfile::tempdir().unwrap();
+        let dest = dir.path().join("w.pth");
+        let err = download(&format!("http://{addr}/w.pth"), "00", 10, &dest, false)
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("cannot download"), "{err}");
+        assert!(
+            err.contains(&format!("copy it to {}", dest.display())),
+            "{err}"
+        );
+        assert!(entries(dir.path()).is_empty());
+    }
+}

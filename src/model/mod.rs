@@ -1,0 +1,21 @@
+//! The network: torchvision's ResNet-18 in burn, its weight files and catdog's checkpoints.
+//!
+//! - [`ResNet18`]: the model, parameter for parameter torchvision's `resnet18`, so its weight
+//!   files load by name; forward, pooled features, replaceable head, frozen backbone.
+//! - [`weights`]: where the ImageNet weights live (`--weights auto|PATH|none`) and loading
+//!   `.pth` / `.safetensors` files with a clear error for a wrong one.
+//! - [`download`]: fetching them (checksum-verified, atomic).
+//! - [`checkpoint`]: catdog's own trained models (`model.safetensors` + `model.json`).
+//! - [`predict`]: ranked class probabilities for preprocessed images.
+//! - [`imagenet_classes`]: the 1000 ImageNet class names.
+
+mod batch_norm;
+pub mod checkpoint;
+pub mod download;
+pub mod imagenet_classes;
+pub mod predict;
+mod resnet;
+pub mod weights;
+
+pub use batch_norm::BatchNorm2d;
+pub use resnet::{BasicBlock, FEATURES, ResNet18};

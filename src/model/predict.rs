@@ -1,0 +1,96 @@
+//! From preprocessed images to ranked class probabilities.
+
+use burn::prelude::*;
+use burn::tensor::activation::softmax;
+
+use super::ResNet18;
+
+/// One class of a ranking.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct Ranked {
+    /// Output index of the class.
+    pub index: usize,
+    /// Softmax probability.
+    pub probability: f32,
+}
+
+/// The `k` most probable classes of each image, most probable first. `images` are CHW f32
+/// tensors of `3 x image_size x image_size` values (as `catdog::preprocess` makes them), all
+/// run through the network as one batch.
+pub fn classify(
+    model: &ResNet18,
+    images: Vec<Vec<f32>>,
+    image_size: usize,
+    k: usize,
+    device: &Device,
+) -> Vec<Vec<Ranked>> {
+    let batch = images.len();
+    if batch == 0 {
+        return Vec::new();
+    }
+    let data: Vec<f32> = images.into_iter().flatten().collect();
+    let x = Tensor::<4>::from_data(
+        TensorData::new(data, [batch, 3, image_size, image_size]),
+        device,
+    );
+    let probabilities: Vec<f32> = softmax(model.forward(x), 1)
+        .into_data()
+        .try_into_vec()
+        .expect("the model computes in f32");
+    let classes = probabilities.len() / batch;
+    probabilities
+        .chunks(classes)
+        .map(|row| top_k(row, k))
+        .collect()
+}
+
+/// The `k` largest entries of `probabilities`, largest first (ties: lower index first).
+pub fn top_k(probabilities: &[f32], k: usize) -> Vec<Ranked> {
+    let mut order: Vec<usize> = (0..probabilities.len()).collect();
+    order.sort_by(|&a, &b| {
+        probabilities[b]
+            .total_cmp(&probabilities[a])
+            .then(a.cmp(&b))
+    });
+    order
+        .into_iter()
+        .take(k)
+        .map(|index| Ranked {
+            index,
+            probability: probabilities[index],
+        })
+        .collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn top_k_orders_by_probability_then_index() {
+        let ranked = top_k(&[0.1, 0.4, 0.1, 0.4], 3);
+        let indices: Vec<usize> = ranked.iter().map(|r| r.index).collect();
+        assert_eq!(indices, [1, 3, 0]);
+        assert_eq!(ranked[0].probability, 0.4);
+        assert_eq!(top_k(&[0.5, 0.5], 10).len(), 2);
+    }
+
+    #[test]
+    fn classify_returns_one_normalised_ranking_per_image() {
+        let device = Device::flex();
+        let model = ResNet18::new(5, &device);
+        let images = vec![vec![0.5; 3 * 32 * 32], vec![-0.5; 3 * 32 * 32]];
+        let rankings = classify(&model, images, 32, 5, &device);
+        assert_eq!(rankings.len(), 2);
+        for ranking in &rankings {
+            let total: f32 = ranking.iter().map(|r| r.probability).sum();
+            assert!((total - 1.0).abs() < 1e-5);
+            assert!(
+                ranking
+                    .windows(2)
+                    .all(|w| w[0].probability >= w[1].probability)
+            );
+        }
+        assert!(classify(&model, Vec::new(), 32, 5, &device).is_empty());
+    }
+}
