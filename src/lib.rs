@@ -12,7 +12,8 @@
 //! | evaluation     | [`evaluate`]    | accuracy, loss, confusion matrix, per-class scores, ROC AUC |
 //! | reporting      | [`report`]      | curves, confusion, photo grids, Grad-CAM, `index.html`    |
 //!
-//! The network, its weight files and checkpoints live in [`model`].
+//! The network, its weight files and checkpoints live in [`model`]; what a
+//! training run leaves behind, and where, in [`run`].
 //!
 //! Shared plumbing: [`error`] (the library's error type) and [`fsio`] (atomic writes, hashing).
 
@@ -27,5 +28,6 @@ pub mod model;
 pub mod preprocess;
 pub mod progress;
 pub mod report;
+pub mod run;
 
 pub use error::{Error, Result};
