@@ -54,6 +54,14 @@ impl Preprocessing {
 
     /// The eval transform, written into `out` (CHW, `self.len()` floats).
     pub fn eval(&self, img: &RgbImage, out: &mut [f32]) {
+        let crop = self.eval_crop(img);
+        self.normalise(crop.as_raw(), self.image_size, (0, 0), false, out);
+    }
+
+    /// What the model sees of `img` under the eval transform, before normalisation: the
+    /// resized photo's centre square of `image_size` pixels (for pictures such as Grad-CAM
+    /// overlays, which must line up with the model's input).
+    pub fn eval_crop(&self, img: &RgbImage) -> RgbImage {
         let (w, h) = img.dimensions();
         let (rw, rh) = resized_size(w, h, self.resize);
         let s = self.image_size;
@@ -61,7 +69,8 @@ impl Preprocessing {
         let left = (f64::from(rw.saturating_sub(s)) / 2.0).round_ties_even() as u32;
         let top = (f64::from(rh.saturating_sub(s)) / 2.0).round_ties_even() as u32;
         let resized = resize(img, (0.0, 0.0, f64::from(w), f64::from(h)), rw, rh);
-        self.normalise(&resized, rw, (left, top), false, out);
+        let resized = RgbImage::from_raw(rw, rh, resized).expect("resize returns rw x rh RGB");
+        image::imageops::crop_imm(&resized, left, top, s, s).to_image()
     }
 
     /// The training transform: the eval transform, or with `augment` a random
@@ -210,6 +219,25 @@ mod tests {
                 .iter()
                 .all(|&v| (v - expect(2, 128.0)).abs() < 1e-6)
         );
+    }
+
+    #[test]
+    fn eval_is_the_normalised_eval_crop() {
+        let img = RgbImage::from_fn(150, 100, |x, y| {
+            image::Rgb([x as u8, y as u8, (x * y) as u8])
+        });
+        let p = Preprocessing::imagenet(64);
+        let crop = p.eval_crop(&img);
+        assert_eq!(crop.dimensions(), (64, 64));
+        let mut out = vec![0.0; p.tensor_len()];
+        p.eval(&img, &mut out);
+        let plane = 64 * 64;
+        for (i, px) in crop.pixels().enumerate() {
+            for c in 0..3 {
+                let expect = (px[c] as f32 / 255.0 - IMAGENET_MEAN[c]) / IMAGENET_STD[c];
+                assert_eq!(out[c * plane + i], expect);
+            }
+        }
     }
 
     #[test]
