@@ -11,6 +11,7 @@
 //! | batching       | [`loader`]      | parallel, prefetched, shuffled batches from a manifest    |
 //! | evaluation     | [`evaluate`]    | accuracy, loss, confusion matrix, per-class scores, ROC AUC |
 //! | reporting      | [`report`]      | curves, confusion, photo grids, Grad-CAM, `index.html`    |
+//! | serving        | [`serve`]       | HTTP API and web page, batched inference, Grad-CAM        |
 //!
 //! The network, its weight files and checkpoints live in [`model`]; what a
 //! training run leaves behind, and where, in [`run`].
@@ -29,5 +30,6 @@ pub mod preprocess;
 pub mod progress;
 pub mod report;
 pub mod run;
+pub mod serve;
 
 pub use error::{Error, Result};

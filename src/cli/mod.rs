@@ -5,6 +5,7 @@ mod bench;
 mod data;
 mod demo;
 mod imagenet;
+mod serve;
 mod weights;
 
 use std::process::ExitCode;
@@ -36,6 +37,8 @@ enum Command {
     Imagenet(imagenet::ImagenetArgs),
     /// Measure throughput, beside PyTorch's when --python is given
     Bench(bench::BenchArgs),
+    /// Serve a trained model: HTTP API and a web page to drop photos on
+    Serve(serve::ServeArgs),
 }
 
 pub fn main() -> ExitCode {
@@ -47,6 +50,7 @@ pub fn main() -> ExitCode {
         Command::Weights(args) => weights::run(args),
         Command::Imagenet(args) => imagenet::run(args),
         Command::Bench(args) => bench::run(args),
+        Command::Serve(args) => serve::run(args),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,

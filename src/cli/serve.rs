@@ -1,0 +1,68 @@
+//! `catdog serve`: a trained model behind an HTTP API and a web page.
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::time::Duration;
+
+use anyhow::{Context, Result};
+use catdog::serve::{self, Config, Server};
+
+#[derive(clap::Args)]
+pub struct ServeArgs {
+    /// The model: a training run's folder (its best/ checkpoint) or a checkpoint folder
+    pub model: PathBuf,
+    /// Address to listen on (0.0.0.0:8080 to be reachable from other machines)
+    #[arg(long, default_value_t = Config::default().addr)]
+    pub addr: SocketAddr,
+    /// Largest request body accepted, in bytes (413 above)
+    #[arg(long, default_value_t = Config::default().max_upload_bytes)]
+    pub max_upload_bytes: u64,
+    /// Largest image accepted, in pixels, checked from its header (413 above)
+    #[arg(long, default_value_t = Config::default().max_pixels)]
+    pub max_pixels: u64,
+    /// Most images in one forward pass
+    #[arg(long, default_value_t = Config::default().max_batch)]
+    pub max_batch: usize,
+    /// How long the model waits for more requests to batch with one, in milliseconds
+    #[arg(long, default_value_t = Config::default().batch_wait.as_millis() as u64)]
+    pub batch_wait_ms: u64,
+    /// Most requests waiting for the model (503 above)
+    #[arg(long, default_value_t = Config::default().max_queue)]
+    pub max_queue: usize,
+    /// Seconds a client has to send its request headers, and its body
+    #[arg(long, default_value_t = Config::default().read_timeout.as_secs())]
+    pub read_timeout: u64,
+}
+
+pub fn run(args: ServeArgs) -> Result<()> {
+    let config = Config {
+        addr: args.addr,
+        max_upload_bytes: args.max_upload_bytes,
+        max_pixels: args.max_pixels,
+        max_batch: args.max_batch,
+        batch_wait: Duration::from_millis(args.batch_wait_ms),
+        max_queue: args.max_queue,
+        read_timeout: Duration::from_secs(args.read_timeout),
+    };
+    let server = Server::bind(&args.model, config)
+        .with_context(|| format!("cannot serve {}", args.model.display()))?;
+    let model = server.model();
+    eprintln!(
+        "serving {} ({}; weights sha256 {})",
+        model.path.display(),
+        model.classes.join(", "),
+        &model.weights_sha256[..12]
+    );
+    eprintln!(
+        "open http://{}/ (API: POST /v1/predict, GET /v1/model, GET /healthz); Ctrl-C stops",
+        server.local_addr()
+    );
+    serve::runtime()?.block_on(server.run(async {
+        if tokio::signal::ctrl_c().await.is_err() {
+            // No signal handling here: serve until the process is killed.
+            std::future::pending::<()>().await;
+        }
+    }))?;
+    eprintln!("stopped");
+    Ok(())
+}
