@@ -15,15 +15,6 @@ use catdog::fsio;
 use serde_json::{Value, json};
 use serve_common::*;
 
-fn probabilities(answer: &Value) -> Vec<f64> {
-    answer["probabilities"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .map(|p| p["probability"].as_f64().unwrap())
-        .collect()
-}
-
 /// Same probabilities, up to float rounding (batches of other sizes, or the autodiff path
 /// that Grad-CAM takes, may sum in another order).
 fn assert_same_probabilities(a: &Value, b: &Value) {

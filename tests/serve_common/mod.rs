@@ -131,6 +131,16 @@ pub fn get(url: &str) -> (u16, Value) {
     json(client().get(url).call())
 }
 
+/// The probabilities of a prediction, in the model's class order.
+pub fn probabilities(answer: &Value) -> Vec<f64> {
+    answer["probabilities"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|p| p["probability"].as_f64().unwrap())
+        .collect()
+}
+
 /// A multipart/form-data body with one file field.
 pub fn multipart(field: &str, file: &[u8]) -> (String, Vec<u8>) {
     let boundary = "catdog-test-boundary-7d1c";
