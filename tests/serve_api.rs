@@ -229,20 +229,16 @@ fn bad_uploads_get_a_clear_4xx_and_the_server_carries_on() {
         .send(ureq::SendBody::from_reader(&mut &big[..]));
     assert_error(&json(chunked), 413, "over the limit");
 
-    // A declared length far over the limit is refused before a byte of the body is sent.
-    let mut stream = TcpStream::connect(server.addr()).unwrap();
-    stream
-        .set_read_timeout(Some(Duration::from_secs(10)))
-        .unwrap();
-    stream
-        .write_all(
-            b"POST /v1/predict HTTP/1.1\r\nHost: test\r\nContent-Length: 10000000000\r\n\r\n",
-        )
-        .unwrap();
-    let mut answer = String::new();
-    stream.read_to_string(&mut answer).ok();
-    assert!(answer.starts_with("HTTP/1.1 413"), "{answer}");
-    assert!(answer.contains("over the limit of 50000 bytes"), "{answer}");
+    // A declared length over the limit is refused before a byte of the body is read: far
+    // over it, and with the client waiting for "100 Continue" before it sends its body.
+    for request in [
+        "POST /v1/predict HTTP/1.1\r\nHost: test\r\nContent-Length: 10000000000\r\n\r\n",
+        "POST /v1/predict HTTP/1.1\r\nHost: test\r\nContent-Length: 80000\r\nExpect: 100-continue\r\n\r\n",
+    ] {
+        let (_, answer) = raw_exchange(&server, request.as_bytes());
+        assert!(answer.starts_with("HTTP/1.1 413"), "{answer}");
+        assert!(answer.contains("over the limit of 50000 bytes"), "{answer}");
+    }
 
     // A decompression bomb: a 60-byte PNG that claims 50000 x 50000 pixels (7.5 GB decoded) is
     // refused from its header, at once.
@@ -275,6 +271,25 @@ fn bad_uploads_get_a_clear_4xx_and_the_server_carries_on() {
     assert_eq!(status, 200, "still serving: {answer}");
     let (_, health) = get(&server.url("/healthz"));
     assert_eq!(health["failed_batches"], 0);
+}
+
+/// Sends `request` as it is on a fresh connection; returns the time until the server closed
+/// it and everything it sent (a reset after the answer counts as a close).
+fn raw_exchange(server: &TestServer, request: &[u8]) -> (Duration, String) {
+    let mut stream = TcpStream::connect(server.addr()).unwrap();
+    stream
+        .set_read_timeout(Some(Duration::from_secs(10)))
+        .unwrap();
+    stream.write_all(request).unwrap();
+    let sent = Instant::now();
+    let mut answer = Vec::new();
+    if let Err(e) = stream.read_to_end(&mut answer) {
+        assert_eq!(e.kind(), std::io::ErrorKind::ConnectionReset, "{e}");
+    }
+    (
+        sent.elapsed(),
+        String::from_utf8_lossy(&answer).into_owned(),
+    )
 }
 
 /// A PNG signature, an IHDR chunk for an 8-bit RGB image of `width x height`, and nothing else.
@@ -315,37 +330,18 @@ fn slow_clients_are_cut_off() {
     });
 
     // Headers that never end: the connection is closed without an answer.
-    let mut stream = TcpStream::connect(server.addr()).unwrap();
-    stream
-        .set_read_timeout(Some(Duration::from_secs(10)))
-        .unwrap();
-    stream
-        .write_all(b"POST /v1/predict HTTP/1.1\r\nHost: test\r\n")
-        .unwrap();
-    let started = Instant::now();
-    let mut rest = Vec::new();
-    let read = stream.read_to_end(&mut rest);
-    assert!(
-        matches!(read, Ok(0))
-            || read.is_err_and(|e| e.kind() == std::io::ErrorKind::ConnectionReset),
-        "{rest:?}"
-    );
-    let waited = started.elapsed();
+    let (waited, answer) = raw_exchange(&server, b"POST /v1/predict HTTP/1.1\r\nHost: test\r\n");
+    assert_eq!(answer, "");
     assert!(
         waited >= timeout / 2 && waited < Duration::from_secs(5),
         "{waited:?}"
     );
 
     // A body that stops halfway: 408 with a JSON error.
-    let mut stream = TcpStream::connect(server.addr()).unwrap();
-    stream
-        .set_read_timeout(Some(Duration::from_secs(10)))
-        .unwrap();
-    stream
-        .write_all(b"POST /v1/predict HTTP/1.1\r\nHost: test\r\nContent-Type: image/png\r\nContent-Length: 1000\r\n\r\n\x89PNG")
-        .unwrap();
-    let mut answer = String::new();
-    stream.read_to_string(&mut answer).ok();
+    let (_, answer) = raw_exchange(
+        &server,
+        b"POST /v1/predict HTTP/1.1\r\nHost: test\r\nContent-Type: image/png\r\nContent-Length: 1000\r\n\r\n\x89PNG",
+    );
     assert!(answer.starts_with("HTTP/1.1 408"), "{answer}");
     assert!(
         answer.contains(r#"{"error":"the upload did not arrive within"#),

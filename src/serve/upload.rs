@@ -41,10 +41,17 @@ pub(super) async fn read_image(request: Request, config: &Config) -> Result<Byte
         .headers()
         .get(header::CONTENT_LENGTH)
         .and_then(|v| v.to_str().ok()?.parse::<u64>().ok());
+    // A client that asked whether to send its body (curl does, for large ones) has sent
+    // nothing yet; hyper answers "100 Continue" only once the body is read.
+    let waits_to_send = request
+        .headers()
+        .get(header::EXPECT)
+        .is_some_and(|v| v.as_bytes().eq_ignore_ascii_case(b"100-continue"));
     let (parts, mut body) = request.into_parts();
     if let Some(declared) = declared.filter(|&n| n > limit) {
-        // Refused unread; read away what is cheap so that the client gets to see why.
-        if declared <= limit.saturating_mul(2) {
+        // Refused unread; a body that is on its way is read away if that is cheap, so that
+        // the client gets to see why.
+        if !waits_to_send && declared <= limit.saturating_mul(2) {
             discard(&mut body, limit, deadline).await;
         }
         return Err(too_large());
