@@ -8,7 +8,7 @@
 //! ```
 //!
 //! Threads: tokio runs the HTTP side only. Decoding and Grad-CAM pictures run on its blocking
-//! pool, and the network on one dedicated inference thread ([`inference`]) that gathers the
+//! pool, and the network on one dedicated inference thread (module `inference`) that gathers the
 //! requests waiting for it into one batch; so the server keeps answering `/healthz` while the
 //! model works.
 //!
