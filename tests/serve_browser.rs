@@ -122,13 +122,33 @@ fn a_person_picks_a_photo_and_sees_the_prediction() {
         {
             assert!((fill.as_f64().unwrap() - p).abs() < 0.02, "{fills} vs {p}");
         }
-        let png = browser.screenshot();
-        std::fs::write(shots.path().join(format!("page{suffix}.png")), &png).unwrap();
-        if let Some(chosen) = &chosen {
-            let path = with_suffix(chosen, suffix);
-            std::fs::write(&path, &png).unwrap();
-            eprintln!("screenshot at {width} px: {}", path.display());
-        }
+        save_screenshot(&browser, shots.path(), chosen.as_deref(), suffix);
+    }
+
+    // A file that is not an image: the page says why, in words.
+    let notes = shots.path().join("notes.txt");
+    std::fs::write(&notes, "not a photo").unwrap();
+    let input = browser.element("#file");
+    browser.post(
+        &format!("element/{input}/value"),
+        json!({"text": notes.to_str().unwrap()}),
+    );
+    let error = browser.wait_for(
+        "return document.getElementById('result').dataset.state === 'error'
+             ? document.getElementById('status').textContent : null;",
+    );
+    assert!(error.as_str().unwrap().contains("not an image"), "{error}");
+    save_screenshot(&browser, shots.path(), chosen.as_deref(), "-error");
+}
+
+/// Saves the page as `page{suffix}.png` in `dir`, and beside `chosen` when given.
+fn save_screenshot(browser: &Browser, dir: &Path, chosen: Option<&Path>, suffix: &str) {
+    let png = browser.screenshot();
+    std::fs::write(dir.join(format!("page{suffix}.png")), &png).unwrap();
+    if let Some(chosen) = chosen {
+        let path = with_suffix(chosen, suffix);
+        std::fs::write(&path, &png).unwrap();
+        eprintln!("screenshot: {}", path.display());
     }
 }
 

@@ -201,7 +201,7 @@ fn rejected(rejection: Rejection) -> ApiError {
             StatusCode::UNPROCESSABLE_ENTITY
         }
     };
-    ApiError::new(status, format!("the image cannot be used: {rejection}"))
+    ApiError::new(status, rejection.to_string())
 }
 
 /// A byte count as a person reads it.
