@@ -9,6 +9,7 @@
 //! | splitting      | [`data::split`] | stratified, seeded train/val/test split, the [`data::Manifest`] |
 //! | preprocessing  | [`preprocess`]  | decode + torchvision's eval transform, augmentation       |
 //! | batching       | [`loader`]      | parallel, prefetched, shuffled batches from a manifest    |
+//! | training       | [`train`]       | the epoch loop, Adam, frozen-feature cache, checkpoints, resume |
 //! | evaluation     | [`evaluate`]    | accuracy, loss, confusion matrix, per-class scores, ROC AUC |
 //! | reporting      | [`report`]      | curves, confusion, photo grids, Grad-CAM, `index.html`    |
 //!
@@ -20,6 +21,7 @@
 pub mod bench;
 pub mod data;
 pub mod demo;
+pub mod device;
 pub mod error;
 pub mod evaluate;
 pub mod fsio;
@@ -29,5 +31,6 @@ pub mod preprocess;
 pub mod progress;
 pub mod report;
 pub mod run;
+pub mod train;
 
 pub use error::{Error, Result};

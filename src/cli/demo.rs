@@ -21,12 +21,11 @@ pub struct DemoArgs {
 }
 
 pub fn run(args: DemoArgs) -> Result<()> {
-    let data_dir = args.out.join("data");
-    let set = demo::write_dataset(&data_dir, args.per_class, args.seed)?;
+    let set = demo::write_dataset(&args.out, args.per_class, args.seed)?;
     println!(
         "wrote {} synthetic photos to {}, with these odd files planted:",
         set.photos,
-        data_dir.display()
+        set.data.display()
     );
     for (path, what) in &set.planted {
         println!("  {path}: {what}");

@@ -5,6 +5,7 @@ mod bench;
 mod data;
 mod demo;
 mod imagenet;
+mod train;
 mod weights;
 
 use std::process::ExitCode;
@@ -34,6 +35,8 @@ enum Command {
     Weights(weights::WeightsArgs),
     /// Classify photos into the 1000 ImageNet classes with the pretrained network
     Imagenet(imagenet::ImagenetArgs),
+    /// Fine-tune ResNet-18 (or train a head on its frozen features) and evaluate it
+    Train(Box<train::TrainArgs>),
     /// Measure throughput, beside PyTorch's when --python is given
     Bench(bench::BenchArgs),
 }
@@ -46,6 +49,7 @@ pub fn main() -> ExitCode {
         Command::Split(args) => data::split(args),
         Command::Weights(args) => weights::run(args),
         Command::Imagenet(args) => imagenet::run(args),
+        Command::Train(args) => train::run(*args),
         Command::Bench(args) => bench::run(args),
     };
     match result {
