@@ -91,7 +91,7 @@ pub fn run(args: TrainArgs) -> Result<()> {
                 preprocessing: Preprocessing::imagenet(args.image_size),
                 cache_dir: args.cache_dir.or_else(train::default_cache_dir),
             };
-            (RunDir::new(out), Start::New(config))
+            (RunDir::new(out), Start::New(Box::new(config)))
         }
     };
     let outcome = train::train(&run, start, &stop, &log)?;

@@ -41,7 +41,7 @@ use features::FeatureCache;
 
 /// How a run begins.
 pub enum Start {
-    New(TrainConfig),
+    New(Box<TrainConfig>),
     /// Continue the run in the folder from its `last/` checkpoint.
     Resume,
 }
@@ -61,7 +61,7 @@ pub struct Outcome {
 /// (the clean summary, one line per epoch, what was saved).
 pub fn train(run: &RunDir, start: Start, stop: &AtomicBool, log: &dyn Fn(&str)) -> Result<Outcome> {
     let mut session = match start {
-        Start::New(config) => Session::begin(run, config, log)?,
+        Start::New(config) => Session::begin(run, *config, log)?,
         Start::Resume => Session::resume(run, log)?,
     };
     session.run(stop, log)
