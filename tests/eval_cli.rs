@@ -220,8 +220,8 @@ fn evaluate_writes_the_metrics_of_the_split_and_prints_them() {
 }
 
 #[test]
-fn an_empty_split_is_refused_by_name() {
-    let f = fixture("an_empty_split_is_refused_by_name");
+fn an_empty_split_or_a_folder_that_is_no_run_is_refused() {
+    let f = fixture("an_empty_split_or_a_folder_that_is_no_run_is_refused");
     let mut manifest = f.manifest.clone();
     for file in &mut manifest.files {
         if file.split == Split::Test {
@@ -246,6 +246,10 @@ fn an_empty_split_is_refused_by_name() {
     assert!(!out.status.success());
     assert!(text(&out.stderr).contains("the test split has no photos"));
     assert!(!f.run.eval(Split::Test).exists());
+
+    let out = catdog(&["evaluate", arg(&f.run.checkpoint(Which::Best))]);
+    assert!(!out.status.success());
+    assert!(text(&out.stderr).contains("is not a training run"));
 }
 
 #[test]

@@ -32,6 +32,13 @@ impl RunModel {
     /// manifest's files are all there and its classes are the model's.
     pub fn load(run: &RunDir, which: Which, device: &Device) -> Result<RunModel> {
         let manifest_path = run.manifest();
+        if !manifest_path.is_file() {
+            return Err(Error::data(
+                &run.root,
+                "is not a training run (it has no manifest.json)",
+                "pass the folder that `catdog train --out` wrote",
+            ));
+        }
         let manifest = Manifest::load(&manifest_path)?;
         manifest.verify(&manifest_path)?;
         let device = device.clone().without_autodiff();
