@@ -78,7 +78,7 @@ impl RunModel {
                 self.run.manifest(),
                 format!("the {split} split has no photos to evaluate"),
                 format!(
-                    "evaluate another split (--split), or make the data split again with a share for {split} (--ratios)"
+                    "use another split, or split the data again with a share for {split} (`catdog split --ratios`)"
                 ),
             ));
         }
