@@ -10,8 +10,8 @@
 //! | preprocessing  | [`preprocess`]  | decode + torchvision's eval transform, augmentation       |
 //! | batching       | [`loader`]      | parallel, prefetched, shuffled batches from a manifest    |
 //! | training       | [`train`]       | the epoch loop, Adam, frozen-feature cache, checkpoints, resume |
-//! | evaluation     | [`evaluate`]    | accuracy, loss, confusion matrix, per-class scores, ROC AUC |
-//! | reporting      | [`report`]      | curves, confusion, photo grids, Grad-CAM, `index.html`    |
+//! | evaluation     | [`evaluate`]    | a checkpoint over a split or files; accuracy, loss, confusion matrix, per-class scores, ROC AUC |
+//! | reporting      | [`report`]      | curves, confusion, photo grids, Grad-CAM, `index.html`; a run's whole report |
 //!
 //! The network, its weight files and checkpoints live in [`model`]; what a
 //! training run leaves behind, and where, in [`run`].

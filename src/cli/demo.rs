@@ -8,7 +8,7 @@ use catdog::data::{Limits, Ratios};
 use catdog::demo;
 use catdog::device::DeviceChoice;
 use catdog::preprocess::Preprocessing;
-use catdog::run::RunDir;
+use catdog::run::{RunDir, Which};
 use catdog::train::{self, Mode, Start, TrainConfig};
 
 use super::data::{self, DataArgs};
@@ -87,7 +87,20 @@ pub fn run(args: DemoArgs) -> Result<()> {
         &AtomicBool::new(false),
         &log,
     )?;
-    println!("\nrun folder: {}", run.root.display());
+    println!("\n== evaluate on the test split + report");
+    super::evaluate::report(super::evaluate::ReportArgs {
+        run: run.root.clone(),
+        checkpoint: Which::Best,
+        samples: 16,
+    })?;
+    println!(
+        "\nrun folder: {} (config.json, metrics.jsonl/.csv, best/, last/, eval-test.json)",
+        run.root.display()
+    );
+    println!(
+        "open the report: {}",
+        run.report_dir().join("index.html").display()
+    );
     println!(
         "next: `catdog weights download`, then `catdog train --data DIR --out RUN` for the reference recipe on your photos"
     );

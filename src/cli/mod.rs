@@ -4,7 +4,9 @@
 mod bench;
 mod data;
 mod demo;
+mod evaluate;
 mod imagenet;
+mod predict;
 mod train;
 mod weights;
 
@@ -39,6 +41,12 @@ enum Command {
     Train(Box<train::TrainArgs>),
     /// Measure throughput, beside PyTorch's when --python is given
     Bench(bench::BenchArgs),
+    /// Score a training run's checkpoint on a split of its data; writes RUN/eval-SPLIT.json
+    Evaluate(evaluate::EvaluateArgs),
+    /// Classify photos with a trained model
+    Predict(predict::PredictArgs),
+    /// Write a training run's report: pictures and index.html in RUN/report/
+    Report(evaluate::ReportArgs),
 }
 
 pub fn main() -> ExitCode {
@@ -51,6 +59,9 @@ pub fn main() -> ExitCode {
         Command::Imagenet(args) => imagenet::run(args),
         Command::Train(args) => train::run(*args),
         Command::Bench(args) => bench::run(args),
+        Command::Evaluate(args) => evaluate::evaluate(args),
+        Command::Predict(args) => predict::run(args),
+        Command::Report(args) => evaluate::report(args),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,
