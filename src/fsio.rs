@@ -54,10 +54,10 @@ pub fn write_json<T: Serialize + ?Sized>(path: &Path, value: &T) -> Result<()> {
 /// Reads a JSON file written by [`write_json`]; `what` names it in errors.
 pub fn read_json<T: DeserializeOwned>(path: &Path, what: &'static str) -> Result<T> {
     let bytes = fs::read(path).map_err(|e| Error::io("cannot read", path, e))?;
-    serde_json::from_slice(&bytes).map_err(|source| Error::Json {
+    serde_json::from_slice(&bytes).map_err(|cause| Error::Json {
         what,
         path: path.to_owned(),
-        source,
+        cause,
     })
 }
 
