@@ -97,26 +97,34 @@ pub fn inference(batch: usize, size: usize) -> Figure {
     Figure::new(&format!("inference {size} px, batch {batch}"), batch, t)
 }
 
-/// A full fine-tuning step (forward, cross-entropy, backward, Adam; batch
-/// norm in training mode), img/s.
-pub fn train_step(batch: usize, size: usize) -> Figure {
-    let device = Device::flex().autodiff();
-    let mut model = ResNet18::new(2, &device);
-    let mut adam = Adam::new(1e-3);
-    let x = random_images(batch, size, &device);
-    let y = Tensor::<1, Int>::from_data(
-        TensorData::new(
-            (0..batch as i64).map(|i| i % 2).collect::<Vec<_>>(),
-            [batch],
-        ),
-        &device,
-    );
+/// The median time of an Adam step (forward by `logits`, cross-entropy,
+/// backward, update) of `model` on one batch with alternating labels.
+fn adam_step_seconds(
+    mut model: ResNet18,
+    batch: usize,
+    warm: usize,
+    reps: usize,
+    logits: impl Fn(&ResNet18) -> Tensor<2>,
+) -> f64 {
+    let device = model.fc.weight.val().device();
+    let labels: Vec<i64> = (0..batch as i64).map(|i| i % 2).collect();
+    let y = Tensor::<1, Int>::from_data(TensorData::new(labels, [batch]), &device);
     let loss_fn = CrossEntropyLossConfig::new().init(&device);
-    let t = median_seconds(1, 3, || {
-        let loss = loss_fn.forward(model.forward(x.clone()), y.clone());
+    let mut adam = Adam::new(1e-3);
+    median_seconds(warm, reps, || {
+        let loss = loss_fn.forward(logits(&model), y.clone());
         let grads = GradientsParams::from_grads(loss.backward(), &model);
         model = adam.step(model.clone(), grads);
         let _ = model.fc.weight.val().into_data();
+    })
+}
+
+/// A full fine-tuning step (batch norm in training mode), img/s.
+pub fn train_step(batch: usize, size: usize) -> Figure {
+    let device = Device::flex().autodiff();
+    let x = random_images(batch, size, &device);
+    let t = adam_step_seconds(ResNet18::new(2, &device), batch, 1, 3, |m| {
+        m.forward(x.clone())
     });
     Figure::new(
         &format!("fine-tuning step {size} px, batch {batch}"),
@@ -128,37 +136,15 @@ pub fn train_step(batch: usize, size: usize) -> Figure {
 /// A step of frozen mode's head on cached features, img/s.
 pub fn head_step(batch: usize) -> Figure {
     let device = Device::flex().autodiff();
-    let mut model = ResNet18::new(2, &device).freeze_backbone();
-    let mut adam = Adam::new(1e-3);
     device.seed(0);
     let f = Tensor::<2>::random(
         [batch, FEATURES],
         burn::tensor::Distribution::Normal(0.0, 1.0),
         &device,
     );
-    let y = Tensor::<1, Int>::from_data(
-        TensorData::new(
-            (0..batch as i64).map(|i| i % 2).collect::<Vec<_>>(),
-            [batch],
-        ),
-        &device,
-    );
-    let loss_fn = CrossEntropyLossConfig::new().init(&device);
-    let t = median_seconds(5, 21, || {
-        let loss = loss_fn.forward(model.head_forward(f.clone()), y.clone());
-        let grads = GradientsParams::from_grads(loss.backward(), &model);
-        model = adam.step(model.clone(), grads);
-        let _ = model.fc.weight.val().into_data();
-    });
+    let model = ResNet18::new(2, &device).freeze_backbone();
+    let t = adam_step_seconds(model, batch, 5, 21, |m| m.head_forward(f.clone()));
     Figure::new(&format!("frozen head step, batch {batch}"), batch, t)
-}
-
-/// This process's peak resident memory (Linux), in bytes.
-pub fn peak_rss_bytes() -> Option<u64> {
-    let status = std::fs::read_to_string("/proc/self/status").ok()?;
-    let line = status.lines().find(|l| l.starts_with("VmHWM:"))?;
-    let kib: u64 = line.split_whitespace().nth(1)?.parse().ok()?;
-    Some(kib * 1024)
 }
 
 /// Runs a command to completion; returns its stdout, wall seconds and peak
