@@ -2,6 +2,8 @@
 //! reproducible, frozen mode caches features, and interrupted runs resume to
 //! exactly the numbers of an uninterrupted one.
 
+mod common;
+
 use std::path::{Path, PathBuf};
 use std::process::Command;
 use std::sync::Mutex;
@@ -291,4 +293,40 @@ fn a_killed_run_resumes_to_the_same_numbers() {
         String::from_utf8_lossy(&out.stderr)
     );
     assert_eq!(history(&whole), history(&killed));
+}
+
+/// On real photos. Without ImageNet weights (they cannot be downloaded here)
+/// validation stays near chance, so this shows what can be shown: fine-tuning
+/// from torchvision-format weights fits the training photos.
+#[test]
+fn fine_tuning_fits_real_photos() {
+    let Some(shared) = common::shared("fine_tuning_fits_real_photos") else {
+        return;
+    };
+    let dir = tempfile::tempdir().unwrap();
+    let data = dir.path().join("photos");
+    std::fs::create_dir_all(&data).unwrap();
+    for class in ["cat", "dog"] {
+        for i in 0..60 {
+            let name = format!("{class}.{i}.jpg");
+            std::fs::copy(
+                shared.join("data/kaggle-sample").join(&name),
+                data.join(&name),
+            )
+            .unwrap();
+        }
+    }
+    let weights = shared.join("golden/resnet18/resnet18.pth");
+    let mut c = config(&data, Mode::Finetune, weights.to_str().unwrap(), 5);
+    c.batch_size = 16;
+    c.preprocessing = Preprocessing::imagenet(64);
+    let run = dir.path().join("run");
+    train(&run, Start::New(Box::new(c)), false);
+    let h = history(&run);
+    eprintln!(
+        "real photos, train loss/acc per epoch: {:?}",
+        h.iter().map(|e| (e[0], e[1])).collect::<Vec<_>>()
+    );
+    assert!(h[4][0] < 0.5 * h[0][0], "training loss did not fall: {h:?}");
+    assert!(h[4][1] >= 0.85, "training accuracy stayed low: {h:?}");
 }
