@@ -6,15 +6,20 @@ use std::path::{Path, PathBuf};
 use std::process::Command;
 use std::time::Instant;
 
+use burn::nn::loss::CrossEntropyLossConfig;
+use burn::optim::GradientsParams;
+use burn::prelude::*;
 use rayon::prelude::*;
-use serde::Serialize;
+use serde::{Deserialize, Serialize};
 
 use crate::data::decode::{self, Limits};
 use crate::error::{Error, Result};
+use crate::model::{FEATURES, ResNet18};
 use crate::preprocess::Preprocessing;
+use crate::train::adam::Adam;
 
 /// One measured figure.
-#[derive(Clone, Debug, Serialize)]
+#[derive(Clone, Debug, Serialize, Deserialize)]
 pub struct Figure {
     pub name: String,
     pub items: usize,
@@ -56,6 +61,128 @@ pub fn preprocess_throughput(files: &[PathBuf]) -> Result<Figure> {
     Ok(Figure::new("decode + eval transform", files.len(), seconds))
 }
 
+/// The median time of `reps` calls of `f`, after `warm` uncounted ones.
+fn median_seconds(warm: usize, reps: usize, mut f: impl FnMut()) -> f64 {
+    for _ in 0..warm {
+        f();
+    }
+    let mut times: Vec<f64> = (0..reps)
+        .map(|_| {
+            let start = Instant::now();
+            f();
+            start.elapsed().as_secs_f64()
+        })
+        .collect();
+    times.sort_by(f64::total_cmp);
+    times[times.len() / 2]
+}
+
+fn random_images(batch: usize, size: usize, device: &Device) -> Tensor<4> {
+    device.seed(0);
+    Tensor::random(
+        [batch, 3, size, size],
+        burn::tensor::Distribution::Normal(0.0, 1.0),
+        device,
+    )
+}
+
+/// Pooled features (the frozen mode's forward pass) of a batch, eval mode, img/s.
+pub fn inference(batch: usize, size: usize) -> Figure {
+    let device = Device::flex();
+    let model = ResNet18::new(2, &device);
+    let x = random_images(batch, size, &device);
+    let t = median_seconds(1, 3, || {
+        let _ = model.features(x.clone()).into_data();
+    });
+    Figure::new(&format!("inference {size} px, batch {batch}"), batch, t)
+}
+
+/// The median time of an Adam step (forward by `logits`, cross-entropy,
+/// backward, update) of `model` on one batch with alternating labels.
+fn adam_step_seconds(
+    mut model: ResNet18,
+    batch: usize,
+    warm: usize,
+    reps: usize,
+    logits: impl Fn(&ResNet18) -> Tensor<2>,
+) -> f64 {
+    let device = model.fc.weight.val().device();
+    let labels: Vec<i64> = (0..batch as i64).map(|i| i % 2).collect();
+    let y = Tensor::<1, Int>::from_data(TensorData::new(labels, [batch]), &device);
+    let loss_fn = CrossEntropyLossConfig::new().init(&device);
+    let mut adam = Adam::new(1e-3);
+    median_seconds(warm, reps, || {
+        let loss = loss_fn.forward(logits(&model), y.clone());
+        let grads = GradientsParams::from_grads(loss.backward(), &model);
+        model = adam.step(model.clone(), grads);
+        let _ = model.fc.weight.val().into_data();
+    })
+}
+
+/// A full fine-tuning step (batch norm in training mode), img/s.
+pub fn train_step(batch: usize, size: usize) -> Figure {
+    let device = Device::flex().autodiff();
+    let x = random_images(batch, size, &device);
+    let t = adam_step_seconds(ResNet18::new(2, &device), batch, 1, 3, |m| {
+        m.forward(x.clone())
+    });
+    Figure::new(
+        &format!("fine-tuning step {size} px, batch {batch}"),
+        batch,
+        t,
+    )
+}
+
+/// A step of frozen mode's head on cached features, img/s.
+pub fn head_step(batch: usize) -> Figure {
+    let device = Device::flex().autodiff();
+    device.seed(0);
+    let f = Tensor::<2>::random(
+        [batch, FEATURES],
+        burn::tensor::Distribution::Normal(0.0, 1.0),
+        &device,
+    );
+    let model = ResNet18::new(2, &device).freeze_backbone();
+    let t = adam_step_seconds(model, batch, 5, 21, |m| m.head_forward(f.clone()));
+    Figure::new(&format!("frozen head step, batch {batch}"), batch, t)
+}
+
+/// Runs a command to completion; returns its stdout, wall seconds and peak
+/// resident memory in bytes (from the kernel's accounting of that child).
+#[cfg(unix)]
+pub fn run_measured(cmd: &mut Command) -> std::result::Result<(String, f64, u64), String> {
+    use std::io::Read;
+    let start = Instant::now();
+    let mut child = cmd
+        .stdout(std::process::Stdio::piped())
+        .spawn()
+        .map_err(|e| format!("cannot start {cmd:?}: {e}"))?;
+    let mut out = String::new();
+    if let Some(mut stdout) = child.stdout.take() {
+        let _ = stdout.read_to_string(&mut out);
+    }
+    let mut status = 0;
+    // SAFETY: an all-zero rusage is a valid value for wait4 to fill in.
+    let mut usage: libc::rusage = unsafe { std::mem::zeroed() };
+    // SAFETY: the pid is our own child's, not yet waited for; both pointers are valid.
+    let pid = unsafe { libc::wait4(child.id() as libc::pid_t, &mut status, 0, &mut usage) };
+    if pid < 0 {
+        return Err(format!(
+            "cannot wait for {cmd:?}: {}",
+            std::io::Error::last_os_error()
+        ));
+    }
+    if !libc::WIFEXITED(status) || libc::WEXITSTATUS(status) != 0 {
+        return Err(format!("{cmd:?} failed (status {status})"));
+    }
+    // Linux reports ru_maxrss in KiB.
+    Ok((
+        out,
+        start.elapsed().as_secs_f64(),
+        usage.ru_maxrss as u64 * 1024,
+    ))
+}
+
 /// Runs a peer script with `python` and returns its stdout, or why it could not.
 pub fn run_peer(
     python: &Path,
@@ -85,6 +212,17 @@ pub fn figure_before(text: &str, unit: &str) -> Option<f64> {
 
 #[cfg(test)]
 mod tests {
+    use std::process::Command;
+
+    #[test]
+    fn measures_a_child_process() {
+        let (out, seconds, rss) =
+            super::run_measured(Command::new("sh").args(["-c", "echo hi"])).unwrap();
+        assert_eq!(out, "hi\n");
+        assert!(seconds > 0.0 && rss > 0);
+        assert!(super::run_measured(&mut Command::new("false")).is_err());
+    }
+
     #[test]
     fn reads_peer_figures() {
         let line = "PIL+torchvision workers=2: 2002 images in 2.91s = 687.3 img/s";

@@ -9,12 +9,12 @@ pub type Result<T, E = Error> = std::result::Result<T, E>;
 #[derive(Debug, thiserror::Error)]
 pub enum Error {
     /// A file or folder could not be read or written.
-    #[error("{action} {}: {source}", path.display())]
+    #[error("{action} {}: {cause}", path.display())]
     Io {
         action: &'static str,
         path: PathBuf,
-        #[source]
-        source: std::io::Error,
+        // Shown in the message, not chained as a source: anyhow would print it twice.
+        cause: std::io::Error,
     },
 
     /// The input data (a data folder, a manifest, a photo) is not usable as it is.
@@ -41,22 +41,21 @@ pub enum Error {
     },
 
     /// A JSON file of ours (manifest, report, config) could not be parsed.
-    #[error("{} is not a valid {what}: {source}\n  hint: it may be from another tool or damaged; create it again", path.display())]
+    #[error("{} is not a valid {what}: {cause}\n  hint: it may be from another tool or damaged; create it again", path.display())]
     Json {
         what: &'static str,
         path: PathBuf,
-        #[source]
-        source: serde_json::Error,
+        cause: serde_json::Error,
     },
 }
 
 impl Error {
     /// An I/O error with the path and the action that failed.
-    pub fn io(action: &'static str, path: impl Into<PathBuf>, source: std::io::Error) -> Self {
+    pub fn io(action: &'static str, path: impl Into<PathBuf>, cause: std::io::Error) -> Self {
         Error::Io {
             action,
             path: path.into(),
-            source,
+            cause,
         }
     }
 

@@ -54,10 +54,10 @@ pub fn write_json<T: Serialize + ?Sized>(path: &Path, value: &T) -> Result<()> {
 /// Reads a JSON file written by [`write_json`]; `what` names it in errors.
 pub fn read_json<T: DeserializeOwned>(path: &Path, what: &'static str) -> Result<T> {
     let bytes = fs::read(path).map_err(|e| Error::io("cannot read", path, e))?;
-    serde_json::from_slice(&bytes).map_err(|source| Error::Json {
+    serde_json::from_slice(&bytes).map_err(|cause| Error::Json {
         what,
         path: path.to_owned(),
-        source,
+        cause,
     })
 }
 
@@ -78,6 +78,60 @@ fn parent_dir(path: &Path) -> PathBuf {
         Some(p) if !p.as_os_str().is_empty() => p.to_owned(),
         _ => PathBuf::from("."),
     }
+}
+
+/// Replaces the folder `target` as a whole: `fill` writes the new content into
+/// a hidden sibling, which then takes `target`'s place. A crash leaves either
+/// the old folder or the complete new one (see [`recover_dir`]), never a mix:
+/// a checkpoint's files always belong together.
+pub fn replace_dir(target: &Path, fill: impl FnOnce(&Path) -> Result<()>) -> Result<()> {
+    let (new, old) = dir_siblings(target);
+    recover_dir(target)?;
+    if new.exists() {
+        fs::remove_dir_all(&new).map_err(|e| Error::io("cannot remove", &new, e))?;
+    }
+    fs::create_dir_all(&new).map_err(|e| Error::io("cannot create folder", &new, e))?;
+    fill(&new)?;
+    if target.exists() {
+        fs::rename(target, &old).map_err(|e| Error::io("cannot move aside", target, e))?;
+    }
+    fs::rename(&new, target).map_err(|e| Error::io("cannot move into place", &new, e))?;
+    if let Ok(d) = File::open(parent_dir(target)) {
+        let _ = d.sync_all();
+    }
+    if old.exists() {
+        fs::remove_dir_all(&old).map_err(|e| Error::io("cannot remove", &old, e))?;
+    }
+    Ok(())
+}
+
+/// Finishes or undoes a [`replace_dir`] that a crash interrupted: a complete
+/// new folder that had not yet taken its place does so; a half-written one is
+/// dropped; the old one is removed once the new one is in place.
+pub fn recover_dir(target: &Path) -> Result<()> {
+    let (new, old) = dir_siblings(target);
+    if !target.exists() && new.exists() && old.exists() {
+        // Crashed between the two renames: `new` was complete before `old` was moved aside.
+        fs::rename(&new, target).map_err(|e| Error::io("cannot move into place", &new, e))?;
+    }
+    for leftover in [new, old] {
+        if leftover.exists() {
+            fs::remove_dir_all(&leftover).map_err(|e| Error::io("cannot remove", &leftover, e))?;
+        }
+    }
+    Ok(())
+}
+
+fn dir_siblings(target: &Path) -> (PathBuf, PathBuf) {
+    let name = target
+        .file_name()
+        .map(|n| n.to_string_lossy())
+        .unwrap_or_default();
+    let dir = parent_dir(target);
+    (
+        dir.join(format!(".{name}.new")),
+        dir.join(format!(".{name}.old")),
+    )
 }
 
 /// SHA-256 of a byte slice, as lower-case hex.
@@ -136,6 +190,38 @@ mod tests {
         assert!(err.unwrap_err().to_string().contains("m.json"));
         assert_eq!(fs::read(&path).unwrap(), b"old");
         assert_eq!(fs::read_dir(dir.path()).unwrap().count(), 1);
+    }
+
+    #[test]
+    fn replace_dir_swaps_whole_folders_and_recovers_from_crashes() {
+        let dir = tempfile::tempdir().unwrap();
+        let target = dir.path().join("last");
+        let put = |v: &'static str| {
+            replace_dir(&target, |d| {
+                write_atomic(&d.join("a"), v.as_bytes())
+                    .and_then(|_| write_atomic(&d.join("b"), v.as_bytes()))
+            })
+        };
+        put("1").unwrap();
+        put("2").unwrap();
+        assert_eq!(fs::read(target.join("b")).unwrap(), b"2");
+        assert_eq!(fs::read_dir(dir.path()).unwrap().count(), 1);
+        // A failed fill leaves the old folder in place.
+        let err = replace_dir(&target, |_| Err(Error::setting("test", "fail")));
+        assert!(err.is_err());
+        assert_eq!(fs::read(target.join("a")).unwrap(), b"2");
+        // Crash between the renames: the complete new folder wins.
+        let (new, old) = dir_siblings(&target);
+        fs::rename(&target, &old).unwrap();
+        fs::create_dir(&new).unwrap();
+        fs::write(new.join("a"), "3").unwrap();
+        recover_dir(&target).unwrap();
+        assert_eq!(fs::read(target.join("a")).unwrap(), b"3");
+        assert!(!old.exists() && !new.exists());
+        // Crash while filling: the half-written folder is dropped.
+        fs::create_dir(&new).unwrap();
+        recover_dir(&target).unwrap();
+        assert!(!new.exists() && target.join("a").exists());
     }
 
     #[test]

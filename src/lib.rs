@@ -9,8 +9,9 @@
 //! | splitting      | [`data::split`] | stratified, seeded train/val/test split, the [`data::Manifest`] |
 //! | preprocessing  | [`preprocess`]  | decode + torchvision's eval transform, augmentation       |
 //! | batching       | [`loader`]      | parallel, prefetched, shuffled batches from a manifest    |
-//! | evaluation     | [`evaluate`]    | accuracy, loss, confusion matrix, per-class scores, ROC AUC |
-//! | reporting      | [`report`]      | curves, confusion, photo grids, Grad-CAM, `index.html`    |
+//! | training       | [`train`]       | the epoch loop, Adam, frozen-feature cache, checkpoints, resume |
+//! | evaluation     | [`evaluate`]    | a checkpoint over a split or files; accuracy, loss, confusion matrix, per-class scores, ROC AUC |
+//! | reporting      | [`report`]      | curves, confusion, photo grids, Grad-CAM, `index.html`; a run's whole report |
 //! | serving        | [`serve`]       | HTTP API and web page, batched inference, Grad-CAM        |
 //!
 //! The network, its weight files and checkpoints live in [`model`]; what a
@@ -21,6 +22,7 @@
 pub mod bench;
 pub mod data;
 pub mod demo;
+pub mod device;
 pub mod error;
 pub mod evaluate;
 pub mod fsio;
@@ -31,5 +33,6 @@ pub mod progress;
 pub mod report;
 pub mod run;
 pub mod serve;
+pub mod train;
 
 pub use error::{Error, Result};

@@ -79,13 +79,15 @@ pub struct Loader {
 }
 
 impl Loader {
-    pub fn new(samples: Arc<[Sample]>, config: LoaderConfig, epoch: usize) -> Loader {
+    /// Batches of `epoch`, beginning at batch `start` (a resumed epoch skips
+    /// the batches it already trained on).
+    pub fn new(samples: Arc<[Sample]>, config: LoaderConfig, epoch: usize, start: usize) -> Loader {
         let (tx, rx) = bounded(config.prefetch.max(1));
         let worker = std::thread::Builder::new()
             .name("catdog-loader".into())
             .spawn(move || {
                 let order = epoch_order(samples.len(), config.seed, epoch, config.shuffle);
-                for chunk in order.chunks(config.batch_size.max(1)) {
+                for chunk in order.chunks(config.batch_size.max(1)).skip(start) {
                     let batch = make_batch(&samples, chunk, &config, epoch);
                     let failed = batch.is_err();
                     // A closed channel means the consumer stopped early: nothing more to do.

@@ -54,14 +54,26 @@ impl Preprocessing {
 
     /// The eval transform, written into `out` (CHW, `self.len()` floats).
     pub fn eval(&self, img: &RgbImage, out: &mut [f32]) {
-        let crop = self.eval_crop(img);
-        self.normalise(crop.as_raw(), self.image_size, (0, 0), false, out);
+        let (resized, width, origin) = self.eval_resize(img);
+        self.normalise(&resized, width, origin, false, out);
     }
 
-    /// What the model sees of `img` under the eval transform, before normalisation: the
-    /// resized photo's centre square of `image_size` pixels (for pictures such as Grad-CAM
-    /// overlays, which must line up with the model's input).
+    /// The pixels the eval transform shows the model, before normalisation:
+    /// the `image_size` square of the resized photo (for pictures such as Grad-CAM,
+    /// whose maps are aligned with the model's input).
     pub fn eval_crop(&self, img: &RgbImage) -> RgbImage {
+        let (resized, width, (left, top)) = self.eval_resize(img);
+        let s = self.image_size;
+        let width = width as usize;
+        RgbImage::from_fn(s, s, |x, y| {
+            let i = ((top + y) as usize * width + (left + x) as usize) * 3;
+            image::Rgb([resized[i], resized[i + 1], resized[i + 2]])
+        })
+    }
+
+    /// The eval resize (shorter side to `resize`) as packed RGB, its width, and
+    /// the top-left corner of the centre crop in it.
+    fn eval_resize(&self, img: &RgbImage) -> (Vec<u8>, u32, (u32, u32)) {
         let (w, h) = img.dimensions();
         let (rw, rh) = resized_size(w, h, self.resize);
         let s = self.image_size;
@@ -69,8 +81,7 @@ impl Preprocessing {
         let left = (f64::from(rw.saturating_sub(s)) / 2.0).round_ties_even() as u32;
         let top = (f64::from(rh.saturating_sub(s)) / 2.0).round_ties_even() as u32;
         let resized = resize(img, (0.0, 0.0, f64::from(w), f64::from(h)), rw, rh);
-        let resized = RgbImage::from_raw(rw, rh, resized).expect("resize returns rw x rh RGB");
-        image::imageops::crop_imm(&resized, left, top, s, s).to_image()
+        (resized, rw, (left, top))
     }
 
     /// The training transform: the eval transform, or with `augment` a random
@@ -222,9 +233,9 @@ mod tests {
     }
 
     #[test]
-    fn eval_is_the_normalised_eval_crop() {
-        let img = RgbImage::from_fn(150, 100, |x, y| {
-            image::Rgb([x as u8, y as u8, (x * y) as u8])
+    fn eval_crop_is_what_eval_normalises() {
+        let img = RgbImage::from_fn(150, 90, |x, y| {
+            image::Rgb([x as u8, (2 * y) as u8, (x ^ y) as u8])
         });
         let p = Preprocessing::imagenet(64);
         let crop = p.eval_crop(&img);
@@ -234,10 +245,12 @@ mod tests {
         let plane = 64 * 64;
         for (i, px) in crop.pixels().enumerate() {
             for c in 0..3 {
-                let expect = (px[c] as f32 / 255.0 - IMAGENET_MEAN[c]) / IMAGENET_STD[c];
+                let expect = (f32::from(px[c]) / 255.0 - IMAGENET_MEAN[c]) / IMAGENET_STD[c];
                 assert_eq!(out[c * plane + i], expect);
             }
         }
+        // The crop is the middle of the resized photo: its left column is not the photo's.
+        assert_ne!(crop.get_pixel(0, 0)[0], 0);
     }
 
     #[test]

@@ -4,8 +4,11 @@
 mod bench;
 mod data;
 mod demo;
+mod evaluate;
 mod imagenet;
+mod predict;
 mod serve;
+mod train;
 mod weights;
 
 use std::process::ExitCode;
@@ -35,8 +38,16 @@ enum Command {
     Weights(weights::WeightsArgs),
     /// Classify photos into the 1000 ImageNet classes with the pretrained network
     Imagenet(imagenet::ImagenetArgs),
+    /// Fine-tune ResNet-18 (or train a head on its frozen features) and evaluate it
+    Train(Box<train::TrainArgs>),
     /// Measure throughput, beside PyTorch's when --python is given
     Bench(bench::BenchArgs),
+    /// Score a training run's checkpoint on a split of its data; writes RUN/eval-SPLIT.json
+    Evaluate(evaluate::EvaluateArgs),
+    /// Classify photos with a trained model
+    Predict(predict::PredictArgs),
+    /// Write a training run's report: pictures and index.html in RUN/report/
+    Report(evaluate::ReportArgs),
     /// Serve a trained model: HTTP API and a web page to drop photos on
     Serve(serve::ServeArgs),
 }
@@ -49,7 +60,11 @@ pub fn main() -> ExitCode {
         Command::Split(args) => data::split(args),
         Command::Weights(args) => weights::run(args),
         Command::Imagenet(args) => imagenet::run(args),
+        Command::Train(args) => train::run(*args),
         Command::Bench(args) => bench::run(args),
+        Command::Evaluate(args) => evaluate::evaluate(args),
+        Command::Predict(args) => predict::run(args),
+        Command::Report(args) => evaluate::report(args),
         Command::Serve(args) => serve::run(args),
     };
     match result {

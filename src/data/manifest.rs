@@ -64,11 +64,12 @@ pub struct RejectedFile {
     pub detail: String,
 }
 
-/// One file ready for the loader: where it is and its class index.
+/// One file ready for the loader: where it is, its class index and content hash.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct Sample {
     pub path: PathBuf,
     pub label: usize,
+    pub hash: String,
 }
 
 /// Scans, cleans and splits a data folder: the whole data preparation.
@@ -214,6 +215,7 @@ impl Manifest {
                     .iter()
                     .position(|c| c == &f.label)
                     .unwrap_or(usize::MAX),
+                hash: f.hash.clone(),
             })
             .collect()
     }

@@ -117,7 +117,8 @@ pub fn load(dir: &Path, device: &Device) -> Result<(ResNet18, CheckpointMeta)> {
             "the file was edited or damaged; train the model again",
         ));
     }
-    let mut model = ResNet18::new(meta.num_classes, device);
+    // Every tensor comes from the file, so there is nothing to draw at random.
+    let mut model = ResNet18::zeroed(meta.num_classes, device);
     weights::load_checked(&mut model, &dir.join(WEIGHTS_FILE), false)?;
     Ok((model, meta))
 }

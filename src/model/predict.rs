@@ -24,24 +24,36 @@ pub fn classify(
     k: usize,
     device: &Device,
 ) -> Vec<Vec<Ranked>> {
-    let batch = images.len();
-    if batch == 0 {
+    let batch: Vec<f32> = images.into_iter().flatten().collect();
+    probabilities(model, batch, image_size, device)
+        .iter()
+        .map(|row| top_k(row, k))
+        .collect()
+}
+
+/// Each image's softmax probabilities, in the model's output order. `batch` holds the CHW
+/// tensors of `3 x image_size x image_size` values back to back (as a loader batch does), and
+/// goes through the network in one forward pass.
+pub fn probabilities(
+    model: &ResNet18,
+    batch: Vec<f32>,
+    image_size: usize,
+    device: &Device,
+) -> Vec<Vec<f32>> {
+    let n = batch.len() / (3 * image_size * image_size);
+    if n == 0 {
         return Vec::new();
     }
-    let data: Vec<f32> = images.into_iter().flatten().collect();
     let x = Tensor::<4>::from_data(
-        TensorData::new(data, [batch, 3, image_size, image_size]),
+        TensorData::new(batch, [n, 3, image_size, image_size]),
         device,
     );
     let probabilities: Vec<f32> = softmax(model.forward(x), 1)
         .into_data()
         .try_into_vec()
         .expect("the model computes in f32");
-    let classes = probabilities.len() / batch;
-    probabilities
-        .chunks(classes)
-        .map(|row| top_k(row, k))
-        .collect()
+    let classes = probabilities.len() / n;
+    probabilities.chunks(classes).map(<[f32]>::to_vec).collect()
 }
 
 /// The `k` largest entries of `probabilities`, largest first (ties: lower index first).

@@ -1,10 +1,12 @@
 //! The run's report, in `RUN/report/`: pictures of training and evaluation
 //! and one offline `index.html` that shows them with the metrics and settings.
 //!
-//! Every function here takes plain numbers and images, so that the training
-//! and evaluation code can call it whatever framework computed them, and
-//! writes one file atomically. Write the pictures first and [`write_index`]
-//! last: the page shows the pictures it finds beside it.
+//! Every picture function here takes plain numbers and images, so that the
+//! training and evaluation code can call it whatever framework computed them,
+//! and writes one file atomically. Write the pictures first and
+//! [`write_index`] last: the page shows the pictures it finds beside it.
+//! [`write_run_report`] does all of that for a training run's folder, and
+//! [`gradcam_maps`] runs the model for Grad-CAM.
 
 mod confusion;
 mod curves;
@@ -12,15 +14,17 @@ mod draw;
 mod gradcam;
 mod grid;
 mod html;
+mod run;
 mod text;
 
 use serde::{Deserialize, Serialize};
 
 pub use confusion::write_confusion;
 pub use curves::write_curves;
-pub use gradcam::{gradcam_map, overlay};
+pub use gradcam::{HeatMap, gradcam_map, gradcam_maps, overlay};
 pub use grid::{Tile, write_grid};
 pub use html::write_index;
+pub use run::write_run_report;
 
 /// The report's files, by the names `index.html` refers to them.
 pub const CURVES: &str = "curves.png";

@@ -1,0 +1,180 @@
+//! Running a model over photos: a manifest's split (every file must load) or
+//! any files a user names (each file succeeds or fails on its own).
+
+use std::fs;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+
+use burn::prelude::Device;
+use indicatif::ProgressBar;
+use rayon::prelude::*;
+
+use crate::data::Sample;
+use crate::data::decode::{self, Limits, Rejection};
+use crate::error::{Error, Result};
+use crate::loader::{Loader, LoaderConfig};
+use crate::model::ResNet18;
+use crate::model::predict::probabilities;
+use crate::preprocess::Preprocessing;
+
+/// What a model said about a list of labelled photos, one entry per photo in
+/// the order given.
+#[derive(Clone, Debug, Default, PartialEq)]
+pub struct Predictions {
+    /// The true class of each photo.
+    pub labels: Vec<usize>,
+    /// Each photo's softmax probability for every class, in class order.
+    pub probabilities: Vec<Vec<f32>>,
+    pub paths: Vec<PathBuf>,
+}
+
+impl Predictions {
+    pub fn len(&self) -> usize {
+        self.labels.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.labels.is_empty()
+    }
+}
+
+/// Runs `model` over `samples` with the eval transform, in order, `batch_size`
+/// photos per forward pass while the loader prepares the next batches.
+/// `progress` counts photos. A file that no longer loads is an error naming it.
+pub fn predict_samples(
+    model: &ResNet18,
+    samples: &[Sample],
+    preprocessing: &Preprocessing,
+    batch_size: usize,
+    device: &Device,
+    progress: &ProgressBar,
+) -> Result<Predictions> {
+    progress.set_length(samples.len() as u64);
+    let config = LoaderConfig {
+        batch_size: batch_size.max(1),
+        shuffle: false,
+        augment: false,
+        seed: 0,
+        preprocessing: preprocessing.clone(),
+        prefetch: 2,
+        limits: Limits::default(),
+    };
+    let mut out = Predictions::default();
+    for batch in Loader::new(Arc::from(samples), config, 0, 0) {
+        let batch = batch?;
+        let n = batch.len();
+        out.probabilities
+            .extend(probabilities(model, batch.images, batch.image_size, device));
+        out.labels.extend(batch.labels);
+        out.paths.extend(batch.paths);
+        progress.inc(n as u64);
+    }
+    Ok(out)
+}
+
+/// Classifies the files at `paths`, `batch_size` per forward pass, decoding
+/// each batch in parallel with the same limits and checks as the data stage.
+/// Calls `each` once per file, in order, with its class probabilities or the
+/// reason it could not be read; a bad file costs only itself.
+pub fn predict_files(
+    model: &ResNet18,
+    preprocessing: &Preprocessing,
+    paths: &[PathBuf],
+    batch_size: usize,
+    device: &Device,
+    mut each: impl FnMut(&Path, std::result::Result<Vec<f32>, Rejection>),
+) {
+    let limits = Limits::default();
+    for chunk in paths.chunks(batch_size.max(1)) {
+        let tensors: Vec<std::result::Result<Vec<f32>, Rejection>> = chunk
+            .par_iter()
+            .map(|path| {
+                let decoded = decode::decode_file(path, &limits)?;
+                let mut tensor = vec![0.0; preprocessing.tensor_len()];
+                preprocessing.eval(&decoded.image, &mut tensor);
+                Ok(tensor)
+            })
+            .collect();
+        let batch: Vec<f32> = tensors.iter().flatten().flatten().copied().collect();
+        let size = preprocessing.image_size as usize;
+        let mut rows = probabilities(model, batch, size, device).into_iter();
+        for (path, tensor) in chunk.iter().zip(tensors) {
+            each(
+                path,
+                tensor.map(|_| rows.next().expect("one row per decoded image")),
+            );
+        }
+    }
+}
+
+/// The files that command-line arguments name: a file as it is (whatever it
+/// holds, so that a wrong one is reported rather than passed over), a folder
+/// walked recursively in sorted order, without hidden files and folders and
+/// without following links to folders (which could loop).
+pub fn image_files(inputs: &[PathBuf]) -> Result<Vec<PathBuf>> {
+    let mut files = Vec::new();
+    for input in inputs {
+        if input.is_dir() {
+            walk(input, &mut files)?;
+        } else {
+            files.push(input.clone());
+        }
+    }
+    Ok(files)
+}
+
+fn walk(dir: &Path, files: &mut Vec<PathBuf>) -> Result<()> {
+    let listing = fs::read_dir(dir).map_err(|e| Error::io("cannot list folder", dir, e))?;
+    let mut entries = Vec::new();
+    for entry in listing {
+        let entry = entry.map_err(|e| Error::io("cannot list folder", dir, e))?;
+        if !entry.file_name().to_string_lossy().starts_with('.') {
+            entries.push(entry);
+        }
+    }
+    entries.sort_by_key(|e| e.file_name());
+    for entry in entries {
+        let path = entry.path();
+        let is_link = entry.file_type().is_ok_and(|t| t.is_symlink());
+        if path.is_dir() {
+            if !is_link {
+                walk(&path, files)?;
+            }
+        } else {
+            files.push(path);
+        }
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn folders_are_walked_sorted_without_hidden_entries() {
+        let dir = tempfile::tempdir().unwrap();
+        let root = dir.path();
+        for rel in [
+            "b/2.jpg",
+            "b/10.jpg",
+            "a.jpg",
+            ".hidden.jpg",
+            ".git/x.jpg",
+            "b/c/3.png",
+        ] {
+            let path = root.join(rel);
+            fs::create_dir_all(path.parent().unwrap()).unwrap();
+            fs::write(path, b"x").unwrap();
+        }
+        let single = root.join("b/2.jpg");
+        let missing = root.join("missing.jpg");
+        let files = image_files(&[root.to_owned(), single.clone(), missing.clone()]).unwrap();
+        let expected: Vec<PathBuf> = ["a.jpg", "b/10.jpg", "b/2.jpg", "b/c/3.png"]
+            .iter()
+            .map(|rel| root.join(rel))
+            .chain([single, missing])
+            .collect();
+        assert_eq!(files, expected);
+    }
+}

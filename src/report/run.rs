@@ -1,0 +1,223 @@
+//! The whole report of a training run, from the files the run left behind.
+
+use std::fs;
+use std::io::ErrorKind;
+use std::path::{Path, PathBuf};
+
+use burn::prelude::Device;
+use image::RgbImage;
+use indicatif::ProgressBar;
+use rayon::prelude::*;
+use serde_json::{Value, json};
+
+use super::{
+    CONFUSION, CURVES, EpochRecord, GRADCAM, INDEX, PREDICTIONS, TOP_LOSSES, Tile, gradcam_maps,
+    overlay, write_confusion, write_curves, write_grid, write_index,
+};
+use crate::data::Split;
+use crate::data::decode::{self, Limits};
+use crate::error::{Error, Result};
+use crate::evaluate::{BATCH_SIZE, Predictions, RunModel, predicted, top_losses};
+use crate::fsio;
+use crate::run::{RunDir, Which};
+
+/// Writes `RUN/report/`: the training curves (from `metrics.jsonl`, left out
+/// when the run has none), and, from one pass of checkpoint `which` over the
+/// test split, the confusion matrix, `samples` test photos with their
+/// predictions, the `samples` highest losses, Grad-CAM maps of the same sample
+/// photos, and `index.html` with the metrics and the run's `config.json`.
+/// Also writes `RUN/eval-test.json`. Returns the path of `index.html`.
+pub fn write_run_report(
+    run: &RunDir,
+    which: Which,
+    samples: usize,
+    device: &Device,
+    progress: &ProgressBar,
+) -> Result<PathBuf> {
+    let loaded = RunModel::load(run, which, device)?;
+    let (metrics, predictions) = loaded.evaluate(Split::Test, BATCH_SIZE, progress)?;
+    let dir = run.report_dir();
+
+    let curves = dir.join(CURVES);
+    match read_history(&run.metrics_jsonl())? {
+        Some(history) => write_curves(&curves, &history)?,
+        // A picture left from an earlier report would show another run's history.
+        None => match fs::remove_file(&curves) {
+            Err(e) if e.kind() != ErrorKind::NotFound => {
+                return Err(Error::io("cannot remove", &curves, e));
+            }
+            _ => {}
+        },
+    }
+    write_confusion(&dir.join(CONFUSION), &metrics)?;
+
+    let n = predictions.len();
+    let sample = spread(n, samples);
+    let photos = decode_all(&predictions, &sample)?;
+    let tile = |i: usize, image: RgbImage| {
+        let mut tile = Tile::prediction(
+            image,
+            &metrics.classes,
+            predictions.labels[i],
+            &predictions.probabilities[i],
+        );
+        let name = predictions.paths[i].file_name().unwrap_or_default();
+        tile.caption.push(name.to_string_lossy().into_owned());
+        tile
+    };
+    let tiles: Vec<Tile> = sample
+        .iter()
+        .zip(&photos)
+        .map(|(&i, photo)| tile(i, photo.clone()))
+        .collect();
+    let title = format!("Predictions on {} of {n} test photos", sample.len());
+    write_grid(&dir.join(PREDICTIONS), &title, &tiles)?;
+
+    let worst = top_losses(&predictions.labels, &predictions.probabilities, samples);
+    let tiles: Vec<Tile> = worst
+        .iter()
+        .zip(decode_all(&predictions, &worst)?)
+        .map(|(&i, photo)| tile(i, photo))
+        .collect();
+    let wrong = (0..n)
+        .filter(|&i| predicted(&predictions.probabilities[i]) != predictions.labels[i])
+        .count();
+    let title = format!("Top losses: {wrong} of {n} test photos are wrong; worst first");
+    write_grid(&dir.join(TOP_LOSSES), &title, &tiles)?;
+
+    // Grad-CAM maps are aligned with the model's input, so they go over its centre crop.
+    let preprocessing = &loaded.meta.preprocessing;
+    let size = preprocessing.image_size as usize;
+    let mut tiles = Vec::with_capacity(sample.len());
+    for (indices, photos) in sample.chunks(BATCH_SIZE).zip(photos.chunks(BATCH_SIZE)) {
+        let mut batch = vec![0.0; photos.len() * preprocessing.tensor_len()];
+        batch
+            .par_chunks_mut(preprocessing.tensor_len())
+            .zip(photos)
+            .for_each(|(out, photo)| preprocessing.eval(photo, out));
+        let classes: Vec<usize> = indices
+            .iter()
+            .map(|&i| predicted(&predictions.probabilities[i]))
+            .collect();
+        let maps = gradcam_maps(&loaded.model, batch, size, &classes, &loaded.device);
+        for ((&i, photo), map) in indices.iter().zip(photos).zip(maps) {
+            let crop = preprocessing.eval_crop(photo);
+            tiles.push(tile(i, overlay(&crop, &map.values, map.height, map.width)));
+        }
+    }
+    let title = "Grad-CAM of layer4 for the predicted class";
+    write_grid(&dir.join(GRADCAM), title, &tiles)?;
+
+    let mut settings = if run.config().is_file() {
+        fsio::read_json(&run.config(), "run configuration")?
+    } else {
+        json!({})
+    };
+    let report = json!({
+        "checkpoint": run.checkpoint(which),
+        "split": Split::Test,
+    });
+    match &mut settings {
+        Value::Object(fields) => {
+            fields.insert("report".to_owned(), report);
+        }
+        other => *other = json!({ "config": other.clone(), "report": report }),
+    }
+    write_index(&dir, &settings, &metrics)?;
+    Ok(dir.join(INDEX))
+}
+
+/// The epochs in `metrics.jsonl` (one [`EpochRecord`] per line), or `None`
+/// when the file is absent or holds none.
+fn read_history(path: &Path) -> Result<Option<Vec<EpochRecord>>> {
+    let text = match fs::read_to_string(path) {
+        Ok(text) => text,
+        Err(e) if e.kind() == ErrorKind::NotFound => return Ok(None),
+        Err(e) => return Err(Error::io("cannot read", path, e)),
+    };
+    let mut history = Vec::new();
+    for (number, line) in (1..).zip(text.lines()) {
+        if line.trim().is_empty() {
+            continue;
+        }
+        history.push(serde_json::from_str(line).map_err(|e| {
+            Error::data(
+                path,
+                format!("line {number} is not an epoch record: {e}"),
+                "it is written by `catdog train`; train again or remove the line",
+            )
+        })?);
+    }
+    Ok((!history.is_empty()).then_some(history))
+}
+
+/// `k` of the indices `0..n`, evenly spread (all of them when `k >= n`): the
+/// test split is in manifest order, class by class, so every class shows up.
+fn spread(n: usize, k: usize) -> Vec<usize> {
+    let k = k.min(n);
+    (0..k).map(|j| j * n / k).collect()
+}
+
+/// The photos at `indices`, decoded in parallel as the model's loader does.
+fn decode_all(predictions: &Predictions, indices: &[usize]) -> Result<Vec<RgbImage>> {
+    indices
+        .par_iter()
+        .map(|&i| {
+            let path = &predictions.paths[i];
+            decode::decode_file(path, &Limits::default())
+                .map(|d| d.image)
+                .map_err(|r| {
+                    Error::data(
+                        path,
+                        format!("cannot be loaded: {r}"),
+                        "the file changed while the report was being made; run it again",
+                    )
+                })
+        })
+        .collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn spread_picks_evenly_from_first_to_last_part() {
+        assert_eq!(spread(10, 4), [0, 2, 5, 7]);
+        assert_eq!(spread(3, 16), [0, 1, 2]);
+        assert!(spread(5, 0).is_empty());
+        assert!(spread(0, 4).is_empty());
+    }
+
+    #[test]
+    fn history_is_read_line_by_line_and_bad_lines_are_named() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("metrics.jsonl");
+        assert_eq!(read_history(&path).unwrap(), None);
+        let record = |epoch| EpochRecord {
+            epoch,
+            train_loss: 0.5,
+            train_acc: 0.8,
+            val_loss: 0.6,
+            val_acc: 0.75,
+            seconds: 10.0,
+        };
+        let lines: Vec<String> = [record(1), record(2)]
+            .iter()
+            .map(|r| serde_json::to_string(r).unwrap())
+            .collect();
+        fs::write(&path, lines.join("\n") + "\n\n").unwrap();
+        assert_eq!(
+            read_history(&path).unwrap(),
+            Some(vec![record(1), record(2)])
+        );
+        fs::write(&path, "").unwrap();
+        assert_eq!(read_history(&path).unwrap(), None);
+        fs::write(&path, format!("{}\n{{\"epoch\": 2", lines[0])).unwrap();
+        let err = read_history(&path).unwrap_err().to_string();
+        assert!(
+            err.contains("metrics.jsonl") && err.contains("line 2"),
+            "{err}"
+        );
+    }
+}

@@ -1,0 +1,564 @@
+//! The training stage: fine-tune ResNet-18 (or train a head on its frozen
+//! features) on a prepared split, with the seed's recipe as defaults:
+//! cross-entropy, Adam (lr 1e-3), 5 epochs, batch 32.
+//!
+//! After every epoch the run folder gets `last/` (model, optimizer, where the
+//! run stands) and, on a better validation accuracy, `best/`; each is replaced
+//! as a whole, so a crash leaves the previous complete checkpoint. On CPU the
+//! same seed and inputs give the same numbers run after run, and a resumed run
+//! the same numbers as an uninterrupted one.
+
+pub mod adam;
+pub mod config;
+pub mod features;
+pub mod state;
+
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::Instant;
+
+use burn::nn::loss::CrossEntropyLossConfig;
+use burn::optim::GradientsParams;
+use burn::prelude::*;
+
+pub use config::{Mode, RunConfig, TrainConfig};
+use state::{Best, OPTIMIZER_FILE, Running, TrainState};
+
+use crate::data::manifest::Sample;
+use crate::data::{self, Limits, Manifest, Prepare, Split};
+use crate::error::{Error, Result};
+use crate::fsio;
+use crate::loader::{Loader, LoaderConfig, batch_count, epoch_order};
+use crate::model::checkpoint::{self, CheckpointMeta};
+use crate::model::weights::{self, WeightsChoice};
+use crate::model::{FEATURES, ResNet18};
+use crate::progress;
+use crate::report::EpochRecord;
+use crate::run::{RunDir, Which};
+use adam::Adam;
+use features::FeatureCache;
+
+/// How a run begins.
+pub enum Start {
+    New(Box<TrainConfig>),
+    /// Continue the run in the folder from its `last/` checkpoint.
+    Resume,
+}
+
+/// Where a call to [`train`] left the run.
+#[derive(Clone, Debug)]
+pub struct Outcome {
+    pub config: RunConfig,
+    pub epochs_done: usize,
+    pub best: Option<Best>,
+    /// Stopped on request (Ctrl-C) before the last epoch finished.
+    pub stopped: bool,
+}
+
+/// Trains in `run`. `stop` is checked after every batch; when it is set, the
+/// run saves `last/` and returns. `log` receives the lines a person reads
+/// (the clean summary, one line per epoch, what was saved).
+pub fn train(run: &RunDir, start: Start, stop: &AtomicBool, log: &dyn Fn(&str)) -> Result<Outcome> {
+    let mut session = match start {
+        Start::New(config) => Session::begin(run, *config, log)?,
+        Start::Resume => Session::resume(run, log)?,
+    };
+    session.run(stop, log)
+}
+
+/// One batch of model input: photos, or frozen mode's cached features.
+enum Input {
+    Images(Tensor<4>),
+    Features(Tensor<2>),
+}
+
+impl Input {
+    fn logits(self, model: &ResNet18) -> Tensor<2> {
+        match self {
+            Input::Images(x) => model.forward(x),
+            Input::Features(f) => model.head_forward(f),
+        }
+    }
+}
+
+/// The photos of train and val, or (frozen mode) their features.
+enum Source {
+    Photos {
+        train: Arc<[Sample]>,
+        val: Arc<[Sample]>,
+    },
+    Features {
+        train: Vec<f32>,
+        train_labels: Vec<usize>,
+        val: Vec<f32>,
+        val_labels: Vec<usize>,
+    },
+}
+
+struct Session {
+    run: RunDir,
+    config: RunConfig,
+    /// On the autodiff device.
+    model: ResNet18,
+    adam: Adam,
+    state: TrainState,
+    device: Device,
+    manifest: Manifest,
+}
+
+impl Session {
+    fn begin(run: &RunDir, settings: TrainConfig, log: &dyn Fn(&str)) -> Result<Session> {
+        if run.config().exists() {
+            return Err(Error::data(
+                &run.root,
+                "already holds a training run",
+                format!(
+                    "continue it with `catdog train --resume {}`, or choose another --out",
+                    run.root.display()
+                ),
+            ));
+        }
+        check_settings(&settings)?;
+        let device = settings.device.device()?;
+        std::fs::create_dir_all(&run.root)
+            .map_err(|e| Error::io("cannot create the run folder", &run.root, e))?;
+        let manifest = match &settings.manifest {
+            Some(path) => {
+                let m = Manifest::load(path)?;
+                m.verify(path)?;
+                m
+            }
+            None => {
+                let bar = progress::bar(0, "decoding");
+                let (m, report) = data::prepare(
+                    &Prepare {
+                        root: &settings.data,
+                        layout: settings.layout,
+                        ratios: settings.ratios,
+                        seed: settings.seed,
+                        limits: Limits::default(),
+                        exclude: Some(&run.root),
+                    },
+                    &bar,
+                )?;
+                log(&report.table());
+                m
+            }
+        };
+        manifest.save(&run.manifest())?;
+        for split in [Split::Train, Split::Val] {
+            if manifest.files.iter().all(|f| f.split != split) {
+                return Err(Error::data(
+                    run.manifest(),
+                    format!("the {split} split is empty"),
+                    "use more photos, or --ratios that give every split some",
+                ));
+            }
+        }
+
+        let weights_file = settings
+            .weights
+            .parse::<WeightsChoice>()
+            .unwrap_or(WeightsChoice::None)
+            .resolve()?;
+        let classes = manifest.classes.clone();
+        let ad = device.clone().autodiff();
+        // Seeded, so that a run from random initialisation is reproducible too.
+        ad.seed(settings.seed);
+        let mut model = ResNet18::new(classes.len(), &ad);
+        let weights_sha256 = match &weights_file {
+            Some(path) => {
+                weights::load_into(&mut model, path)?;
+                log(&format!("weights: {}", path.display()));
+                Some(fsio::sha256_file(path)?)
+            }
+            None => {
+                log("weights: none; training from random initialisation");
+                None
+            }
+        };
+        let model = model.with_head(classes.len(), settings.seed, &ad);
+        let config = RunConfig {
+            catdog_version: env!("CARGO_PKG_VERSION").to_owned(),
+            weights_file,
+            weights_sha256,
+            classes,
+            device_name: format!("{device:?}"),
+            settings,
+        };
+        fsio::write_json(&run.config(), &config)?;
+        Ok(Session {
+            run: run.clone(),
+            adam: Adam::new(config.settings.lr),
+            model,
+            state: TrainState::default(),
+            device,
+            manifest,
+            config,
+        })
+    }
+
+    fn resume(run: &RunDir, log: &dyn Fn(&str)) -> Result<Session> {
+        let hint = "start a new run with `catdog train --data DIR --out RUN`";
+        if !run.config().is_file() {
+            return Err(Error::data(
+                &run.root,
+                "is not a training run (no config.json)",
+                hint,
+            ));
+        }
+        let config: RunConfig = fsio::read_json(&run.config(), "run configuration")?;
+        let last = run.checkpoint(Which::Last);
+        fsio::recover_dir(&last)?;
+        fsio::recover_dir(&run.checkpoint(Which::Best))?;
+        if !last.join(state::STATE_FILE).is_file() {
+            return Err(Error::data(
+                &run.root,
+                "has no complete last/ checkpoint to resume from (it stopped before its first save)",
+                hint,
+            ));
+        }
+        let device = config.settings.device.device()?;
+        let ad = device.clone().autodiff();
+        let (model, _) = checkpoint::load(&last, &ad)?;
+        let adam = Adam::load(&last.join(OPTIMIZER_FILE), &device)?;
+        let state = TrainState::load(&last)?;
+        let manifest = Manifest::load(&run.manifest())?;
+        manifest.verify(&run.manifest())?;
+        log(&format!(
+            "resuming {} after epoch {}{}",
+            run.root.display(),
+            state.epochs_done,
+            if state.batches_done > 0 {
+                format!(" and {} batch(es) of the next", state.batches_done)
+            } else {
+                String::new()
+            }
+        ));
+        Ok(Session {
+            run: run.clone(),
+            config,
+            model,
+            adam,
+            state,
+            device,
+            manifest,
+        })
+    }
+
+    fn run(&mut self, stop: &AtomicBool, log: &dyn Fn(&str)) -> Result<Outcome> {
+        let s = self.config.settings.clone();
+        if s.mode == Mode::Frozen {
+            self.model = self.model.clone().freeze_backbone();
+        }
+        let source = self.source(log)?;
+        let ad = self.device.clone().autodiff();
+        while self.state.epochs_done < s.epochs {
+            let epoch = self.state.epochs_done;
+            let started = Instant::now();
+            let (train, stopped) = self.train_epoch(&source, epoch, &ad, stop)?;
+            if stopped {
+                self.save_last()?;
+                log(&format!(
+                    "stopped after batch {} of epoch {}; last/ saved. Resume with: catdog train --resume {}",
+                    self.state.batches_done,
+                    epoch + 1,
+                    self.run.root.display()
+                ));
+                return Ok(self.outcome(true));
+            }
+            let val = self.validate(&source)?;
+            let record = EpochRecord {
+                epoch: epoch + 1,
+                train_loss: train.loss(),
+                train_acc: train.accuracy(),
+                val_loss: val.loss(),
+                val_acc: val.accuracy(),
+                seconds: started.elapsed().as_secs_f64(),
+            };
+            log(&format!(
+                "epoch {}/{}: train loss {:.4} acc {:.2}% | val loss {:.4} acc {:.2}% | {:.1}s",
+                record.epoch,
+                s.epochs,
+                record.train_loss,
+                100.0 * record.train_acc,
+                record.val_loss,
+                100.0 * record.val_acc,
+                record.seconds
+            ));
+            if self.state.best.is_none_or(|b| b.beaten_by(&record)) {
+                self.state.best = Some(Best {
+                    epoch: record.epoch,
+                    val_acc: record.val_acc,
+                    val_loss: record.val_loss,
+                });
+                let meta = self.meta();
+                fsio::replace_dir(&self.run.checkpoint(Which::Best), |dir| {
+                    checkpoint::save(dir, &self.model, &meta)
+                })?;
+            }
+            self.state.history.push(record);
+            self.state.epochs_done += 1;
+            self.state.batches_done = 0;
+            self.state.partial = Running::default();
+            self.save_last()?;
+            self.write_metrics()?;
+        }
+        Ok(self.outcome(false))
+    }
+
+    fn outcome(&self, stopped: bool) -> Outcome {
+        Outcome {
+            config: self.config.clone(),
+            epochs_done: self.state.epochs_done,
+            best: self.state.best,
+            stopped,
+        }
+    }
+
+    fn meta(&self) -> CheckpointMeta {
+        CheckpointMeta::new(
+            self.config.classes.clone(),
+            self.config.settings.preprocessing.clone(),
+        )
+    }
+
+    fn loader_config(&self, shuffle: bool, augment: bool) -> LoaderConfig {
+        let s = &self.config.settings;
+        LoaderConfig {
+            batch_size: s.batch_size,
+            shuffle,
+            augment,
+            seed: s.seed,
+            preprocessing: s.preprocessing.clone(),
+            prefetch: 3,
+            limits: Limits::default(),
+        }
+    }
+
+    /// Photos, or in frozen mode without augmentation, their (cached) features.
+    fn source(&self, log: &dyn Fn(&str)) -> Result<Source> {
+        let s = &self.config.settings;
+        let train: Arc<[Sample]> = self.manifest.samples(Split::Train).into();
+        let val: Arc<[Sample]> = self.manifest.samples(Split::Val).into();
+        if s.mode == Mode::Finetune {
+            return Ok(Source::Photos { train, val });
+        }
+        if s.augment {
+            log(
+                "frozen mode with --augment: every step runs the backbone on a new random crop, so features are not cached",
+            );
+            return Ok(Source::Photos { train, val });
+        }
+        let cache = match (&s.cache_dir, &self.config.weights_sha256) {
+            (Some(dir), Some(sha)) => Some(FeatureCache::new(dir, sha, &s.preprocessing)),
+            _ => None,
+        };
+        let backbone = self.model.clone().valid();
+        let inference = self.device.clone();
+        let extract = |samples: &[Sample], what: &str| -> Result<Vec<f32>> {
+            let bar = progress::bar(samples.len() as u64, what);
+            let (features, stats) = features::extract(
+                &backbone,
+                samples,
+                cache.as_ref(),
+                &self.loader_config(false, false),
+                &inference,
+                &bar,
+            )?;
+            log(&format!(
+                "{what}: {} from the feature cache, {} computed",
+                stats.hits, stats.computed
+            ));
+            Ok(features)
+        };
+        Ok(Source::Features {
+            train: extract(&train, "features (train)")?,
+            val: extract(&val, "features (val)")?,
+            train_labels: train.iter().map(|s| s.label).collect(),
+            val_labels: val.iter().map(|s| s.label).collect(),
+        })
+    }
+
+    /// Batches of one epoch, as model inputs on `device` with their labels.
+    fn batches<'a>(
+        &self,
+        source: &'a Source,
+        split: Split,
+        epoch: usize,
+        start: usize,
+        device: &'a Device,
+    ) -> Box<dyn Iterator<Item = Result<(Input, Vec<usize>)>> + 'a> {
+        let train = split == Split::Train;
+        match source {
+            Source::Photos { train: t, val: v } => {
+                let samples = if train { t.clone() } else { v.clone() };
+                let config = self.loader_config(train, train && self.config.settings.augment);
+                Box::new(Loader::new(samples, config, epoch, start).map(move |b| {
+                    let b = b?;
+                    let (n, s) = (b.len(), b.image_size);
+                    let images =
+                        Tensor::<4>::from_data(TensorData::new(b.images, [n, 3, s, s]), device);
+                    Ok((Input::Images(images), b.labels))
+                }))
+            }
+            Source::Features {
+                train: tf,
+                train_labels,
+                val: vf,
+                val_labels,
+            } => {
+                let (feats, labels) = if train {
+                    (tf, train_labels)
+                } else {
+                    (vf, val_labels)
+                };
+                let order = epoch_order(labels.len(), self.config.settings.seed, epoch, train);
+                let chunks: Vec<Vec<usize>> = order
+                    .chunks(self.config.settings.batch_size)
+                    .skip(start)
+                    .map(<[usize]>::to_vec)
+                    .collect();
+                Box::new(chunks.into_iter().map(move |idx| {
+                    let mut rows = Vec::with_capacity(idx.len() * FEATURES);
+                    for &i in &idx {
+                        rows.extend_from_slice(&feats[i * FEATURES..(i + 1) * FEATURES]);
+                    }
+                    let x = Tensor::<2>::from_data(
+                        TensorData::new(rows, [idx.len(), FEATURES]),
+                        device,
+                    );
+                    Ok((Input::Features(x), idx.iter().map(|&i| labels[i]).collect()))
+                }))
+            }
+        }
+    }
+
+    /// Trains one epoch (from `batches_done`, when resumed mid-epoch). Returns
+    /// the epoch's running loss and accuracy, and whether it was stopped.
+    fn train_epoch(
+        &mut self,
+        source: &Source,
+        epoch: usize,
+        ad: &Device,
+        stop: &AtomicBool,
+    ) -> Result<(Running, bool)> {
+        let n = match source {
+            Source::Photos { train, .. } => train.len(),
+            Source::Features { train_labels, .. } => train_labels.len(),
+        };
+        let bs = self.config.settings.batch_size;
+        let bar = progress::bar(n as u64, &format!("epoch {}", epoch + 1));
+        bar.set_position((self.state.batches_done * bs).min(n) as u64);
+        let loss_fn = CrossEntropyLossConfig::new().init(ad);
+        let mut running = self.state.partial;
+        let batches = self.batches(source, Split::Train, epoch, self.state.batches_done, ad);
+        for item in batches {
+            let (input, labels) = item?;
+            let targets = targets(&labels, ad);
+            let logits = input.logits(&self.model);
+            let correct = count_correct(&logits, &labels);
+            let loss = loss_fn.forward(logits, targets);
+            let loss_value = f64::from(loss.clone().into_scalar::<f32>());
+            let grads = GradientsParams::from_grads(loss.backward(), &self.model);
+            self.model = self.adam.step(self.model.clone(), grads);
+            running.add(loss_value, correct, labels.len());
+            self.state.batches_done += 1;
+            self.state.partial = running;
+            bar.inc(labels.len() as u64);
+            bar.set_message(format!(
+                "loss {:.4} acc {:.1}%",
+                running.loss(),
+                100.0 * running.accuracy()
+            ));
+            if stop.load(Ordering::SeqCst) && self.state.batches_done < batch_count(n, bs) {
+                bar.abandon();
+                return Ok((running, true));
+            }
+        }
+        bar.finish_and_clear();
+        Ok((running, false))
+    }
+
+    /// Loss and accuracy on the validation split, batch norm in eval mode.
+    fn validate(&self, source: &Source) -> Result<Running> {
+        let model = self.model.clone().valid();
+        let loss_fn = CrossEntropyLossConfig::new().init(&self.device);
+        let mut running = Running::default();
+        for item in self.batches(source, Split::Val, 0, 0, &self.device) {
+            let (input, labels) = item?;
+            let logits = input.logits(&model);
+            let correct = count_correct(&logits, &labels);
+            let loss = loss_fn.forward(logits, targets(&labels, &self.device));
+            running.add(f64::from(loss.into_scalar::<f32>()), correct, labels.len());
+        }
+        Ok(running)
+    }
+
+    fn save_last(&self) -> Result<()> {
+        let meta = self.meta();
+        fsio::replace_dir(&self.run.checkpoint(Which::Last), |dir| {
+            checkpoint::save(dir, &self.model, &meta)?;
+            self.adam.save(&dir.join(OPTIMIZER_FILE))?;
+            // Written last: its presence marks the folder complete.
+            self.state.save(dir)
+        })
+    }
+
+    fn write_metrics(&self) -> Result<()> {
+        let mut jsonl = String::new();
+        let mut csv = String::from("epoch,train_loss,train_acc,val_loss,val_acc,seconds\n");
+        for r in &self.state.history {
+            jsonl.push_str(&serde_json::to_string(r).expect("serialisable"));
+            jsonl.push('\n');
+            csv.push_str(&format!(
+                "{},{},{},{},{},{:.3}\n",
+                r.epoch, r.train_loss, r.train_acc, r.val_loss, r.val_acc, r.seconds
+            ));
+        }
+        fsio::write_atomic(&self.run.metrics_jsonl(), jsonl.as_bytes())?;
+        fsio::write_atomic(&self.run.metrics_csv(), csv.as_bytes())
+    }
+}
+
+fn check_settings(s: &TrainConfig) -> Result<()> {
+    if s.epochs == 0 {
+        return Err(Error::setting("--epochs", "must be at least 1"));
+    }
+    if s.batch_size == 0 {
+        return Err(Error::setting("--batch-size", "must be at least 1"));
+    }
+    if !(s.lr.is_finite() && s.lr > 0.0) {
+        return Err(Error::setting(
+            "--lr",
+            format!("{} is not a positive number", s.lr),
+        ));
+    }
+    if s.preprocessing.image_size < 32 {
+        return Err(Error::setting(
+            "--image-size",
+            "must be at least 32 (ResNet-18 downsamples 32 times)",
+        ));
+    }
+    Ok(())
+}
+
+fn targets(labels: &[usize], device: &Device) -> Tensor<1, Int> {
+    let t: Vec<i64> = labels.iter().map(|&l| l as i64).collect();
+    Tensor::from_data(TensorData::new(t, [labels.len()]), device)
+}
+
+fn count_correct(logits: &Tensor<2>, labels: &[usize]) -> usize {
+    let predicted = logits.clone().argmax(1).into_data();
+    predicted
+        .iter::<i64>()
+        .zip(labels)
+        .filter(|(p, l)| *p as usize == **l)
+        .count()
+}
+
+/// The default cache folder for frozen mode's features (the weights' cache).
+pub fn default_cache_dir() -> Option<PathBuf> {
+    weights::WeightLocations::from_env().ok().map(|l| l.cache)
+}
