@@ -353,7 +353,7 @@ fn slow_clients_are_cut_off() {
 }
 
 /// Requests that arrive together share a forward pass: fewer batches than images, and the
-/// answers say so.
+/// answers say so. Every other request asks for Grad-CAM: only those get a map.
 #[test]
 fn concurrent_requests_are_batched() {
     const CLIENTS: usize = 12;
@@ -363,11 +363,11 @@ fn concurrent_requests_are_batched() {
         batch_wait: Duration::from_millis(50),
         ..config()
     });
-    let url = server.url("/v1/predict");
     let start_line = Arc::new(Barrier::new(CLIENTS));
     let threads: Vec<_> = (0..CLIENTS)
         .map(|i| {
-            let (url, start_line) = (url.clone(), start_line.clone());
+            let url = server.url(&format!("/v1/predict?explain={}", i % 2));
+            let start_line = start_line.clone();
             std::thread::spawn(move || {
                 let image = png(60 + i as u32, 60);
                 start_line.wait();
@@ -376,10 +376,10 @@ fn concurrent_requests_are_batched() {
         })
         .collect();
     let answers: Vec<(u16, Value)> = threads.into_iter().map(|t| t.join().unwrap()).collect();
-    assert!(
-        answers.iter().all(|(status, _)| *status == 200),
-        "{answers:?}"
-    );
+    for (i, (status, answer)) in answers.iter().enumerate() {
+        assert_eq!(*status, 200, "{answer}");
+        assert_eq!(answer.get("gradcam_png").is_some(), i % 2 == 1, "{i}");
+    }
     let largest = answers
         .iter()
         .map(|(_, a)| a["batch_size"].as_u64().unwrap())

@@ -16,10 +16,10 @@ use image::RgbImage;
 use serde::{Deserialize, Serialize};
 use tokio::sync::oneshot;
 
-use super::inference::{Engine, GradCam, Job, Refused, StatsSnapshot};
+use super::inference::{Engine, Job, Refused, StatsSnapshot};
 use super::{Config, ModelInfo, upload};
 use crate::model::predict::top_k;
-use crate::report::overlay;
+use crate::report::{HeatMap, overlay};
 
 /// The page at `/`: HTML, CSS and script in one file, in the binary.
 const PAGE: &str = include_str!("page.html");
@@ -256,8 +256,8 @@ async fn blocking<T: Send + 'static>(
 }
 
 /// The Grad-CAM overlay on `crop`, as a base64 PNG.
-fn overlay_png(crop: &RgbImage, cam: &GradCam) -> String {
-    let picture = overlay(crop, &cam.map, cam.height, cam.width);
+fn overlay_png(crop: &RgbImage, cam: &HeatMap) -> String {
+    let picture = overlay(crop, &cam.values, cam.height, cam.width);
     let mut png = Cursor::new(Vec::new());
     picture
         .write_to(&mut png, image::ImageFormat::Png)

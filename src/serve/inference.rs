@@ -9,8 +9,7 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
-use burn::prelude::*;
-use burn::tensor::activation::softmax;
+use burn::prelude::Device;
 use crossbeam_channel::{Receiver, Sender, TrySendError};
 use serde::Serialize;
 use tokio::sync::oneshot;
@@ -19,8 +18,8 @@ use super::Config;
 use crate::error::{Error, Result};
 use crate::model::ResNet18;
 use crate::model::checkpoint::{self, CheckpointMeta};
-use crate::model::predict::top_k;
-use crate::report::gradcam_map;
+use crate::model::predict::{probabilities, top_k};
+use crate::report::{HeatMap, gradcam_maps};
 
 /// One image for the model.
 pub(super) struct Job {
@@ -36,18 +35,11 @@ pub(super) struct Answer {
     /// Softmax probabilities, in the model's class order.
     pub probabilities: Vec<f32>,
     /// Where the model looked for its most probable class, when asked for.
-    pub gradcam: Option<GradCam>,
-    /// Time of the forward (and backward) pass of the whole batch.
+    pub gradcam: Option<HeatMap>,
+    /// Time the model took for the whole batch (with Grad-CAM's pass when one image asked).
     pub model_ms: f64,
     /// Images in that batch.
     pub batch_size: usize,
-}
-
-/// A Grad-CAM map (see [`gradcam_map`]): `height x width` values in [0, 1], row-major.
-pub(super) struct GradCam {
-    pub map: Vec<f32>,
-    pub height: usize,
-    pub width: usize,
 }
 
 /// Why a job was not queued.
@@ -70,18 +62,14 @@ impl Engine {
     /// Loads the checkpoint in `dir` and starts the inference thread; it ends when the last
     /// `Engine` clone is dropped. Returns the checkpoint's description too.
     pub fn load(dir: &Path, config: &Config) -> Result<(Engine, CheckpointMeta)> {
-        let (model, meta) = checkpoint::load(dir, &Device::flex().autodiff())?;
-        // Grad-CAM needs gradients, so the model lives on an autodiff device; frozen, its batch
-        // norms use their running statistics there, as in evaluation. valid() is the same
-        // network without autodiff, for the batches that need no explanation.
-        let explaining = model.freeze_backbone();
-        let plain = explaining.valid();
+        let device = config.device.device()?;
+        let (model, meta) = checkpoint::load(dir, &device)?;
         let (jobs, queue) = crossbeam_channel::bounded(config.max_queue);
         let stats = Arc::new(Stats::new(config.max_batch));
         let image_size = meta.preprocessing.image_size as usize;
         let worker = Worker {
-            plain,
-            explaining,
+            model,
+            device,
             image_size,
             max_batch: config.max_batch,
             batch_wait: config.batch_wait,
@@ -174,8 +162,8 @@ impl Stats {
 
 /// What the inference thread owns.
 struct Worker {
-    plain: ResNet18,
-    explaining: ResNet18,
+    model: ResNet18,
+    device: Device,
     image_size: usize,
     max_batch: usize,
     batch_wait: Duration,
@@ -203,17 +191,18 @@ impl Worker {
 
     fn answer(&self, batch: Vec<Job>) {
         let size = batch.len();
-        let explain = batch.iter().any(|job| job.explain);
         let mut inputs = Vec::with_capacity(size * 3 * self.image_size * self.image_size);
+        let mut explain = Vec::with_capacity(size);
         let mut replies = Vec::with_capacity(size);
         for job in batch {
             inputs.extend_from_slice(&job.input);
-            replies.push((job.explain, job.reply));
+            explain.push(job.explain);
+            replies.push(job.reply);
         }
         self.stats.busy.store(true, Ordering::Relaxed);
         let started = Instant::now();
         // A panic in the model's code must cost this batch only, not every later request.
-        let outcome = catch_unwind(AssertUnwindSafe(|| self.forward(inputs, size, explain)));
+        let outcome = catch_unwind(AssertUnwindSafe(|| self.forward(inputs, &explain)));
         let model_ms = started.elapsed().as_secs_f64() * 1e3;
         self.stats.busy.store(false, Ordering::Relaxed);
         let Ok((probabilities, maps)) = outcome else {
@@ -223,85 +212,43 @@ impl Worker {
         };
         self.stats.images.fetch_add(size as u64, Ordering::Relaxed);
         self.stats.batch_sizes[size - 1].fetch_add(1, Ordering::Relaxed);
-        let mut maps = maps.map(Vec::into_iter);
-        for ((wants_map, reply), probabilities) in replies.into_iter().zip(probabilities) {
-            let gradcam = maps.as_mut().and_then(Iterator::next);
+        for ((reply, probabilities), gradcam) in replies.into_iter().zip(probabilities).zip(maps) {
             // The client may have gone meanwhile; nothing to do then.
             let _ = reply.send(Answer {
                 probabilities,
-                gradcam: gradcam.filter(|_| wants_map),
+                gradcam,
                 model_ms,
                 batch_size: size,
             });
         }
     }
 
-    /// Each image's probabilities, and with `explain` each image's Grad-CAM map for its most
-    /// probable class.
-    fn forward(
-        &self,
-        inputs: Vec<f32>,
-        batch: usize,
-        explain: bool,
-    ) -> (Vec<Vec<f32>>, Option<Vec<GradCam>>) {
-        let (model, device) = if explain {
-            (&self.explaining, Device::flex().autodiff())
-        } else {
-            (&self.plain, Device::flex())
-        };
-        let s = self.image_size;
-        let x = Tensor::<4>::from_data(TensorData::new(inputs, [batch, 3, s, s]), &device);
-        let (activations, logits) = model.forward_with_activations(x);
-        let probabilities: Vec<f32> = softmax(logits.clone(), 1)
-            .into_data()
-            .try_into_vec()
-            .expect("the model computes in f32");
-        let classes = probabilities.len() / batch;
-        let maps = explain.then(|| gradcam(activations, logits, &probabilities, classes));
-        let probabilities = probabilities.chunks(classes).map(<[f32]>::to_vec).collect();
+    /// Each image's probabilities, and for the images with `explain` set their Grad-CAM map
+    /// for their most probable class.
+    fn forward(&self, inputs: Vec<f32>, explain: &[bool]) -> (Vec<Vec<f32>>, Vec<Option<HeatMap>>) {
+        let per_image = inputs.len() / explain.len();
+        // Grad-CAM runs its images again, with gradients; the plain pass says which class each
+        // map is for.
+        let again: Vec<f32> = inputs
+            .chunks(per_image)
+            .zip(explain)
+            .filter(|(_, wanted)| **wanted)
+            .flat_map(|(image, _)| image)
+            .copied()
+            .collect();
+        let probabilities = probabilities(&self.model, inputs, self.image_size, &self.device);
+        let top: Vec<usize> = probabilities
+            .iter()
+            .zip(explain)
+            .filter(|(_, wanted)| **wanted)
+            .map(|(p, _)| top_k(p, 1)[0].index)
+            .collect();
+        let mut maps =
+            gradcam_maps(&self.model, again, self.image_size, &top, &self.device).into_iter();
+        let maps = explain
+            .iter()
+            .map(|&wanted| if wanted { maps.next() } else { None })
+            .collect();
         (probabilities, maps)
     }
-}
-
-/// Grad-CAM maps for each image's most probable class, from one backward pass.
-fn gradcam(
-    activations: Tensor<4>,
-    logits: Tensor<2>,
-    probabilities: &[f32],
-    classes: usize,
-) -> Vec<GradCam> {
-    let [batch, channels, height, width] = activations.dims();
-    // The score to explain is the top class's logit. The images in a batch do not interact
-    // (batch norm uses running statistics), so the gradient of the sum of their scores gives
-    // each image the gradient of its own score.
-    let one_hot: Vec<f32> = probabilities
-        .chunks(classes)
-        .flat_map(|row| {
-            let top = top_k(row, 1)[0].index;
-            (0..classes).map(move |c| f32::from(u8::from(c == top)))
-        })
-        .collect();
-    let mask = Tensor::<2>::from_data(TensorData::new(one_hot, [batch, classes]), &logits.device());
-    let grads = (logits * mask).sum().backward();
-    let values = |t: Tensor<4>| -> Vec<f32> {
-        t.into_data()
-            .try_into_vec()
-            .expect("the model computes in f32")
-    };
-    let gradients = values(
-        activations
-            .grad(&grads)
-            .expect("forward_with_activations makes the activations require gradients"),
-    );
-    let activations = values(activations);
-    let per_image = channels * height * width;
-    activations
-        .chunks(per_image)
-        .zip(gradients.chunks(per_image))
-        .map(|(a, g)| GradCam {
-            map: gradcam_map(a, g, channels, height, width),
-            height,
-            width,
-        })
-        .collect()
 }

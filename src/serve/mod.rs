@@ -33,6 +33,8 @@ use hyper_util::service::TowerToHyperService;
 
 pub use info::ModelInfo;
 
+use crate::device::DeviceChoice;
+
 /// What can stop the server from starting or running.
 #[derive(Debug, thiserror::Error)]
 pub enum Error {
@@ -63,6 +65,8 @@ pub enum Error {
 #[derive(Clone, Debug)]
 pub struct Config {
     pub addr: SocketAddr,
+    /// Where the network runs.
+    pub device: DeviceChoice,
     /// A request body (the image, or the whole multipart form) over this is refused with 413.
     pub max_upload_bytes: u64,
     /// An image with more pixels is refused from its header (413): decompression bombs never expand.
@@ -84,6 +88,7 @@ impl Default for Config {
     fn default() -> Self {
         Config {
             addr: SocketAddr::from(([127, 0, 0, 1], 8080)),
+            device: DeviceChoice::Cpu,
             max_upload_bytes: 16 << 20,
             max_pixels: crate::data::decode::Limits::default().max_pixels,
             max_batch: 16,
