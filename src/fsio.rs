@@ -91,7 +91,10 @@ pub fn replace_dir(target: &Path, fill: impl FnOnce(&Path) -> Result<()>) -> Res
         fs::remove_dir_all(&new).map_err(|e| Error::io("cannot remove", &new, e))?;
     }
     fs::create_dir_all(&new).map_err(|e| Error::io("cannot create folder", &new, e))?;
-    fill(&new)?;
+    if let Err(e) = fill(&new) {
+        let _ = fs::remove_dir_all(&new);
+        return Err(e);
+    }
     if target.exists() {
         fs::rename(target, &old).map_err(|e| Error::io("cannot move aside", target, e))?;
     }
@@ -210,6 +213,7 @@ mod tests {
         let err = replace_dir(&target, |_| Err(Error::setting("test", "fail")));
         assert!(err.is_err());
         assert_eq!(fs::read(target.join("a")).unwrap(), b"2");
+        assert_eq!(fs::read_dir(dir.path()).unwrap().count(), 1);
         // Crash between the renames: the complete new folder wins.
         let (new, old) = dir_siblings(&target);
         fs::rename(&target, &old).unwrap();
