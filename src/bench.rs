@@ -210,6 +210,12 @@ pub fn figure_before(text: &str, unit: &str) -> Option<f64> {
     before.split_whitespace().last()?.parse().ok()
 }
 
+/// The number after `label` in a peer's output line (e.g. "train-step 16.2 img/s").
+pub fn figure_after(text: &str, label: &str) -> Option<f64> {
+    let after = &text[text.find(label)? + label.len()..];
+    after.split_whitespace().next()?.parse().ok()
+}
+
 #[cfg(test)]
 mod tests {
     use std::process::Command;
@@ -228,5 +234,9 @@ mod tests {
         let line = "PIL+torchvision workers=2: 2002 images in 2.91s = 687.3 img/s";
         assert_eq!(super::figure_before(line, "img/s"), Some(687.3));
         assert_eq!(super::figure_before("no figure", "img/s"), None);
+        let torch =
+            "torch 2.15 threads=2 size=224 channels_last: infer 57.3 img/s, train-step 16.2 img/s";
+        assert_eq!(super::figure_after(torch, "infer"), Some(57.3));
+        assert_eq!(super::figure_after(torch, "train-step"), Some(16.2));
     }
 }

@@ -85,11 +85,10 @@ pub fn run(args: BenchArgs) -> Result<()> {
             .find(|l| l.contains("channels_last"))
             .map(str::to_owned)
     });
-    let torch = |unit: &str| {
+    let torch = |label: &str| {
         torch_line
             .as_deref()
-            .and_then(|l| l.split(unit).next())
-            .and_then(|l| bench::figure_before(&format!("{l}{unit}"), unit))
+            .and_then(|l| bench::figure_after(l, label))
     };
     let mut rows = Vec::new();
     for (part, pytorch) in [
@@ -99,15 +98,8 @@ pub fn run(args: BenchArgs) -> Result<()> {
                 .as_deref()
                 .and_then(|o| bench::figure_before(o, "img/s")),
         ),
-        (Part::Inference, torch("img/s, train-step")),
-        (
-            Part::TrainStep,
-            torch("img/s\n").or_else(|| {
-                torch_line
-                    .as_deref()
-                    .and_then(|l| bench::figure_before(l.trim_end(), "img/s"))
-            }),
-        ),
+        (Part::Inference, torch("infer")),
+        (Part::TrainStep, torch("train-step")),
         (Part::HeadStep, None),
     ] {
         let exe = std::env::current_exe()?;
