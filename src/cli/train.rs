@@ -112,8 +112,24 @@ fn finish(run: &RunDir, outcome: &Outcome) -> Result<()> {
             run.checkpoint(catdog::run::Which::Best).display()
         );
     }
+    let manifest = catdog::data::Manifest::load(&run.manifest())?;
+    if manifest
+        .files
+        .iter()
+        .all(|f| f.split != catdog::data::Split::Test)
+    {
+        println!("no test split (--ratios gave it nothing): the best model was not evaluated");
+    } else {
+        // The seed's last step: the best checkpoint on the held-out test split, then the report.
+        println!();
+        super::evaluate::report(super::evaluate::ReportArgs {
+            run: run.root.clone(),
+            checkpoint: catdog::run::Which::Best,
+            samples: 16,
+        })?;
+    }
     println!(
-        "run: {} (config.json, metrics.jsonl, metrics.csv, best/, last/)",
+        "run: {} (config.json, metrics.jsonl, metrics.csv, best/, last/, eval-test.json, report/)",
         run.root.display()
     );
     Ok(())
