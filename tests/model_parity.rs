@@ -9,12 +9,13 @@ use std::time::Instant;
 use burn::module::{Module, Param};
 use burn::nn::Linear;
 use burn::nn::loss::CrossEntropyLossConfig;
-use burn::optim::{AdamConfig, GradientsParams};
+use burn::optim::GradientsParams;
 use burn::prelude::*;
 use burn::store::{BurnToPyTorchAdapter, ModuleSnapshot};
 use catdog::model::weights::{HeadWeights, load_into};
 use catdog::model::{FEATURES, ResNet18};
 use catdog::preprocess::eval_tensor_from_path;
+use catdog::train::adam::Adam;
 use common::{read_npy_f32, relative_l2, shared};
 
 fn golden(test: &str) -> Option<PathBuf> {
@@ -167,14 +168,10 @@ fn one_adam_step_matches_pytorch() {
         "loss {loss_value} vs PyTorch {expected_loss}"
     );
 
-    // torch.optim.Adam's defaults; burn's epsilon default is 1e-5, PyTorch's 1e-8.
-    let mut optim = AdamConfig::new()
-        .with_beta_1(0.9)
-        .with_beta_2(0.999)
-        .with_epsilon(1e-8)
-        .init();
+    // catdog's own Adam, the one `catdog train` uses (torch.optim.Adam's defaults).
+    let mut adam = Adam::new(1e-3);
     let grads = GradientsParams::from_grads(loss.backward(), &model);
-    let model = optim.step(1e-3, model, grads).valid();
+    let model = adam.step(model, grads).valid();
 
     let (_, head_after) = read_npy_f32(&dir.join("head_after.npy"));
     let weight = values(model.fc.weight.val());
