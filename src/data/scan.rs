@@ -180,8 +180,8 @@ fn flat_label(name: &str) -> Option<&str> {
     (parts.count() >= 2 && !label.is_empty()).then_some(label)
 }
 
-/// Names that are never photos: OS metadata files.
-fn system_file_reason(name: &str) -> Option<&'static str> {
+/// Why a file name is never a photo (OS metadata, hidden files), if it is one of those.
+pub fn system_file_reason(name: &str) -> Option<&'static str> {
     match name.to_ascii_lowercase().as_str() {
         "thumbs.db" | "ehthumbs.db" => Some("Windows thumbnail cache, not a photo"),
         "desktop.ini" => Some("Windows folder settings, not a photo"),

@@ -128,7 +128,8 @@ fn walk(dir: &Path, files: &mut Vec<PathBuf>) -> Result<()> {
     let mut entries = Vec::new();
     for entry in listing {
         let entry = entry.map_err(|e| Error::io("cannot list folder", dir, e))?;
-        if !entry.file_name().to_string_lossy().starts_with('.') {
+        // The same files the data stage passes over (Thumbs.db, hidden files) are not photos here either.
+        if crate::data::scan::system_file_reason(&entry.file_name().to_string_lossy()).is_none() {
             entries.push(entry);
         }
     }
@@ -152,7 +153,7 @@ mod tests {
     use super::*;
 
     #[test]
-    fn folders_are_walked_sorted_without_hidden_entries() {
+    fn folders_are_walked_sorted_without_hidden_or_system_files() {
         let dir = tempfile::tempdir().unwrap();
         let root = dir.path();
         for rel in [
@@ -162,6 +163,7 @@ mod tests {
             ".hidden.jpg",
             ".git/x.jpg",
             "b/c/3.png",
+            "b/Thumbs.db",
         ] {
             let path = root.join(rel);
             fs::create_dir_all(path.parent().unwrap()).unwrap();
