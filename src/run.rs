@@ -4,7 +4,7 @@
 //! RUN/
 //!   config.json      every setting, catdog version, weights' SHA-256, classes, preprocessing, device
 //!   manifest.json    the data split the run used
-//!   metrics.jsonl    one JSON object per epoch (report::EpochRecord)
+//!   metrics.jsonl    one JSON object per epoch ([`EpochRecord`])
 //!   metrics.csv      the same, as CSV
 //!   last/            checkpoint after the latest complete epoch (+ training state, for --resume)
 //!   best/            checkpoint with the best validation accuracy
@@ -17,9 +17,25 @@
 
 use std::path::{Path, PathBuf};
 
+use serde::{Deserialize, Serialize};
+
 use crate::data::Split;
 use crate::error::{Error, Result};
 use crate::model::checkpoint;
+
+/// One epoch of training: a line of `metrics.jsonl` and a row of
+/// `metrics.csv`, written by training and plotted by the report.
+/// Accuracies are shares in [0, 1].
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct EpochRecord {
+    pub epoch: usize,
+    pub train_loss: f64,
+    pub train_acc: f64,
+    pub val_loss: f64,
+    pub val_acc: f64,
+    /// Wall-clock time the epoch took, training and validation.
+    pub seconds: f64,
+}
 
 /// Which checkpoint of a run to use.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum)]

@@ -174,6 +174,8 @@ fn frozen_mode_computes_features_once_then_reads_the_cache() {
             .all(|l| l.contains(": 0 from the feature cache")),
         "{first:?}"
     );
+    // Train and val each report once; `all` alone would pass on no lines.
+    assert_eq!(cache_lines(&first).len(), 2, "{first:?}");
     assert!(
         cache_lines(&second)
             .iter()

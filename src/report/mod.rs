@@ -17,8 +17,6 @@ mod html;
 mod run;
 mod text;
 
-use serde::{Deserialize, Serialize};
-
 pub use confusion::write_confusion;
 pub use curves::write_curves;
 pub use gradcam::{HeatMap, gradcam_map, gradcam_maps, overlay};
@@ -34,15 +32,5 @@ pub const TOP_LOSSES: &str = "top-losses.png";
 pub const GRADCAM: &str = "gradcam.png";
 pub const INDEX: &str = "index.html";
 
-/// One epoch of training, as the training loop records it and
-/// [`write_curves`] plots it. Accuracies are shares in [0, 1].
-#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
-pub struct EpochRecord {
-    pub epoch: usize,
-    pub train_loss: f64,
-    pub train_acc: f64,
-    pub val_loss: f64,
-    pub val_acc: f64,
-    /// Wall-clock time the epoch took, training and validation.
-    pub seconds: f64,
-}
+// A line of the run folder's metrics.jsonl; defined with the run folder's layout.
+pub use crate::run::EpochRecord;

@@ -34,8 +34,7 @@ use crate::model::checkpoint::{self, CheckpointMeta};
 use crate::model::weights::{self, WeightsChoice};
 use crate::model::{FEATURES, ResNet18};
 use crate::progress;
-use crate::report::EpochRecord;
-use crate::run::{RunDir, Which};
+use crate::run::{EpochRecord, RunDir, Which};
 use adam::Adam;
 use features::FeatureCache;
 
@@ -160,7 +159,7 @@ impl Session {
         let weights_file = settings
             .weights
             .parse::<WeightsChoice>()
-            .unwrap_or(WeightsChoice::None)
+            .unwrap_or_else(|never| match never {})
             .resolve()?;
         let classes = manifest.classes.clone();
         let ad = device.clone().autodiff();

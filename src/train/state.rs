@@ -8,7 +8,7 @@ use serde::{Deserialize, Serialize};
 
 use crate::error::Result;
 use crate::fsio;
-use crate::report::EpochRecord;
+use crate::run::EpochRecord;
 
 pub const STATE_FILE: &str = "train-state.json";
 pub const OPTIMIZER_FILE: &str = "optimizer.safetensors";
