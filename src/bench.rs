@@ -14,6 +14,7 @@ use serde::{Deserialize, Serialize};
 
 use crate::data::decode::{self, Limits};
 use crate::error::{Error, Result};
+use crate::model::fused::FusedResNet18;
 use crate::model::{FEATURES, ResNet18};
 use crate::preprocess::Preprocessing;
 use crate::train::adam::Adam;
@@ -91,9 +92,19 @@ pub fn inference(batch: usize, size: usize) -> Figure {
     let device = Device::flex();
     let model = ResNet18::new(2, &device);
     let x = random_images(batch, size, &device);
-    let t = median_seconds(1, 3, || {
+    let burn = median_seconds(1, 3, || {
         let _ = model.features(x.clone()).into_data();
     });
+    let fused = FusedResNet18::new(&model);
+    let x: Vec<f32> = x.into_data().try_into_vec().expect("f32");
+    let t = median_seconds(1, 3, || {
+        let _ = fused.features(&x, size);
+    });
+    eprintln!(
+        "burn {:.1} img/s, fused {:.1} img/s",
+        batch as f64 / burn,
+        batch as f64 / t
+    );
     Figure::new(&format!("inference {size} px, batch {batch}"), batch, t)
 }
 

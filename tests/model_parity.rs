@@ -12,6 +12,8 @@ use burn::nn::loss::CrossEntropyLossConfig;
 use burn::optim::GradientsParams;
 use burn::prelude::*;
 use burn::store::{BurnToPyTorchAdapter, ModuleSnapshot};
+use burn::tensor::Distribution;
+use catdog::model::fused::FusedResNet18;
 use catdog::model::weights::{HeadWeights, load_into};
 use catdog::model::{FEATURES, ResNet18};
 use catdog::preprocess::eval_tensor_from_path;
@@ -71,6 +73,47 @@ fn pretrained_logits_and_features_match_torchvision() {
         features_error < 1e-4,
         "features differ from torchvision's: {features_error:.3e}"
     );
+}
+
+#[test]
+fn fused_cpu_forward_matches_torchvision() {
+    let Some(dir) = golden("fused_cpu_forward_matches_torchvision") else {
+        return;
+    };
+    let device = Device::flex();
+    let fused = FusedResNet18::new(&pretrained(&dir, &device));
+    let (shape, input) = read_npy_f32(&dir.join("input.npy"));
+    let features = fused.features(&input, shape[3]);
+    let logits = fused.head(&features);
+    let features_error = relative_l2(&features, &read_npy_f32(&dir.join("features.npy")).1);
+    let logits_error = relative_l2(&logits, &read_npy_f32(&dir.join("logits.npy")).1);
+    eprintln!("fused, relative L2 error: logits {logits_error:.3e}, features {features_error:.3e}");
+    assert!(logits_error < 1e-4, "logits: {logits_error:.3e}");
+    assert!(features_error < 1e-4, "features: {features_error:.3e}");
+    // One image at a time takes the other code path (each product split across cores).
+    let one = fused.features(&input[..input.len() / 8], shape[3]);
+    assert!(relative_l2(&one, &features[..FEATURES]) < 1e-5);
+}
+
+#[test]
+fn fused_forward_matches_burn_at_other_sizes_and_heads() {
+    // Odd sizes exercise the padding and pooling edges; trained statistics make the batch
+    // norms matter.
+    let device = Device::flex();
+    let training = Device::flex().autodiff();
+    let model = ResNet18::new(2, &training);
+    let shifted = Tensor::<4>::random([4, 3, 64, 64], Distribution::Normal(0.5, 2.0), &training);
+    let _ = model.forward(shifted);
+    let model = model.valid();
+    let fused = FusedResNet18::new(&model);
+    for size in [64, 97] {
+        let x = Tensor::<4>::random([3, 3, size, size], Distribution::Normal(0.0, 1.0), &device);
+        let burn_logits = values(model.forward(x.clone()));
+        let logits = fused.head(&fused.features(&values(x), size));
+        let error = relative_l2(&logits, &burn_logits);
+        eprintln!("{size} px: relative L2 {error:.3e}");
+        assert!(error < 1e-4, "{size} px: {error:.3e}");
+    }
 }
 
 #[test]

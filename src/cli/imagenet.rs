@@ -4,6 +4,7 @@ use std::path::PathBuf;
 
 use anyhow::{Result, bail};
 use burn::prelude::Device;
+use catdog::model::EvalNet;
 use catdog::model::imagenet_classes::NAMES;
 use catdog::model::predict::{Ranked, classify};
 use catdog::model::weights::{IMAGENET_NUM_CLASSES, WeightsChoice};
@@ -49,6 +50,7 @@ struct JsonClass {
 pub fn run(args: ImagenetArgs) -> Result<()> {
     let device = Device::flex();
     let model = super::weights::load_model(&args.weights, IMAGENET_NUM_CLASSES, &device)?;
+    let net = EvalNet::new(&model, &device);
     let mut unreadable = 0;
     for batch in args.images.chunks(usize::from(args.batch_size)) {
         // Decoding and resizing dominate for small batches: do them in parallel.
@@ -70,13 +72,7 @@ pub fn run(args: ImagenetArgs) -> Result<()> {
                 }
             }
         }
-        let rankings = classify(
-            &model,
-            tensors,
-            IMAGE_SIZE as usize,
-            usize::from(args.top),
-            &device,
-        );
+        let rankings = classify(&net, tensors, IMAGE_SIZE as usize, usize::from(args.top));
         for (path, ranking) in paths.into_iter().zip(rankings) {
             if args.json {
                 println!("{}", json_line(path, &ranking));

@@ -5,7 +5,7 @@ use std::path::{Path, PathBuf};
 use anyhow::{Result, bail};
 use burn::prelude::Device;
 use catdog::evaluate::{image_files, predict_files, predicted};
-use catdog::model::checkpoint;
+use catdog::model::{EvalNet, checkpoint};
 use catdog::run::resolve_model;
 use serde::{Serialize, Serializer};
 
@@ -58,32 +58,26 @@ pub fn run(args: PredictArgs) -> Result<()> {
     let classes = &meta.class_names;
     let mut failed = 0;
     let size = usize::from(args.batch_size);
-    predict_files(
-        &model,
-        &meta.preprocessing,
-        &files,
-        size,
-        &device,
-        |path, result| {
-            let line = match (result, args.json) {
-                (Ok(probabilities), true) => json_line(path, classes, &probabilities),
-                (Ok(probabilities), false) => text_line(path, classes, &probabilities),
-                (Err(reason), json) => {
-                    failed += 1;
-                    if !json {
-                        eprintln!("error: {}: {reason}", path.display());
-                        return;
-                    }
-                    let error = JsonError {
-                        path: path.display().to_string(),
-                        error: reason.to_string(),
-                    };
-                    serde_json::to_string(&error).expect("plain data serialises")
+    let net = EvalNet::new(&model, &device);
+    predict_files(&net, &meta.preprocessing, &files, size, |path, result| {
+        let line = match (result, args.json) {
+            (Ok(probabilities), true) => json_line(path, classes, &probabilities),
+            (Ok(probabilities), false) => text_line(path, classes, &probabilities),
+            (Err(reason), json) => {
+                failed += 1;
+                if !json {
+                    eprintln!("error: {}: {reason}", path.display());
+                    return;
                 }
-            };
-            println!("{line}");
-        },
-    );
+                let error = JsonError {
+                    path: path.display().to_string(),
+                    error: reason.to_string(),
+                };
+                serde_json::to_string(&error).expect("plain data serialises")
+            }
+        };
+        println!("{line}");
+    });
     if failed > 0 {
         bail!("{failed} of {} files could not be classified", files.len());
     }

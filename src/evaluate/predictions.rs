@@ -5,7 +5,6 @@ use std::fs;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
-use burn::prelude::Device;
 use indicatif::ProgressBar;
 use rayon::prelude::*;
 
@@ -13,7 +12,7 @@ use crate::data::Sample;
 use crate::data::decode::{self, Limits, Rejection};
 use crate::error::{Error, Result};
 use crate::loader::{Loader, LoaderConfig};
-use crate::model::ResNet18;
+use crate::model::EvalNet;
 use crate::model::predict::probabilities;
 use crate::preprocess::Preprocessing;
 
@@ -42,11 +41,10 @@ impl Predictions {
 /// photos per forward pass while the loader prepares the next batches.
 /// `progress` counts photos. A file that no longer loads is an error naming it.
 pub fn predict_samples(
-    model: &ResNet18,
+    net: &EvalNet,
     samples: &[Sample],
     preprocessing: &Preprocessing,
     batch_size: usize,
-    device: &Device,
     progress: &ProgressBar,
 ) -> Result<Predictions> {
     progress.set_length(samples.len() as u64);
@@ -64,7 +62,7 @@ pub fn predict_samples(
         let batch = batch?;
         let n = batch.len();
         out.probabilities
-            .extend(probabilities(model, batch.images, batch.image_size, device));
+            .extend(probabilities(net, batch.images, batch.image_size));
         out.labels.extend(batch.labels);
         out.paths.extend(batch.paths);
         progress.inc(n as u64);
@@ -77,11 +75,10 @@ pub fn predict_samples(
 /// Calls `each` once per file, in order, with its class probabilities or the
 /// reason it could not be read; a bad file costs only itself.
 pub fn predict_files(
-    model: &ResNet18,
+    net: &EvalNet,
     preprocessing: &Preprocessing,
     paths: &[PathBuf],
     batch_size: usize,
-    device: &Device,
     mut each: impl FnMut(&Path, std::result::Result<Vec<f32>, Rejection>),
 ) {
     let limits = Limits::default();
@@ -97,7 +94,7 @@ pub fn predict_files(
             .collect();
         let batch: Vec<f32> = tensors.iter().flatten().flatten().copied().collect();
         let size = preprocessing.image_size as usize;
-        let mut rows = probabilities(model, batch, size, device).into_iter();
+        let mut rows = probabilities(net, batch, size).into_iter();
         for (path, tensor) in chunk.iter().zip(tensors) {
             each(
                 path,

@@ -8,8 +8,8 @@ use super::{Metrics, Predictions, predict_samples};
 use crate::data::{Manifest, Split};
 use crate::error::{Error, Result};
 use crate::fsio;
-use crate::model::ResNet18;
 use crate::model::checkpoint::{self, CheckpointMeta};
+use crate::model::{EvalNet, ResNet18};
 use crate::run::{RunDir, Which};
 
 /// Photos per forward pass when the caller does not choose.
@@ -21,6 +21,8 @@ pub struct RunModel {
     pub which: Which,
     /// In inference mode, on [`RunModel::device`].
     pub model: ResNet18,
+    /// The same network prepared for the predictions of [`RunModel::evaluate`].
+    pub net: EvalNet,
     pub meta: CheckpointMeta,
     pub manifest: Manifest,
     /// The device the model is on: the one given to [`RunModel::load`], without autodiff.
@@ -53,11 +55,13 @@ impl RunModel {
                 "evaluate a model with the manifest it was trained on",
             ));
         }
+        // valid(): batch norm uses its running statistics and nothing tracks gradients.
+        let model = model.valid();
         Ok(RunModel {
             run: run.clone(),
             which,
-            // valid(): batch norm uses its running statistics and nothing tracks gradients.
-            model: model.valid(),
+            net: EvalNet::new(&model, &device),
+            model,
             meta,
             manifest,
             device,
@@ -83,11 +87,10 @@ impl RunModel {
             ));
         }
         let predictions = predict_samples(
-            &self.model,
+            &self.net,
             &samples,
             &self.meta.preprocessing,
             batch_size,
-            &self.device,
             progress,
         )?;
         let metrics = Metrics::compute(

@@ -6,16 +6,22 @@
 //!   `.pth` / `.safetensors` files with a clear error for a wrong one.
 //! - [`download`]: fetching them (checksum-verified, atomic).
 //! - [`checkpoint`]: catdog's own trained models (`model.safetensors` + `model.json`).
+//! - [`eval_net`]: a trained network ready for eval-mode passes on its device.
+//! - [`fused`]: the eval-mode forward pass on the CPU with batch norm folded in, catdog's own
+//!   kernels (faster than the same network through burn's generic operations).
 //! - [`predict`]: ranked class probabilities for preprocessed images.
 //! - [`imagenet_classes`]: the 1000 ImageNet class names.
 
 mod batch_norm;
 pub mod checkpoint;
 pub mod download;
+pub mod eval_net;
+pub mod fused;
 pub mod imagenet_classes;
 pub mod predict;
 mod resnet;
 pub mod weights;
 
 pub use batch_norm::BatchNorm2d;
+pub use eval_net::EvalNet;
 pub use resnet::{BasicBlock, FEATURES, ResNet18};

@@ -1,9 +1,6 @@
 //! From preprocessed images to ranked class probabilities.
 
-use burn::prelude::*;
-use burn::tensor::activation::softmax;
-
-use super::ResNet18;
+use super::eval_net::EvalNet;
 
 /// One class of a ranking.
 #[derive(Debug, Clone, Copy, PartialEq)]
@@ -18,14 +15,13 @@ pub struct Ranked {
 /// tensors of `3 x image_size x image_size` values (as `catdog::preprocess` makes them), all
 /// run through the network as one batch.
 pub fn classify(
-    model: &ResNet18,
+    net: &EvalNet,
     images: Vec<Vec<f32>>,
     image_size: usize,
     k: usize,
-    device: &Device,
 ) -> Vec<Vec<Ranked>> {
     let batch: Vec<f32> = images.into_iter().flatten().collect();
-    probabilities(model, batch, image_size, device)
+    probabilities(net, batch, image_size)
         .iter()
         .map(|row| top_k(row, k))
         .collect()
@@ -34,26 +30,21 @@ pub fn classify(
 /// Each image's softmax probabilities, in the model's output order. `batch` holds the CHW
 /// tensors of `3 x image_size x image_size` values back to back (as a loader batch does), and
 /// goes through the network in one forward pass.
-pub fn probabilities(
-    model: &ResNet18,
-    batch: Vec<f32>,
-    image_size: usize,
-    device: &Device,
-) -> Vec<Vec<f32>> {
+pub fn probabilities(net: &EvalNet, batch: Vec<f32>, image_size: usize) -> Vec<Vec<f32>> {
     let n = batch.len() / (3 * image_size * image_size);
     if n == 0 {
         return Vec::new();
     }
-    let x = Tensor::<4>::from_data(
-        TensorData::new(batch, [n, 3, image_size, image_size]),
-        device,
-    );
-    let probabilities: Vec<f32> = softmax(model.forward(x), 1)
-        .into_data()
-        .try_into_vec()
-        .expect("the model computes in f32");
-    let classes = probabilities.len() / n;
-    probabilities.chunks(classes).map(<[f32]>::to_vec).collect()
+    let logits = net.logits(batch, image_size);
+    logits.chunks(logits.len() / n).map(softmax).collect()
+}
+
+/// exp(x - max) / sum: the shift keeps exp finite for any logits.
+fn softmax(logits: &[f32]) -> Vec<f32> {
+    let max = logits.iter().copied().fold(f32::NEG_INFINITY, f32::max);
+    let exp: Vec<f32> = logits.iter().map(|&l| (l - max).exp()).collect();
+    let total: f32 = exp.iter().sum();
+    exp.into_iter().map(|e| e / total).collect()
 }
 
 /// The `k` largest entries of `probabilities`, largest first (ties: lower index first).
@@ -76,7 +67,10 @@ pub fn top_k(probabilities: &[f32], k: usize) -> Vec<Ranked> {
 
 #[cfg(test)]
 mod tests {
+    use burn::prelude::*;
+
     use super::*;
+    use crate::model::ResNet18;
 
     #[test]
     fn top_k_orders_by_probability_then_index() {
@@ -90,9 +84,9 @@ mod tests {
     #[test]
     fn classify_returns_one_normalised_ranking_per_image() {
         let device = Device::flex();
-        let model = ResNet18::new(5, &device);
+        let net = EvalNet::new(&ResNet18::new(5, &device), &device);
         let images = vec![vec![0.5; 3 * 32 * 32], vec![-0.5; 3 * 32 * 32]];
-        let rankings = classify(&model, images, 32, 5, &device);
+        let rankings = classify(&net, images, 32, 5);
         assert_eq!(rankings.len(), 2);
         for ranking in &rankings {
             let total: f32 = ranking.iter().map(|r| r.probability).sum();
@@ -103,6 +97,6 @@ mod tests {
                     .all(|w| w[0].probability >= w[1].probability)
             );
         }
-        assert!(classify(&model, Vec::new(), 32, 5, &device).is_empty());
+        assert!(classify(&net, Vec::new(), 32, 5).is_empty());
     }
 }

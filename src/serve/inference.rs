@@ -16,9 +16,9 @@ use tokio::sync::oneshot;
 
 use super::Config;
 use crate::error::{Error, Result};
-use crate::model::ResNet18;
 use crate::model::checkpoint::{self, CheckpointMeta};
 use crate::model::predict::{probabilities, top_k};
+use crate::model::{EvalNet, ResNet18};
 use crate::report::{HeatMap, gradcam_maps};
 
 /// One image for the model.
@@ -68,6 +68,7 @@ impl Engine {
         let stats = Arc::new(Stats::new(config.max_batch));
         let image_size = meta.preprocessing.image_size as usize;
         let worker = Worker {
+            net: EvalNet::new(&model, &device),
             model,
             device,
             image_size,
@@ -162,6 +163,8 @@ impl Stats {
 
 /// What the inference thread owns.
 struct Worker {
+    /// For the predictions; `model` (with gradients, for Grad-CAM) for the explanations.
+    net: EvalNet,
     model: ResNet18,
     device: Device,
     image_size: usize,
@@ -236,7 +239,7 @@ impl Worker {
             .flat_map(|(image, _)| image)
             .copied()
             .collect();
-        let probabilities = probabilities(&self.model, inputs, self.image_size, &self.device);
+        let probabilities = probabilities(&self.net, inputs, self.image_size);
         let top: Vec<usize> = probabilities
             .iter()
             .zip(explain)

@@ -11,14 +11,13 @@ use std::fs;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
-use burn::prelude::*;
 use indicatif::ProgressBar;
 
 use crate::data::manifest::Sample;
 use crate::error::{Error, Result};
 use crate::fsio;
 use crate::loader::{Loader, LoaderConfig};
-use crate::model::{FEATURES, ResNet18};
+use crate::model::{EvalNet, FEATURES};
 use crate::preprocess::Preprocessing;
 
 const ENTRY_BYTES: usize = FEATURES * 4 + 8;
@@ -93,14 +92,13 @@ fn checksum(data: &[u8]) -> [u8; 8] {
 }
 
 /// The features of every sample (row-major, `samples.len() x 512`): read from
-/// the cache where present, else computed through `model`'s backbone in
+/// the cache where present, else computed through `net`'s backbone in
 /// batches and stored. Without a cache, everything is computed.
 pub fn extract(
-    model: &ResNet18,
+    net: &EvalNet,
     samples: &[Sample],
     cache: Option<&FeatureCache>,
     loader: &LoaderConfig,
-    device: &Device,
     progress: &ProgressBar,
 ) -> Result<(Vec<f32>, CacheStats)> {
     let mut out = vec![0.0f32; samples.len() * FEATURES];
@@ -125,13 +123,7 @@ pub fn extract(
     for batch in Loader::new(todo, config, 0, 0) {
         let batch = batch?;
         let n = batch.len();
-        let s = batch.image_size;
-        let images = Tensor::<4>::from_data(TensorData::new(batch.images, [n, 3, s, s]), device);
-        let features = model
-            .features(images)
-            .into_data()
-            .try_to_vec::<f32>()
-            .expect("features are f32");
+        let features = net.features(batch.images, batch.image_size);
         for (row, &k) in features.chunks_exact(FEATURES).zip(&batch.indices) {
             let i = missing[k];
             out[i * FEATURES..(i + 1) * FEATURES].copy_from_slice(row);

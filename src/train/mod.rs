@@ -32,7 +32,7 @@ use crate::fsio;
 use crate::loader::{Loader, LoaderConfig, batch_count, epoch_order};
 use crate::model::checkpoint::{self, CheckpointMeta};
 use crate::model::weights::{self, WeightsChoice};
-use crate::model::{FEATURES, ResNet18};
+use crate::model::{EvalNet, FEATURES, ResNet18};
 use crate::progress;
 use crate::run::{EpochRecord, RunDir, Which};
 use adam::Adam;
@@ -354,8 +354,7 @@ impl Session {
             (Some(dir), Some(sha)) => Some(FeatureCache::new(dir, sha, &s.preprocessing)),
             _ => None,
         };
-        let backbone = self.model.clone().valid();
-        let inference = self.device.clone();
+        let backbone = EvalNet::new(&self.model.clone().valid(), &self.device);
         let extract = |samples: &[Sample], what: &str| -> Result<Vec<f32>> {
             let bar = progress::bar(samples.len() as u64, what);
             let (features, stats) = features::extract(
@@ -363,7 +362,6 @@ impl Session {
                 samples,
                 cache.as_ref(),
                 &self.loader_config(false, false),
-                &inference,
                 &bar,
             )?;
             log(&format!(

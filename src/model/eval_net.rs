@@ -1,0 +1,59 @@
+//! A trained network ready for eval-mode forward passes, run the fastest way its device has:
+//! catdog's fused kernels on the CPU ([`FusedResNet18`]), burn's operations on a GPU.
+
+use burn::prelude::*;
+
+use super::ResNet18;
+use super::fused::FusedResNet18;
+
+pub enum EvalNet {
+    Cpu(FusedResNet18),
+    Burn { model: ResNet18, device: Device },
+}
+
+impl EvalNet {
+    /// Prepares `model` (batch norm on running statistics, no gradients) for `device`.
+    pub fn new(model: &ResNet18, device: &Device) -> Self {
+        let device = device.clone().without_autodiff();
+        if device == Device::flex() {
+            EvalNet::Cpu(FusedResNet18::new(model))
+        } else {
+            EvalNet::Burn {
+                model: model.clone().valid().to_device(&device),
+                device,
+            }
+        }
+    }
+
+    /// The pooled backbone output, [`super::FEATURES`] values per image, of CHW images of
+    /// `3 x image_size x image_size` values back to back.
+    pub fn features(&self, batch: Vec<f32>, image_size: usize) -> Vec<f32> {
+        match self {
+            EvalNet::Cpu(fused) => fused.features(&batch, image_size),
+            EvalNet::Burn { model, device } => {
+                values(model.features(images(batch, image_size, device)))
+            }
+        }
+    }
+
+    /// Logits, one row of the head's outputs per image, of images as for [`EvalNet::features`].
+    pub fn logits(&self, batch: Vec<f32>, image_size: usize) -> Vec<f32> {
+        match self {
+            EvalNet::Cpu(fused) => fused.head(&fused.features(&batch, image_size)),
+            EvalNet::Burn { model, device } => {
+                values(model.forward(images(batch, image_size, device)))
+            }
+        }
+    }
+}
+
+fn images(batch: Vec<f32>, size: usize, device: &Device) -> Tensor<4> {
+    let n = batch.len() / (3 * size * size);
+    Tensor::from_data(TensorData::new(batch, [n, 3, size, size]), device)
+}
+
+fn values<const D: usize>(t: Tensor<D>) -> Vec<f32> {
+    t.into_data()
+        .try_into_vec()
+        .expect("the model computes in f32")
+}

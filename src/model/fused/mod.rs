@@ -1,0 +1,426 @@
+//! ResNet-18's eval-mode forward pass on the CPU, as catdog's own kernels.
+//!
+//! burn's Flex backend runs a convolution as NCHW im2col + matrix product, then batch norm,
+//! ReLU and the residual add as separate passes over memory; that leaves about half of the
+//! time outside the matrix products (see PERFORMANCE.md). In eval mode batch norm is an affine
+//! map per channel, so here it is folded into the convolution's weights and bias once, and the
+//! network runs in NHWC, where im2col is a copy of contiguous channel runs and a 1x1
+//! convolution needs none. Bias, residual and ReLU are applied to the product's output while
+//! it is still in cache. Each image goes through the whole network on one core (its
+//! activations stay in that core's cache); a batch smaller than the core count splits each
+//! matrix product across cores instead.
+//!
+//! The result equals [`ResNet18::features`] up to float rounding (the parity tests check both
+//! against torchvision's golden outputs).
+
+use burn::nn::conv::Conv2d;
+use burn::prelude::*;
+use gemm::Parallelism;
+use rayon::prelude::*;
+
+use super::{BasicBlock, BatchNorm2d, FEATURES, ResNet18};
+
+mod winograd;
+
+/// What a convolution adds to its product before storing it: `act(product + bias [+ residual])`.
+struct Epilogue<'a> {
+    bias: &'a [f32],
+    residual: Option<&'a [f32]>,
+    relu: bool,
+}
+
+/// PyTorch's batch-norm epsilon, as in [`BatchNorm2d`].
+const EPSILON: f32 = 1e-5;
+
+/// A convolution with its batch norm folded in: `weight` is `[k*k*cin, cout]` in
+/// (ky, kx, ci) row order, which is the NHWC im2col column order.
+struct FoldedConv {
+    weight: Vec<f32>,
+    bias: Vec<f32>,
+    cin: usize,
+    cout: usize,
+    kernel: usize,
+    stride: usize,
+    pad: usize,
+    /// For a 3x3 stride-1 convolution: its weights in the Winograd domain,
+    /// `[TILE_IN * TILE_IN][cin][cout]`.
+    winograd: Option<Vec<f32>>,
+}
+
+/// Working memory of one thread's forward pass: im2col rows, or the Winograd-domain input
+/// and product.
+#[derive(Default)]
+struct Scratch {
+    input: Vec<f32>,
+    product: Vec<f32>,
+}
+
+struct Block {
+    conv1: FoldedConv,
+    conv2: FoldedConv,
+    downsample: Option<FoldedConv>,
+}
+
+/// The eval-mode backbone and head of a [`ResNet18`], ready for [`FusedResNet18::features`].
+pub struct FusedResNet18 {
+    stem: FoldedConv,
+    blocks: Vec<Block>,
+    /// `[FEATURES, classes]`, as burn's Linear stores it.
+    fc_weight: Vec<f32>,
+    fc_bias: Vec<f32>,
+}
+
+fn values<const D: usize>(t: Tensor<D>) -> Vec<f32> {
+    t.into_data()
+        .convert::<f32>()
+        .try_into_vec()
+        .expect("converted to f32")
+}
+
+impl FoldedConv {
+    fn new(conv: &Conv2d, bn: &BatchNorm2d, stride: usize, pad: usize) -> Self {
+        let [cout, cin, kernel, _] = conv.weight.dims();
+        let w = values(conv.weight.val());
+        let gamma = values(bn.weight.val());
+        let beta = values(bn.bias.val());
+        let mean = values(bn.running_mean.value_sync());
+        let var = values(bn.running_var.value_sync());
+        let scale: Vec<f32> = gamma
+            .iter()
+            .zip(&var)
+            .map(|(g, v)| g / (v + EPSILON).sqrt())
+            .collect();
+        let bias = (0..cout).map(|o| beta[o] - mean[o] * scale[o]).collect();
+        let mut weight = vec![0.0; kernel * kernel * cin * cout];
+        for o in 0..cout {
+            for i in 0..cin {
+                for ky in 0..kernel {
+                    for kx in 0..kernel {
+                        let src = ((o * cin + i) * kernel + ky) * kernel + kx;
+                        let row = (ky * kernel + kx) * cin + i;
+                        weight[row * cout + o] = w[src] * scale[o];
+                    }
+                }
+            }
+        }
+        let winograd =
+            (kernel == 3 && stride == 1 && pad == 1).then(|| winograd::weights(&weight, cin, cout));
+        FoldedConv {
+            weight,
+            bias,
+            cin,
+            cout,
+            kernel,
+            stride,
+            pad,
+            winograd,
+        }
+    }
+
+    fn out_size(&self, size: usize) -> usize {
+        (size + 2 * self.pad - self.kernel) / self.stride + 1
+    }
+
+    /// `out = act(conv(x) + bias [+ residual])` for one NHWC image of `h x w`; returns the
+    /// output's height and width. `scratch` holds the im2col matrix.
+    #[allow(clippy::too_many_arguments)]
+    fn forward(
+        &self,
+        x: &[f32],
+        (h, w): (usize, usize),
+        out: &mut Vec<f32>,
+        residual: Option<&[f32]>,
+        relu: bool,
+        scratch: &mut Scratch,
+        parallelism: Parallelism,
+    ) -> (usize, usize) {
+        if let Some(weights) = &self.winograd {
+            let epilogue = Epilogue {
+                bias: &self.bias,
+                residual,
+                relu,
+            };
+            winograd::conv(
+                x,
+                (h, w),
+                self.cin,
+                self.cout,
+                weights,
+                epilogue,
+                out,
+                scratch,
+                parallelism,
+            );
+            return (h, w);
+        }
+        let (ho, wo) = (self.out_size(h), self.out_size(w));
+        let rows = ho * wo;
+        let depth = self.kernel * self.kernel * self.cin;
+        out.clear();
+        match residual {
+            Some(r) => out.extend(
+                r.chunks_exact(self.cout)
+                    .flat_map(|px| px.iter().zip(&self.bias).map(|(a, b)| a + b)),
+            ),
+            None => {
+                for _ in 0..rows {
+                    out.extend_from_slice(&self.bias);
+                }
+            }
+        }
+        let lhs: &[f32] = if self.kernel == 1 && self.stride == 1 {
+            x
+        } else {
+            self.im2col(x, (h, w), (ho, wo), &mut scratch.input);
+            &scratch.input
+        };
+        // SAFETY: dst is rows x cout, lhs rows x depth and rhs depth x cout, all row-major and
+        // in bounds as sized above; none of them alias.
+        unsafe {
+            gemm::gemm(
+                rows,
+                self.cout,
+                depth,
+                out.as_mut_ptr(),
+                1,
+                self.cout as isize,
+                true,
+                lhs.as_ptr(),
+                1,
+                depth as isize,
+                self.weight.as_ptr(),
+                1,
+                self.cout as isize,
+                1.0,
+                1.0,
+                false,
+                false,
+                false,
+                parallelism,
+            );
+        }
+        if relu {
+            out.iter_mut().for_each(|v| *v = v.max(0.0));
+        }
+        (ho, wo)
+    }
+
+    /// One row per output pixel: the `k x k x cin` input values it sees, zero outside.
+    fn im2col(
+        &self,
+        x: &[f32],
+        (h, w): (usize, usize),
+        (ho, wo): (usize, usize),
+        out: &mut Vec<f32>,
+    ) {
+        let (k, c) = (self.kernel, self.cin);
+        out.clear();
+        out.resize(ho * wo * k * k * c, 0.0);
+        let mut row = out.chunks_exact_mut(k * k * c);
+        for oy in 0..ho {
+            for ox in 0..wo {
+                let dst = row.next().expect("sized for every pixel");
+                for ky in 0..k {
+                    let iy = (oy * self.stride + ky).wrapping_sub(self.pad);
+                    if iy >= h {
+                        continue;
+                    }
+                    for kx in 0..k {
+                        let ix = (ox * self.stride + kx).wrapping_sub(self.pad);
+                        if ix >= w {
+                            continue;
+                        }
+                        let src = (iy * w + ix) * c;
+                        let at = (ky * k + kx) * c;
+                        dst[at..at + c].copy_from_slice(&x[src..src + c]);
+                    }
+                }
+            }
+        }
+    }
+}
+
+/// Per-thread buffers, reused from image to image.
+#[derive(Default)]
+struct Buffers {
+    a: Vec<f32>,
+    b: Vec<f32>,
+    c: Vec<f32>,
+    shortcut: Vec<f32>,
+    scratch: Scratch,
+}
+
+impl FusedResNet18 {
+    /// Folds `model`'s eval-mode batch norms into its convolutions.
+    pub fn new(model: &ResNet18) -> Self {
+        let blocks: Vec<&BasicBlock> = [&model.layer1, &model.layer2, &model.layer3, &model.layer4]
+            .into_iter()
+            .flatten()
+            .collect();
+        // In parallel: folding and transforming 11 million weights is most of a cold start.
+        let blocks = blocks
+            .into_par_iter()
+            .map(|b| {
+                let stride = b.conv1.stride[0];
+                Block {
+                    conv1: FoldedConv::new(&b.conv1, &b.bn1, stride, 1),
+                    conv2: FoldedConv::new(&b.conv2, &b.bn2, 1, 1),
+                    downsample: b
+                        .downsample
+                        .as_ref()
+                        .map(|(conv, bn)| FoldedConv::new(conv, bn, stride, 0)),
+                }
+            })
+            .collect();
+        FusedResNet18 {
+            stem: FoldedConv::new(&model.conv1, &model.bn1, 2, 3),
+            blocks,
+            fc_weight: values(model.fc.weight.val()),
+            fc_bias: model
+                .fc
+                .bias
+                .as_ref()
+                .map_or_else(Vec::new, |b| values(b.val())),
+        }
+    }
+
+    /// Number of outputs of the head.
+    pub fn num_classes(&self) -> usize {
+        self.fc_weight.len() / FEATURES
+    }
+
+    /// The pooled backbone output, `FEATURES` values per image, of `n` NCHW images of
+    /// `3 x size x size` values back to back.
+    pub fn features(&self, images: &[f32], size: usize) -> Vec<f32> {
+        let per_image = 3 * size * size;
+        let n = images.len() / per_image;
+        let mut out = vec![0.0; n * FEATURES];
+        let threads = rayon::current_num_threads();
+        if n >= threads {
+            out.par_chunks_mut(FEATURES)
+                .zip(images.par_chunks(per_image))
+                .for_each_init(Buffers::default, |buf, (f, img)| {
+                    self.image_features(img, size, f, buf, Parallelism::None)
+                });
+        } else {
+            let mut buf = Buffers::default();
+            for (f, img) in out.chunks_mut(FEATURES).zip(images.chunks(per_image)) {
+                self.image_features(img, size, f, &mut buf, Parallelism::Rayon(threads));
+            }
+        }
+        out
+    }
+
+    /// Logits, `num_classes` per image, of features from [`FusedResNet18::features`].
+    pub fn head(&self, features: &[f32]) -> Vec<f32> {
+        let classes = self.num_classes();
+        features
+            .chunks_exact(FEATURES)
+            .flat_map(|f| {
+                (0..classes).map(move |o| {
+                    let dot: f32 = f
+                        .iter()
+                        .enumerate()
+                        .map(|(i, v)| v * self.fc_weight[i * classes + o])
+                        .sum();
+                    dot + self.fc_bias.get(o).copied().unwrap_or(0.0)
+                })
+            })
+            .collect()
+    }
+
+    fn image_features(
+        &self,
+        image: &[f32],
+        size: usize,
+        features: &mut [f32],
+        buf: &mut Buffers,
+        par: Parallelism,
+    ) {
+        // CHW -> HWC.
+        let plane = size * size;
+        buf.a.clear();
+        buf.a
+            .extend((0..plane).flat_map(|p| (0..3).map(move |c| image[c * plane + p])));
+        let (mut h, mut w) = self.stem.forward(
+            &buf.a,
+            (size, size),
+            &mut buf.b,
+            None,
+            true,
+            &mut buf.scratch,
+            par,
+        );
+        (h, w) = max_pool_3x3_s2(&buf.b, (h, w), self.stem.cout, &mut buf.a);
+        // The block input lives in buf.a throughout.
+        for block in &self.blocks {
+            if let Some(ds) = &block.downsample {
+                ds.forward(
+                    &buf.a,
+                    (h, w),
+                    &mut buf.shortcut,
+                    None,
+                    false,
+                    &mut buf.scratch,
+                    par,
+                );
+            }
+            let (h1, w1) = block.conv1.forward(
+                &buf.a,
+                (h, w),
+                &mut buf.b,
+                None,
+                true,
+                &mut buf.scratch,
+                par,
+            );
+            let shortcut = if block.downsample.is_some() {
+                &buf.shortcut
+            } else {
+                &buf.a
+            };
+            (h, w) = block.conv2.forward(
+                &buf.b,
+                (h1, w1),
+                &mut buf.c,
+                Some(shortcut),
+                true,
+                &mut buf.scratch,
+                par,
+            );
+            std::mem::swap(&mut buf.a, &mut buf.c);
+        }
+        let c = FEATURES;
+        features.fill(0.0);
+        for px in buf.a.chunks_exact(c) {
+            features.iter_mut().zip(px).for_each(|(f, v)| *f += v);
+        }
+        let n = (h * w) as f32;
+        features.iter_mut().for_each(|f| *f /= n);
+    }
+}
+
+/// torchvision's stem pooling: 3x3 windows, stride 2, padding 1, on NHWC `x`. Padding never
+/// wins, as torch's -inf padding never does.
+fn max_pool_3x3_s2(
+    x: &[f32],
+    (h, w): (usize, usize),
+    c: usize,
+    out: &mut Vec<f32>,
+) -> (usize, usize) {
+    let (ho, wo) = ((h - 1) / 2 + 1, (w - 1) / 2 + 1);
+    out.clear();
+    out.resize(ho * wo * c, f32::NEG_INFINITY);
+    for oy in 0..ho {
+        for ox in 0..wo {
+            let dst = &mut out[(oy * wo + ox) * c..][..c];
+            for iy in (2 * oy).saturating_sub(1)..(2 * oy + 2).min(h) {
+                for ix in (2 * ox).saturating_sub(1)..(2 * ox + 2).min(w) {
+                    let src = &x[(iy * w + ix) * c..][..c];
+                    dst.iter_mut().zip(src).for_each(|(d, s)| *d = d.max(*s));
+                }
+            }
+        }
+    }
+    (ho, wo)
+}
