@@ -87,25 +87,31 @@ fn random_images(batch: usize, size: usize, device: &Device) -> Tensor<4> {
     )
 }
 
-/// Pooled features (the frozen mode's forward pass) of a batch, eval mode, img/s.
+/// Pooled features (the frozen mode's forward pass) of a batch, eval mode, img/s, through
+/// catdog's CPU kernels ([`FusedResNet18`]) as prediction and feature extraction run them.
 pub fn inference(batch: usize, size: usize) -> Figure {
+    let device = Device::flex();
+    let fused = FusedResNet18::new(&ResNet18::new(2, &device));
+    let x: Vec<f32> = random_images(batch, size, &device)
+        .into_data()
+        .try_into_vec()
+        .expect("f32 images");
+    let t = median_seconds(1, 5, || {
+        let _ = fused.features(&x, size);
+    });
+    Figure::new(&format!("inference {size} px, batch {batch}"), batch, t)
+}
+
+/// The same through burn's generic operations, the reference the fused kernels are measured
+/// against (PERFORMANCE.md).
+pub fn inference_burn(batch: usize, size: usize) -> Figure {
     let device = Device::flex();
     let model = ResNet18::new(2, &device);
     let x = random_images(batch, size, &device);
-    let burn = median_seconds(1, 3, || {
+    let t = median_seconds(1, 3, || {
         let _ = model.features(x.clone()).into_data();
     });
-    let fused = FusedResNet18::new(&model);
-    let x: Vec<f32> = x.into_data().try_into_vec().expect("f32");
-    let t = median_seconds(1, 3, || {
-        let _ = fused.features(&x, size);
-    });
-    eprintln!(
-        "burn {:.1} img/s, fused {:.1} img/s",
-        batch as f64 / burn,
-        batch as f64 / t
-    );
-    Figure::new(&format!("inference {size} px, batch {batch}"), batch, t)
+    Figure::new("  same, burn operations (reference)", batch, t)
 }
 
 /// The median time of an Adam step (forward by `logits`, cross-entropy,

@@ -7,6 +7,7 @@ use std::process::Command;
 
 use anyhow::{Context, Result, bail};
 use catdog::bench::{self, Figure};
+use clap::ValueEnum;
 
 #[derive(clap::Args)]
 pub struct BenchArgs {
@@ -38,6 +39,7 @@ pub struct BenchArgs {
 pub enum Part {
     Preprocess,
     Inference,
+    InferenceBurn,
     TrainStep,
     HeadStep,
 }
@@ -99,6 +101,7 @@ pub fn run(args: BenchArgs) -> Result<()> {
                 .and_then(|o| bench::figure_before(o, "img/s")),
         ),
         (Part::Inference, torch("infer")),
+        (Part::InferenceBurn, torch("infer")),
         (Part::TrainStep, torch("train-step")),
         (Part::HeadStep, None),
     ] {
@@ -107,7 +110,9 @@ pub fn run(args: BenchArgs) -> Result<()> {
         cmd.args([
             "bench",
             "--part",
-            &format!("{part:?}").to_lowercase().replace("step", "-step"),
+            part.to_possible_value()
+                .expect("every part has a name")
+                .get_name(),
         ]);
         cmd.args([
             "--data",
@@ -142,6 +147,7 @@ fn measure(part: Part, args: &BenchArgs, data: &Path) -> Result<Figure> {
             bench::preprocess_throughput(&files)?
         }
         Part::Inference => bench::inference(args.batch_size, args.image_size),
+        Part::InferenceBurn => bench::inference_burn(args.batch_size, args.image_size),
         Part::TrainStep => bench::train_step(args.batch_size, args.image_size),
         Part::HeadStep => bench::head_step(args.batch_size),
     })

@@ -85,8 +85,8 @@ pub fn conv(
     let zeros = vec![0.0; cin];
 
     // Input transform: V[point][tile][ci] = (B^T d B) of each tile.
+    // Every element of v, m and out is written below: resizing only grows them.
     let v = &mut scratch.input;
-    v.clear();
     v.resize(POINTS * tiles * cin, 0.0);
     let mut rows = vec![0.0; POINTS * cin];
     for ty in 0..th {
@@ -120,7 +120,6 @@ pub fn conv(
 
     // The 16 products, M[point] = V[point] x U[point].
     let m = &mut scratch.product;
-    m.clear();
     m.resize(POINTS * tiles * cout, 0.0);
     let product = |(point, dst): (usize, &mut [f32]), par: Parallelism| {
         let lhs = &v[point * tiles * cin..][..tiles * cin];
@@ -164,7 +163,6 @@ pub fn conv(
 
     // Output transform: Y = A^T M A per tile, A^T = [[1, 1, 1, 0], [0, 1, -1, -1]], then bias,
     // residual and ReLU, for the pixels inside the image.
-    out.clear();
     out.resize(h * w * cout, 0.0);
     let mut s = vec![0.0; 2 * TILE_IN * cout];
     for ty in 0..th {
