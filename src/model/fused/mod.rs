@@ -33,7 +33,8 @@ struct Epilogue<'a> {
 const EPSILON: f32 = 1e-5;
 
 /// A convolution with its batch norm folded in: `weight` is `[k*k*cin, cout]` in
-/// (ky, kx, ci) row order, which is the NHWC im2col column order.
+/// (ky, kx, ci) row order, which is the NHWC im2col column order (empty where `winograd`
+/// replaces it).
 struct FoldedConv {
     weight: Vec<f32>,
     bias: Vec<f32>,
@@ -91,20 +92,35 @@ impl FoldedConv {
             .map(|(g, v)| g / (v + EPSILON).sqrt())
             .collect();
         let bias = (0..cout).map(|o| beta[o] - mean[o] * scale[o]).collect();
-        let mut weight = vec![0.0; kernel * kernel * cin * cout];
-        for o in 0..cout {
+        // Each output channel's row in (ky, kx, ci) order, scaled; then the transpose to
+        // [(ky, kx, ci)][cout], in blocks that stay in cache.
+        let depth = kernel * kernel * cin;
+        let mut rows = vec![0.0; cout * depth];
+        for (o, row) in rows.chunks_exact_mut(depth).enumerate() {
+            let src = &w[o * depth..][..depth];
             for i in 0..cin {
-                for ky in 0..kernel {
-                    for kx in 0..kernel {
-                        let src = ((o * cin + i) * kernel + ky) * kernel + kx;
-                        let row = (ky * kernel + kx) * cin + i;
-                        weight[row * cout + o] = w[src] * scale[o];
+                for t in 0..kernel * kernel {
+                    row[t * cin + i] = src[i * kernel * kernel + t] * scale[o];
+                }
+            }
+        }
+        let mut weight = vec![0.0; depth * cout];
+        const BLOCK: usize = 32;
+        for o0 in (0..cout).step_by(BLOCK) {
+            for r0 in (0..depth).step_by(BLOCK) {
+                for o in o0..(o0 + BLOCK).min(cout) {
+                    for r in r0..(r0 + BLOCK).min(depth) {
+                        weight[r * cout + o] = rows[o * depth + r];
                     }
                 }
             }
         }
-        let winograd =
-            (kernel == 3 && stride == 1 && pad == 1).then(|| winograd::weights(&weight, cin, cout));
+        // A Winograd convolution needs only its transformed weights.
+        let winograd = (kernel == 3 && stride == 1 && pad == 1).then(|| {
+            let transformed = winograd::weights(&weight, cin, cout);
+            weight = Vec::new();
+            transformed
+        });
         FoldedConv {
             weight,
             bias,
