@@ -8,7 +8,11 @@ use super::fused::FusedResNet18;
 
 pub enum EvalNet {
     Cpu(FusedResNet18),
-    Burn { model: ResNet18, device: Device },
+    // Boxed: a burn module is large, and this is built once per loaded model.
+    Burn {
+        model: Box<ResNet18>,
+        device: Device,
+    },
 }
 
 impl EvalNet {
@@ -19,7 +23,7 @@ impl EvalNet {
             EvalNet::Cpu(FusedResNet18::new(model))
         } else {
             EvalNet::Burn {
-                model: model.clone().valid().to_device(&device),
+                model: Box::new(model.clone().valid().to_device(&device)),
                 device,
             }
         }
