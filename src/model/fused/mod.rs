@@ -45,7 +45,7 @@ struct FoldedConv {
     pad: usize,
     /// For a 3x3 stride-1 convolution: its weights in the Winograd domain,
     /// `[TILE_IN * TILE_IN][cin][cout]`.
-    winograd: Option<Vec<f32>>,
+    winograd: Option<(&'static winograd::Tiling, Vec<f32>)>,
 }
 
 /// Working memory of one thread's forward pass: im2col rows, or the Winograd-domain input
@@ -117,9 +117,17 @@ impl FoldedConv {
         }
         // A Winograd convolution needs only its transformed weights.
         let winograd = (kernel == 3 && stride == 1 && pad == 1).then(|| {
-            let transformed = winograd::weights(&weight, cin, cout);
+            // F(4x4) where the maps are large (stages 1-2: 56 and 28 px at 224), F(2x2) on the
+            // small late maps, where larger tiles mostly multiply padding and the products are
+            // too short for their transforms to pay (measured: PERFORMANCE.md).
+            let tiling = if cin <= 128 {
+                &winograd::F4
+            } else {
+                &winograd::F2
+            };
+            let transformed = tiling.weights(&weight, cin, cout);
             weight = Vec::new();
-            transformed
+            (tiling, transformed)
         });
         FoldedConv {
             weight,
@@ -150,13 +158,13 @@ impl FoldedConv {
         scratch: &mut Scratch,
         parallelism: Parallelism,
     ) -> (usize, usize) {
-        if let Some(weights) = &self.winograd {
+        if let Some((tiling, weights)) = &self.winograd {
             let epilogue = Epilogue {
                 bias: &self.bias,
                 residual,
                 relu,
             };
-            winograd::conv(
+            tiling.conv(
                 x,
                 (h, w),
                 self.cin,

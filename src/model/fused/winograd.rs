@@ -1,239 +1,349 @@
-//! 3x3 stride-1 convolutions by Winograd's minimal filtering, F(2x2, 3x3) (Lavin & Gray, 2015).
+//! 3x3 stride-1 convolutions by Winograd's minimal filtering, F(m x m, 3x3) (Lavin & Gray,
+//! 2015).
 //!
-//! Each 2x2 block of output pixels comes from a 4x4 input tile: the tile and the kernel are
-//! taken into a 4x4 transform domain where the convolution is an element-wise product, which
-//! summed over input channels is 16 independent matrix products, `[tiles, cin] x [cin, cout]`.
-//! That is 16 multiplies per 4 outputs instead of 36: 2.25x fewer than direct convolution, for
-//! transforms that are only additions. These convolutions are 83% of ResNet-18's arithmetic.
-//! F(2x2, 3x3) is the variant whose rounding stays at fp32's level; larger tiles save more and
-//! lose accuracy.
+//! Each m x m block of output pixels comes from an (m+2) x (m+2) input tile: the tile and the
+//! kernel are taken into that transform domain, where the convolution is an element-wise
+//! product, which summed over input channels is (m+2)^2 independent matrix products,
+//! `[tiles, cin] x [cin, cout]`. F(2x2, 3x3) needs 16 multiplies per 4 outputs instead of 36
+//! (2.25x fewer), F(4x4, 3x3) 36 per 16 (4x fewer) at the cost of larger transforms and more
+//! rounding; these convolutions are 83% of ResNet-18's arithmetic.
 
 use gemm::Parallelism;
 use rayon::prelude::*;
 
 use super::{Epilogue, Scratch};
 
-/// Input tile side, and the number of transform-domain products is its square.
-pub const TILE_IN: usize = 4;
-const POINTS: usize = TILE_IN * TILE_IN;
-
-/// Kernel transform `G g G^T`, for weights `[(ky, kx, ci)][cout]` as the folded convolution
-/// keeps them; gives `[POINTS][cin][cout]`. Computed a row of output channels at a time.
-pub fn weights(weight: &[f32], cin: usize, cout: usize) -> Vec<f32> {
-    const G: [[f32; 3]; TILE_IN] = [
-        [1.0, 0.0, 0.0],
-        [0.5, 0.5, 0.5],
-        [0.5, -0.5, 0.5],
-        [0.0, 0.0, 1.0],
-    ];
-    let mut out = vec![0.0; POINTS * cin * cout];
-    let mut gg = vec![0.0; TILE_IN * 3 * cout];
-    for ci in 0..cin {
-        let g = |ky: usize, kx: usize| &weight[((ky * 3 + kx) * cin + ci) * cout..][..cout];
-        // gg[i][kx] = (G g)[i][kx]
-        gg.fill(0.0);
-        for i in 0..TILE_IN {
-            for kx in 0..3 {
-                let dst = &mut gg[(i * 3 + kx) * cout..][..cout];
-                for (ky, &c) in G[i].iter().enumerate() {
-                    dst.iter_mut().zip(g(ky, kx)).for_each(|(d, w)| *d += c * w);
-                }
-            }
-        }
-        // U[i][j] = ((G g) G^T)[i][j]
-        for i in 0..TILE_IN {
-            for j in 0..TILE_IN {
-                let dst = &mut out[((i * TILE_IN + j) * cin + ci) * cout..][..cout];
-                for (kx, &c) in G[j].iter().enumerate() {
-                    let src = &gg[(i * 3 + kx) * cout..][..cout];
-                    dst.iter_mut().zip(src).for_each(|(d, w)| *d += c * w);
-                }
-            }
-        }
-    }
-    out
+/// One F(m x m, 3x3) algorithm: its input (`bt`, `a x a`), kernel (`g`, `a x 3`) and output
+/// (`at`, `m x a`) transforms, row-major, with `a = m + 2`.
+pub struct Tiling {
+    m: usize,
+    bt: &'static [f32],
+    g: &'static [f32],
+    at: &'static [f32],
 }
 
-/// The four rows of `B^T d` (or columns of `d B`) from four input vectors, channel by channel.
-fn input_transform(d: [&[f32]; 4], out: [&mut [f32]; 4]) {
-    let [d0, d1, d2, d3] = d;
-    let [o0, o1, o2, o3] = out;
-    for c in 0..d0.len() {
-        o0[c] = d0[c] - d2[c];
-        o1[c] = d1[c] + d2[c];
-        o2[c] = d2[c] - d1[c];
-        o3[c] = d1[c] - d3[c];
+pub const F2: Tiling = Tiling {
+    m: 2,
+    #[rustfmt::skip]
+    bt: &[
+        1.0, 0.0, -1.0, 0.0,
+        0.0, 1.0, 1.0, 0.0,
+        0.0, -1.0, 1.0, 0.0,
+        0.0, 1.0, 0.0, -1.0,
+    ],
+    #[rustfmt::skip]
+    g: &[
+        1.0, 0.0, 0.0,
+        0.5, 0.5, 0.5,
+        0.5, -0.5, 0.5,
+        0.0, 0.0, 1.0,
+    ],
+    #[rustfmt::skip]
+    at: &[
+        1.0, 1.0, 1.0, 0.0,
+        0.0, 1.0, -1.0, -1.0,
+    ],
+};
+
+pub const F4: Tiling = Tiling {
+    m: 4,
+    #[rustfmt::skip]
+    bt: &[
+        4.0, 0.0, -5.0, 0.0, 1.0, 0.0,
+        0.0, -4.0, -4.0, 1.0, 1.0, 0.0,
+        0.0, 4.0, -4.0, -1.0, 1.0, 0.0,
+        0.0, -2.0, -1.0, 2.0, 1.0, 0.0,
+        0.0, 2.0, -1.0, -2.0, 1.0, 0.0,
+        0.0, 4.0, 0.0, -5.0, 0.0, 1.0,
+    ],
+    #[rustfmt::skip]
+    g: &[
+        1.0 / 4.0, 0.0, 0.0,
+        -1.0 / 6.0, -1.0 / 6.0, -1.0 / 6.0,
+        -1.0 / 6.0, 1.0 / 6.0, -1.0 / 6.0,
+        1.0 / 24.0, 1.0 / 12.0, 1.0 / 6.0,
+        1.0 / 24.0, -1.0 / 12.0, 1.0 / 6.0,
+        0.0, 0.0, 1.0,
+    ],
+    #[rustfmt::skip]
+    at: &[
+        1.0, 1.0, 1.0, 1.0, 1.0, 0.0,
+        0.0, 1.0, -1.0, 2.0, -2.0, 0.0,
+        0.0, 1.0, 1.0, 4.0, 4.0, 0.0,
+        0.0, 1.0, -1.0, 8.0, -8.0, 1.0,
+    ],
+};
+
+/// `dst = sum of coefs[l] * src(l)`, channel by channel, skipping zero coefficients.
+fn combine<'a>(dst: &mut [f32], coefs: &[f32], src: impl Fn(usize) -> &'a [f32]) {
+    dst.fill(0.0);
+    for (l, &c) in coefs.iter().enumerate().filter(|(_, c)| **c != 0.0) {
+        dst.iter_mut().zip(src(l)).for_each(|(d, s)| *d += c * s);
     }
 }
 
-/// A 3x3 convolution, stride 1, padding 1, of NHWC `x` (`h x w x cin`) into `out`
-/// (`h x w x cout`), with `weights` from [`weights`].
-#[allow(clippy::too_many_arguments)]
-pub fn conv(
-    x: &[f32],
-    (h, w): (usize, usize),
-    cin: usize,
-    cout: usize,
-    weights: &[f32],
-    epilogue: Epilogue,
-    out: &mut Vec<f32>,
-    scratch: &mut Scratch,
-    parallelism: Parallelism,
-) {
-    let (th, tw) = (h.div_ceil(2), w.div_ceil(2));
-    let tiles = th * tw;
-    let zeros = vec![0.0; cin];
+impl Tiling {
+    fn a(&self) -> usize {
+        self.m + 2
+    }
 
-    // Input transform: V[point][tile][ci] = (B^T d B) of each tile.
-    // Every element of v, m and out is written below: resizing only grows them.
-    let v = &mut scratch.input;
-    v.resize(POINTS * tiles * cin, 0.0);
-    let mut rows = vec![0.0; POINTS * cin];
-    for ty in 0..th {
-        for tx in 0..tw {
-            let tile = ty * tw + tx;
-            let pixel = |k: usize, l: usize| -> &[f32] {
-                let (iy, ix) = ((2 * ty + k).wrapping_sub(1), (2 * tx + l).wrapping_sub(1));
-                if iy < h && ix < w {
-                    &x[(iy * w + ix) * cin..][..cin]
-                } else {
-                    &zeros
+    /// Kernel transform `G g G^T`, for weights `[(ky, kx, ci)][cout]` as the folded
+    /// convolution keeps them; gives `[a * a][cin][cout]`.
+    pub fn weights(&self, weight: &[f32], cin: usize, cout: usize) -> Vec<f32> {
+        let a = self.a();
+        let mut out = vec![0.0; a * a * cin * cout];
+        let mut gg = vec![0.0; a * 3 * cout];
+        for ci in 0..cin {
+            let g = |ky: usize, kx: usize| &weight[((ky * 3 + kx) * cin + ci) * cout..][..cout];
+            // gg[i][kx] = (G g)[i][kx], a row of output channels at a time.
+            for i in 0..a {
+                for kx in 0..3 {
+                    combine(
+                        &mut gg[(i * 3 + kx) * cout..][..cout],
+                        &self.g[i * 3..][..3],
+                        |ky| g(ky, kx),
+                    );
                 }
-            };
-            // Columns first: rows[k][j] = (d B)[k][j].
-            for k in 0..TILE_IN {
-                let [r0, r1, r2, r3] = row_slices(&mut rows[k * TILE_IN * cin..], cin);
-                input_transform(
-                    [pixel(k, 0), pixel(k, 1), pixel(k, 2), pixel(k, 3)],
-                    [r0, r1, r2, r3],
-                );
             }
-            // Then rows: V[i][j] = (B^T (d B))[i][j], scattered to each point's matrix.
-            for j in 0..TILE_IN {
-                let d = [0, 1, 2, 3].map(|k| &rows[(k * TILE_IN + j) * cin..][..cin]);
-                let dst = [0, 1, 2, 3].map(|i| ((i * TILE_IN + j) * tiles + tile) * cin);
-                let [a, b, c, e] = disjoint(v, dst, cin);
-                input_transform(d, [a, b, c, e]);
+            // U[i][j] = ((G g) G^T)[i][j]
+            for i in 0..a {
+                for j in 0..a {
+                    combine(
+                        &mut out[((i * a + j) * cin + ci) * cout..][..cout],
+                        &self.g[j * 3..][..3],
+                        |kx| &gg[(i * 3 + kx) * cout..][..cout],
+                    );
+                }
+            }
+        }
+        out
+    }
+
+    /// A 3x3 convolution, stride 1, padding 1, of NHWC `x` (`h x w x cin`) into `out`
+    /// (`h x w x cout`), with `weights` from [`Tiling::weights`].
+    #[allow(clippy::too_many_arguments)]
+    pub fn conv(
+        &self,
+        x: &[f32],
+        (h, w): (usize, usize),
+        cin: usize,
+        cout: usize,
+        weights: &[f32],
+        epilogue: Epilogue,
+        out: &mut Vec<f32>,
+        scratch: &mut Scratch,
+        parallelism: Parallelism,
+    ) {
+        let (m_, a) = (self.m, self.a());
+        let points = a * a;
+        let (th, tw) = (h.div_ceil(m_), w.div_ceil(m_));
+        let tiles = th * tw;
+        let zeros = vec![0.0; cin];
+
+        // Input transform: V[point][tile][ci] = (B^T d B) of each tile.
+        // Every element of v, m and out is written below: resizing only grows them.
+        let v = &mut scratch.input;
+        v.resize(points * tiles * cin, 0.0);
+        let mut rows = vec![0.0; points * cin];
+        for ty in 0..th {
+            for tx in 0..tw {
+                let tile = ty * tw + tx;
+                let pixel = |k: usize, l: usize| -> &[f32] {
+                    let (iy, ix) = ((m_ * ty + k).wrapping_sub(1), (m_ * tx + l).wrapping_sub(1));
+                    if iy < h && ix < w {
+                        &x[(iy * w + ix) * cin..][..cin]
+                    } else {
+                        &zeros
+                    }
+                };
+                // Columns first: rows[k][j] = (d B)[k][j].
+                for k in 0..a {
+                    for j in 0..a {
+                        combine(
+                            &mut rows[(k * a + j) * cin..][..cin],
+                            &self.bt[j * a..][..a],
+                            |l| pixel(k, l),
+                        );
+                    }
+                }
+                // Then rows: V[i][j] = (B^T (d B))[i][j], into each point's matrix.
+                for i in 0..a {
+                    for j in 0..a {
+                        combine(
+                            &mut v[((i * a + j) * tiles + tile) * cin..][..cin],
+                            &self.bt[i * a..][..a],
+                            |k| &rows[(k * a + j) * cin..][..cin],
+                        );
+                    }
+                }
+            }
+        }
+
+        // The products, M[point] = V[point] x U[point].
+        let m = &mut scratch.product;
+        m.resize(points * tiles * cout, 0.0);
+        let product = |(point, dst): (usize, &mut [f32]), par: Parallelism| {
+            let lhs = &v[point * tiles * cin..][..tiles * cin];
+            let rhs = &weights[point * cin * cout..][..cin * cout];
+            // SAFETY: dst is tiles x cout, lhs tiles x cin and rhs cin x cout, row-major, in
+            // bounds as sliced; none alias.
+            unsafe {
+                gemm::gemm(
+                    tiles,
+                    cout,
+                    cin,
+                    dst.as_mut_ptr(),
+                    1,
+                    cout as isize,
+                    false,
+                    lhs.as_ptr(),
+                    1,
+                    cin as isize,
+                    rhs.as_ptr(),
+                    1,
+                    cout as isize,
+                    0.0,
+                    1.0,
+                    false,
+                    false,
+                    false,
+                    par,
+                )
+            }
+        };
+        match parallelism {
+            Parallelism::None => m
+                .chunks_mut(tiles * cout)
+                .enumerate()
+                .for_each(|p| product(p, Parallelism::None)),
+            _ => m
+                .par_chunks_mut(tiles * cout)
+                .enumerate()
+                .for_each(|p| product(p, Parallelism::None)),
+        }
+
+        // Output transform: Y = A^T M A per tile, then bias, residual and ReLU, for the pixels
+        // inside the image.
+        out.resize(h * w * cout, 0.0);
+        let mut s = vec![0.0; a * m_ * cout];
+        let mut y = vec![0.0; cout];
+        for ty in 0..th {
+            for tx in 0..tw {
+                let tile = ty * tw + tx;
+                let at = |i: usize, j: usize| &m[((i * a + j) * tiles + tile) * cout..][..cout];
+                // s[i][b] = (M A)[i][b].
+                for i in 0..a {
+                    for b in 0..m_ {
+                        combine(
+                            &mut s[(i * m_ + b) * cout..][..cout],
+                            &self.at[b * a..][..a],
+                            |j| at(i, j),
+                        );
+                    }
+                }
+                for r in 0..m_ {
+                    let oy = m_ * ty + r;
+                    for b in 0..m_ {
+                        let ox = m_ * tx + b;
+                        if oy >= h || ox >= w {
+                            continue;
+                        }
+                        combine(&mut y, &self.at[r * a..][..a], |i| {
+                            &s[(i * m_ + b) * cout..][..cout]
+                        });
+                        let at = (oy * w + ox) * cout;
+                        let dst = &mut out[at..at + cout];
+                        dst.iter_mut()
+                            .zip(&y)
+                            .zip(epilogue.bias)
+                            .for_each(|((d, y), b)| *d = y + b);
+                        if let Some(r) = epilogue.residual {
+                            dst.iter_mut()
+                                .zip(&r[at..at + cout])
+                                .for_each(|(d, r)| *d += r);
+                        }
+                        if epilogue.relu {
+                            dst.iter_mut().for_each(|d| *d = d.max(0.0));
+                        }
+                    }
+                }
             }
         }
     }
+}
 
-    // The 16 products, M[point] = V[point] x U[point].
-    let m = &mut scratch.product;
-    m.resize(POINTS * tiles * cout, 0.0);
-    let product = |(point, dst): (usize, &mut [f32]), par: Parallelism| {
-        let lhs = &v[point * tiles * cin..][..tiles * cin];
-        let rhs = &weights[point * cin * cout..][..cin * cout];
-        // SAFETY: dst is tiles x cout, lhs tiles x cin and rhs cin x cout, row-major, in
-        // bounds as sliced; none alias.
-        unsafe {
-            gemm::gemm(
-                tiles,
-                cout,
-                cin,
-                dst.as_mut_ptr(),
-                1,
-                cout as isize,
-                false,
-                lhs.as_ptr(),
-                1,
-                cin as isize,
-                rhs.as_ptr(),
-                1,
-                cout as isize,
-                0.0,
-                1.0,
-                false,
-                false,
-                false,
-                par,
-            )
-        }
-    };
-    match parallelism {
-        Parallelism::None => m
-            .chunks_mut(tiles * cout)
-            .enumerate()
-            .for_each(|p| product(p, Parallelism::None)),
-        _ => m
-            .par_chunks_mut(tiles * cout)
-            .enumerate()
-            .for_each(|p| product(p, Parallelism::None)),
-    }
+#[cfg(test)]
+mod tests {
+    use super::*;
 
-    // Output transform: Y = A^T M A per tile, A^T = [[1, 1, 1, 0], [0, 1, -1, -1]], then bias,
-    // residual and ReLU, for the pixels inside the image.
-    out.resize(h * w * cout, 0.0);
-    let mut s = vec![0.0; 2 * TILE_IN * cout];
-    for ty in 0..th {
-        for tx in 0..tw {
-            let tile = ty * tw + tx;
-            let at = |i: usize, j: usize| &m[((i * TILE_IN + j) * tiles + tile) * cout..][..cout];
-            // s[b][i] = (M A)[i][b].
-            for i in 0..TILE_IN {
-                let (m0, m1, m2, m3) = (at(i, 0), at(i, 1), at(i, 2), at(i, 3));
-                let (s0, s1) = s.split_at_mut(TILE_IN * cout);
-                let (s0, s1) = (&mut s0[i * cout..][..cout], &mut s1[i * cout..][..cout]);
-                for c in 0..cout {
-                    s0[c] = m0[c] + m1[c] + m2[c];
-                    s1[c] = m1[c] - m2[c] - m3[c];
-                }
-            }
-            for b in 0..2 {
-                let col = &s[b * TILE_IN * cout..][..TILE_IN * cout];
-                let (s0, s1, s2, s3) = (
-                    &col[..cout],
-                    &col[cout..2 * cout],
-                    &col[2 * cout..3 * cout],
-                    &col[3 * cout..],
-                );
-                let ox = 2 * tx + b;
-                for oy in [2 * ty, 2 * ty + 1] {
-                    if oy >= h || ox >= w {
+    /// The definition: out[y][x][o] = sum over taps and input channels, zero outside.
+    fn direct(x: &[f32], (h, w): (usize, usize), cin: usize, weight: &[f32]) -> Vec<f32> {
+        let cout = weight.len() / (9 * cin);
+        let mut out = vec![0.0; h * w * cout];
+        for y in 0..h {
+            for xx in 0..w {
+                for t in 0..9 {
+                    let (iy, ix) = ((y + t / 3).wrapping_sub(1), (xx + t % 3).wrapping_sub(1));
+                    if iy >= h || ix >= w {
                         continue;
                     }
-                    let at = (oy * w + ox) * cout;
-                    let dst = &mut out[at..at + cout];
-                    if oy == 2 * ty {
-                        for c in 0..cout {
-                            dst[c] = s0[c] + s1[c] + s2[c] + epilogue.bias[c];
+                    for ci in 0..cin {
+                        let v = x[(iy * w + ix) * cin + ci];
+                        for o in 0..cout {
+                            out[(y * w + xx) * cout + o] += v * weight[(t * cin + ci) * cout + o];
                         }
-                    } else {
-                        for c in 0..cout {
-                            dst[c] = s1[c] - s2[c] - s3[c] + epilogue.bias[c];
-                        }
-                    }
-                    if let Some(r) = epilogue.residual {
-                        dst.iter_mut()
-                            .zip(&r[at..at + cout])
-                            .for_each(|(d, r)| *d += r);
-                    }
-                    if epilogue.relu {
-                        dst.iter_mut().for_each(|d| *d = d.max(0.0));
                     }
                 }
             }
         }
+        out
     }
-}
 
-/// Four consecutive `len`-long slices of `buf`.
-fn row_slices(buf: &mut [f32], len: usize) -> [&mut [f32]; 4] {
-    let (a, rest) = buf.split_at_mut(len);
-    let (b, rest) = rest.split_at_mut(len);
-    let (c, rest) = rest.split_at_mut(len);
-    [a, b, c, &mut rest[..len]]
-}
-
-/// Four `len`-long slices of `buf` at the ascending, non-overlapping `starts`.
-fn disjoint(buf: &mut [f32], starts: [usize; 4], len: usize) -> [&mut [f32]; 4] {
-    let (head, rest) = buf.split_at_mut(starts[1]);
-    let (b, rest) = rest.split_at_mut(starts[2] - starts[1]);
-    let (c, d) = rest.split_at_mut(starts[3] - starts[2]);
-    [
-        &mut head[starts[0]..][..len],
-        &mut b[..len],
-        &mut c[..len],
-        &mut d[..len],
-    ]
+    #[test]
+    fn both_tilings_compute_the_convolution_at_any_size() {
+        // Deterministic values in [-1, 1); sizes that are not multiples of either tile.
+        let mut state = 1u32;
+        let mut next = move || {
+            state = state.wrapping_mul(1_664_525).wrapping_add(1_013_904_223);
+            (state >> 8) as f32 / (1 << 23) as f32 - 1.0
+        };
+        let (cin, cout) = (3, 5);
+        for (h, w) in [(7, 5), (1, 1), (9, 10)] {
+            let x: Vec<f32> = (0..h * w * cin).map(|_| next()).collect();
+            let weight: Vec<f32> = (0..9 * cin * cout).map(|_| next()).collect();
+            let residual: Vec<f32> = (0..h * w * cout).map(|_| next()).collect();
+            let bias: Vec<f32> = (0..cout).map(|_| next()).collect();
+            let expected: Vec<f32> = direct(&x, (h, w), cin, &weight)
+                .iter()
+                .zip(&residual)
+                .enumerate()
+                .map(|(i, (v, r))| (v + bias[i % cout] + r).max(0.0))
+                .collect();
+            for tiling in [&F2, &F4] {
+                let mut out = Vec::new();
+                let epilogue = Epilogue {
+                    bias: &bias,
+                    residual: Some(&residual),
+                    relu: true,
+                };
+                tiling.conv(
+                    &x,
+                    (h, w),
+                    cin,
+                    cout,
+                    &tiling.weights(&weight, cin, cout),
+                    epilogue,
+                    &mut out,
+                    &mut Scratch::default(),
+                    Parallelism::None,
+                );
+                let worst = out
+                    .iter()
+                    .zip(&expected)
+                    .map(|(a, b)| (a - b).abs())
+                    .fold(0.0, f32::max);
+                assert!(worst < 1e-4, "F({}) at {h}x{w}: off by {worst}", tiling.m);
+            }
+        }
+    }
 }
