@@ -110,8 +110,15 @@ pub struct Decoded {
 
 /// Reads a file within the byte limit.
 pub fn read_file(path: &Path, limits: &Limits) -> Result<Vec<u8>, Rejection> {
-    let file = std::fs::File::open(path)
-        .map_err(|e| Rejection::new(RejectReason::Unreadable, e.to_string()))?;
+    let file = std::fs::File::open(path).map_err(|e| {
+        let detail = match e.kind() {
+            std::io::ErrorKind::NotFound => {
+                "the file is gone (moved or deleted after the folder was listed)".to_owned()
+            }
+            _ => e.to_string(),
+        };
+        Rejection::new(RejectReason::Unreadable, detail)
+    })?;
     let mut bytes = Vec::new();
     // Read one byte past the limit to tell "at the limit" from "over it" without trusting metadata.
     file.take(limits.max_file_bytes + 1)
