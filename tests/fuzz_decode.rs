@@ -100,7 +100,8 @@ static OWN_PANIC: Mutex<Option<String>> = Mutex::new(None);
 static DECODER_PANICS: AtomicU64 = AtomicU64::new(0);
 
 fn install_panic_hook() {
-    std::panic::set_hook(Box::new(|info| {
+    let report = std::panic::take_hook();
+    std::panic::set_hook(Box::new(move |info| {
         let at = info
             .location()
             .map(|l| format!("{}:{}", l.file(), l.line()))
@@ -108,6 +109,7 @@ fn install_panic_hook() {
         // Our crate's files are named relative to it; dependencies' are absolute.
         if at.starts_with("src/") || at.starts_with("tests/") {
             *OWN_PANIC.lock().unwrap_or_else(|e| e.into_inner()) = Some(format!("{info}"));
+            report(info);
         } else {
             DECODER_PANICS.fetch_add(1, Ordering::Relaxed);
         }
