@@ -19,7 +19,7 @@ use catdog::preprocess::Preprocessing;
 use catdog::report::EpochRecord;
 use catdog::run::{RunDir, Which};
 use catdog::train::state::TrainState;
-use common::{Mount, catdog, demo_data, history};
+use common::{Mount, catdog, demo_data, fill, history};
 use rand::{Rng, SeedableRng};
 use rand_chacha::ChaCha8Rng;
 
@@ -442,13 +442,4 @@ fn a_full_disk_fails_clearly_and_keeps_the_previous_checkpoint() {
         );
     }
     assert_eq!(leftovers(&run), Vec::<PathBuf>::new());
-}
-
-/// Writes `path` until the disk under it is full.
-fn fill(path: &Path) {
-    use std::io::Write;
-    let mut f = fs::File::create(path).unwrap();
-    let block = vec![0u8; 1 << 20];
-    while f.write_all(&block).is_ok() {}
-    while f.write_all(&block[..4096]).is_ok() {}
 }

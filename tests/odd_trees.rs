@@ -19,7 +19,7 @@ use std::time::{Duration, Instant};
 
 use catdog::data::decode::RejectReason;
 use catdog::data::{self, CleanReport, FileStatus, Limits};
-use common::{Mount, catdog, run_catdog};
+use common::{Mount, catdog, fill, run_catdog};
 use image::{ImageFormat, RgbImage};
 use indicatif::ProgressBar;
 
@@ -285,4 +285,36 @@ fn a_data_folder_on_a_read_only_mount_is_cleaned_and_quarantine_refused() {
         err.contains("quarantine") && err.contains("mounted read-only"),
         "{err}"
     );
+}
+
+#[test]
+fn quarantine_onto_a_full_disk_moves_nothing_and_leaves_no_partial_copy() {
+    let test = "quarantine_onto_a_full_disk_moves_nothing_and_leaves_no_partial_copy";
+    let Some(disk) = Mount::tmpfs(test, "size=1m") else {
+        return;
+    };
+    let dir = tempfile::tempdir().unwrap();
+    let root = dir.path().join("data");
+    photos(&root, 2);
+    let broken = jpeg(1)[..100].to_vec();
+    fs::write(root.join("Cat/broken.jpg"), &broken).unwrap();
+    fill(&disk.path.join("filler"));
+    let q = disk.path.join("q");
+    let report = dir.path().join("r.json");
+    let (ok, _, err) = run_catdog(&[
+        "clean",
+        root.to_str().unwrap(),
+        "--report",
+        report.to_str().unwrap(),
+        "--quarantine",
+        q.to_str().unwrap(),
+    ]);
+    assert!(!ok);
+    assert!(err.contains("disk is full"), "{err}");
+    assert_eq!(fs::read(root.join("Cat/broken.jpg")).unwrap(), broken);
+    assert!(
+        !q.join("Cat/broken.jpg").exists(),
+        "a partial copy was left"
+    );
+    assert!(report.exists(), "no report written");
 }

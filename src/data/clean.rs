@@ -350,11 +350,14 @@ fn move_file(from: &Path, to: &Path) -> Result<()> {
         Err(e) if e.kind() != std::io::ErrorKind::CrossesDevices => return Err(cannot_move(e)),
         Err(_) => {}
     }
-    // Copy, make it durable, then remove the original.
-    fs::copy(from, to).map_err(|e| Error::io("cannot copy to quarantine", to, e))?;
-    fs::File::open(to)
-        .and_then(|f| f.sync_all())
-        .map_err(|e| Error::io("cannot sync", to, e))?;
+    // Copy, make it durable, then remove the original. A failed copy (a full
+    // disk) is removed: the original is still in place.
+    fs::copy(from, to)
+        .and_then(|_| fs::File::open(to)?.sync_all())
+        .map_err(|e| {
+            let _ = fs::remove_file(to);
+            Error::io("cannot copy to quarantine", to, e)
+        })?;
     fs::remove_file(from).map_err(|e| {
         // The original stays (a read-only data folder): drop the copy, so nothing is doubled.
         let _ = fs::remove_file(to);

@@ -171,3 +171,12 @@ impl Drop for Mount {
         let _ = Command::new("umount").arg("-l").arg(&self.path).status();
     }
 }
+
+/// Writes `path` until the disk under it is full.
+pub fn fill(path: &Path) {
+    use std::io::Write;
+    let mut f = std::fs::File::create(path).unwrap();
+    let block = vec![0u8; 1 << 20];
+    while f.write_all(&block).is_ok() {}
+    while f.write_all(&block[..4096]).is_ok() {}
+}
