@@ -38,6 +38,13 @@ fn train_args(data: &Path, out: &Path, extra: &[&str]) -> Vec<String> {
     args
 }
 
+/// `catdog train --resume RUN`.
+fn resume(run: &Path) -> Vec<String> {
+    ["train", "--resume", run.to_str().unwrap()]
+        .map(String::from)
+        .to_vec()
+}
+
 fn finetune(epochs: &'static str) -> [&'static str; 6] {
     [
         "--weights",
@@ -210,11 +217,7 @@ fn sigkill_at_random_moments_never_tears_a_file_and_resume_ends_the_same() {
     let mut kills = Vec::new();
     for k in 0..4 {
         let args = if run.join("config.json").exists() {
-            vec![
-                "train".into(),
-                "--resume".into(),
-                run.to_str().unwrap().into(),
-            ]
+            resume(&run)
         } else {
             // Killed before its config was written: nothing to resume, so the
             // documented remedy is the same command again.
@@ -234,11 +237,7 @@ fn sigkill_at_random_moments_never_tears_a_file_and_resume_ends_the_same() {
         eprintln!("kill {k} after {}: epochs done {done:?}", kills[k]);
     }
     if run.join("config.json").exists() {
-        run_ok(&[
-            "train".into(),
-            "--resume".into(),
-            run.to_str().unwrap().into(),
-        ]);
+        run_ok(&resume(&run));
     } else {
         run_ok(&train_args(&data, &run, &finetune("2")));
     }
@@ -358,11 +357,19 @@ fn a_kill_during_feature_extraction_then_torn_entries_are_recomputed_not_used() 
         assert_eq!(&complete[path], bytes, "{} differs", path.display());
     }
 
-    let log = run_ok(&[
-        "train".into(),
-        "--resume".into(),
-        run.to_str().unwrap().into(),
-    ]);
+    // No epoch was complete, so the resume starts over from the weights: not from other ones.
+    let original = fs::read(&weights).unwrap();
+    fs::write(&weights, b"another file").unwrap();
+    let out = catdog().args(resume(&run)).output().unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        !out.status.success() && stderr.contains("changed since the run began"),
+        "{stderr}"
+    );
+    fs::write(&weights, original).unwrap();
+
+    let log = run_ok(&resume(&run));
+    assert!(log.contains("no epoch was complete"), "{log}");
     let (hits, computed) = cache_use(&log);
     assert_eq!(
         (hits, computed),
@@ -409,11 +416,7 @@ fn a_full_disk_fails_clearly_and_keeps_the_previous_checkpoint() {
 
     // With space again, the run resumes from the intact checkpoint and finishes.
     disk.remount("remount,size=600m");
-    let log = run_ok(&[
-        "train".into(),
-        "--resume".into(),
-        run.to_str().unwrap().into(),
-    ]);
+    let log = run_ok(&resume(&run));
     assert!(log.contains("after epoch 1"), "{log}");
     assert_eq!(history(&run).len(), 2);
 

@@ -209,6 +209,15 @@ impl Session {
                 "resuming {}: no epoch was complete, starting from the beginning",
                 run.root.display()
             ));
+            if let (Some(path), Some(expected)) = (&config.weights_file, &config.weights_sha256)
+                && &fsio::sha256_file(path)? != expected
+            {
+                return Err(Error::weights(
+                    path,
+                    "changed since the run began (its SHA-256 differs from config.json's)",
+                    "put the original file back, or start a new run",
+                ));
+            }
             return Ok(Session {
                 run: run.clone(),
                 model: initial_model(&config, &device, log)?,
@@ -522,8 +531,7 @@ impl Session {
     }
 }
 
-/// The model a run starts from: seeded initialisation, the run's weights
-/// (checked against the SHA-256 recorded when the run began), a new head.
+/// The model a run starts from: seeded initialisation, the run's weights, a new head.
 fn initial_model(config: &RunConfig, device: &Device, log: &dyn Fn(&str)) -> Result<ResNet18> {
     let s = &config.settings;
     let ad = device.clone().autodiff();
@@ -533,15 +541,6 @@ fn initial_model(config: &RunConfig, device: &Device, log: &dyn Fn(&str)) -> Res
     let mut model = ResNet18::new(classes, &ad);
     match &config.weights_file {
         Some(path) => {
-            if let Some(expected) = &config.weights_sha256
-                && &fsio::sha256_file(path)? != expected
-            {
-                return Err(Error::weights(
-                    path,
-                    "changed since the run began (its SHA-256 differs from config.json's)",
-                    "put the original file back, or start a new run",
-                ));
-            }
             weights::load_into(&mut model, path)?;
             log(&format!("weights: {}", path.display()));
         }
