@@ -109,8 +109,14 @@ pub fn replace_dir(target: &Path, fill: impl FnOnce(&Path) -> Result<()>) -> Res
         fs::remove_dir_all(&new).map_err(|e| Error::io("cannot remove", &new, e))?;
     }
     fs::create_dir_all(&new).map_err(|e| Error::io("cannot create folder", &new, e))?;
-    if let Err(e) = fill(&new) {
+    if let Err(mut e) = fill(&new) {
         let _ = fs::remove_dir_all(&new);
+        // Name the file the user knows (`last/x`), not the hidden folder it was written in.
+        if let Error::Io { path, .. } = &mut e
+            && let Ok(rel) = path.strip_prefix(&new)
+        {
+            *path = target.join(rel);
+        }
         return Err(e);
     }
     if target.exists() {

@@ -398,10 +398,11 @@ fn a_full_disk_fails_clearly_and_keeps_the_previous_checkpoint() {
         .unwrap();
     let stderr = String::from_utf8_lossy(&out.stderr);
     assert!(!out.status.success(), "the disk was not full");
+    let written = run.join("last").to_string_lossy().into_owned();
     assert!(
         stderr.contains("No space left on device")
             && stderr.contains("disk is full")
-            && stderr.contains("last"),
+            && stderr.contains(&written),
         "{stderr}"
     );
     let last = RunDir::new(&run).checkpoint(Which::Last);
