@@ -9,7 +9,7 @@ pub type Result<T, E = Error> = std::result::Result<T, E>;
 #[derive(Debug, thiserror::Error)]
 pub enum Error {
     /// A file or folder could not be read or written.
-    #[error("{action} {}: {cause}", path.display())]
+    #[error("{action} {}: {cause}{}", path.display(), io_hint(cause))]
     Io {
         action: &'static str,
         path: PathBuf,
@@ -47,6 +47,21 @@ pub enum Error {
         path: PathBuf,
         cause: serde_json::Error,
     },
+}
+
+/// What to do about the I/O failures a user can fix, as a hint line.
+fn io_hint(cause: &std::io::Error) -> &'static str {
+    match cause.kind() {
+        // Every file catdog writes goes through a temporary file and a rename,
+        // so a write that fails leaves the previous version in place.
+        std::io::ErrorKind::StorageFull | std::io::ErrorKind::QuotaExceeded => {
+            "\n  hint: the disk is full; the previous version of the file is intact. Free some space (or write elsewhere) and run the command again (`catdog train --resume RUN` for training)"
+        }
+        std::io::ErrorKind::ReadOnlyFilesystem => {
+            "\n  hint: that file system is mounted read-only; write somewhere else"
+        }
+        _ => "",
+    }
 }
 
 impl Error {
@@ -90,5 +105,28 @@ impl Error {
             setting,
             problem: problem.into(),
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_full_disk_says_so_and_what_to_do() {
+        let full = std::io::Error::from_raw_os_error(libc::ENOSPC);
+        let text = Error::io("cannot write", "run/last/model.safetensors", full).to_string();
+        assert!(
+            text.contains("run/last/model.safetensors")
+                && text.contains("disk is full")
+                && text.contains("previous version of the file is intact"),
+            "{text}"
+        );
+        let other = std::io::Error::from_raw_os_error(libc::EIO);
+        assert!(
+            !Error::io("cannot write", "f", other)
+                .to_string()
+                .contains("hint")
+        );
     }
 }

@@ -73,6 +73,24 @@ pub fn temp_sibling(path: &Path) -> PathBuf {
     parent_dir(path).join(format!(".{name}.{}.{tid}.tmp", std::process::id()))
 }
 
+/// Removes the temporary files that [`write_atomic`] leaves in `dir` when its
+/// process is killed mid-write (files named by [`temp_sibling`]). Only for a
+/// folder no other process is writing to.
+pub fn remove_stale_temps(dir: &Path) -> Result<()> {
+    let Ok(entries) = fs::read_dir(dir) else {
+        return Ok(()); // no folder, nothing left behind
+    };
+    for entry in entries.flatten() {
+        let name = entry.file_name();
+        let name = name.to_string_lossy();
+        if name.starts_with('.') && name.ends_with(".tmp") && entry.path().is_file() {
+            fs::remove_file(entry.path())
+                .map_err(|e| Error::io("cannot remove", entry.path(), e))?;
+        }
+    }
+    Ok(())
+}
+
 fn parent_dir(path: &Path) -> PathBuf {
     match path.parent() {
         Some(p) if !p.as_os_str().is_empty() => p.to_owned(),
@@ -91,8 +109,14 @@ pub fn replace_dir(target: &Path, fill: impl FnOnce(&Path) -> Result<()>) -> Res
         fs::remove_dir_all(&new).map_err(|e| Error::io("cannot remove", &new, e))?;
     }
     fs::create_dir_all(&new).map_err(|e| Error::io("cannot create folder", &new, e))?;
-    if let Err(e) = fill(&new) {
+    if let Err(mut e) = fill(&new) {
         let _ = fs::remove_dir_all(&new);
+        // Name the file the user knows (`last/x`), not the hidden folder it was written in.
+        if let Error::Io { path, .. } = &mut e
+            && let Ok(rel) = path.strip_prefix(&new)
+        {
+            *path = target.join(rel);
+        }
         return Err(e);
     }
     if target.exists() {

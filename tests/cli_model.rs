@@ -2,11 +2,7 @@
 
 mod common;
 
-use std::process::Command;
-
-fn catdog() -> Command {
-    Command::new(env!("CARGO_BIN_EXE_catdog"))
-}
+use common::catdog;
 
 #[test]
 fn imagenet_json_gives_torchvisions_top_class_per_photo() {

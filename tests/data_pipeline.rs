@@ -6,10 +6,10 @@ mod common;
 use std::fs;
 use std::io::Cursor;
 use std::path::Path;
-use std::process::Command;
 
 use catdog::data::decode::{RejectReason, WarningKind};
 use catdog::data::{self, FileStatus, Layout, Limits, Manifest, Prepare, Ratios, Split};
+use common::run_catdog;
 use image::{DynamicImage, ImageFormat, RgbImage};
 use indicatif::ProgressBar;
 
@@ -250,18 +250,6 @@ fn manifest_round_trips_and_records_rejects_and_duplicates() {
     );
 }
 
-fn catdog(args: &[&str]) -> (bool, String, String) {
-    let out = Command::new(env!("CARGO_BIN_EXE_catdog"))
-        .args(args)
-        .output()
-        .unwrap();
-    (
-        out.status.success(),
-        String::from_utf8_lossy(&out.stdout).into(),
-        String::from_utf8_lossy(&out.stderr).into(),
-    )
-}
-
 #[test]
 fn command_line_errors_are_clear_and_never_panics() {
     let dir = tempfile::tempdir().unwrap();
@@ -287,7 +275,7 @@ fn command_line_errors_are_clear_and_never_panics() {
         ),
     ];
     for (args, expect) in cases {
-        let (ok, _, err) = catdog(&args);
+        let (ok, _, err) = run_catdog(&args);
         assert!(!ok, "{args:?} succeeded");
         assert!(err.contains(expect), "{args:?}: {err}");
         assert!(
@@ -303,7 +291,7 @@ fn split_command_writes_a_manifest() {
     let root = dir.path().join("data");
     odd_folder(&root);
     let out = dir.path().join("m.json");
-    let (ok, stdout, stderr) = catdog(&[
+    let (ok, stdout, stderr) = run_catdog(&[
         "split",
         root.to_str().unwrap(),
         "--seed",

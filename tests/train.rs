@@ -1,29 +1,22 @@
 //! Training end to end on small generated photos: it learns, it is
-//! reproducible, frozen mode caches features, and interrupted runs resume to
-//! exactly the numbers of an uninterrupted one.
+//! reproducible, frozen mode caches features, and a stopped run resumes to
+//! exactly the numbers of an uninterrupted one (killed runs and full disks:
+//! tests/interruptions.rs).
 
 mod common;
 
-use std::path::{Path, PathBuf};
-use std::process::Command;
+use std::path::Path;
 use std::sync::Mutex;
 use std::sync::atomic::AtomicBool;
-use std::time::{Duration, Instant};
 
 use catdog::data::Ratios;
 use catdog::device::DeviceChoice;
 use catdog::model::ResNet18;
 use catdog::model::checkpoint::{self, CheckpointMeta};
 use catdog::preprocess::Preprocessing;
-use catdog::report::EpochRecord;
 use catdog::run::RunDir;
 use catdog::train::{self, Mode, Start, TrainConfig};
-
-fn demo_data(dir: &Path, per_class: usize) -> PathBuf {
-    catdog::demo::write_dataset(&dir.join("demo"), per_class, 7)
-        .unwrap()
-        .data
-}
+use common::{demo_data, history};
 
 fn config(data: &Path, mode: Mode, weights: &str, epochs: usize) -> TrainConfig {
     TrainConfig {
@@ -54,18 +47,6 @@ fn train(run: &Path, start: Start, stop: bool) -> (train::Outcome, Vec<String>) 
         outcome.unwrap_or_else(|e| panic!("{e}\n{}", lines.join("\n"))),
         lines,
     )
-}
-
-/// The epochs' numbers without their timings, as they must repeat exactly.
-fn history(run: &Path) -> Vec<[f64; 4]> {
-    std::fs::read_to_string(RunDir::new(run).metrics_jsonl())
-        .unwrap()
-        .lines()
-        .map(|l| {
-            let r: EpochRecord = serde_json::from_str(l).unwrap();
-            [r.train_loss, r.train_acc, r.val_loss, r.val_acc]
-        })
-        .collect()
 }
 
 #[test]
@@ -228,73 +209,6 @@ fn bad_runs_and_data_get_clear_errors() {
         err.contains("Cat/0.jpg") && err.contains("missing"),
         "{err}"
     );
-}
-
-#[test]
-fn a_killed_run_resumes_to_the_same_numbers() {
-    let dir = tempfile::tempdir().unwrap();
-    let data = demo_data(dir.path(), 20);
-    let args = |out: &Path| -> Vec<String> {
-        [
-            "train",
-            "--data",
-            data.to_str().unwrap(),
-            "--out",
-            out.to_str().unwrap(),
-        ]
-        .into_iter()
-        .map(String::from)
-        .chain(
-            [
-                "--weights",
-                "none",
-                "--mode",
-                "finetune",
-                "--epochs",
-                "3",
-                "--image-size",
-                "32",
-                "--batch-size",
-                "8",
-            ]
-            .map(String::from),
-        )
-        .collect()
-    };
-    let bin = env!("CARGO_BIN_EXE_catdog");
-    let whole = dir.path().join("whole");
-    assert!(
-        Command::new(bin)
-            .args(args(&whole))
-            .output()
-            .unwrap()
-            .status
-            .success()
-    );
-    let killed = dir.path().join("killed");
-    let mut child = Command::new(bin)
-        .args(args(&killed))
-        .stdout(std::process::Stdio::null())
-        .spawn()
-        .unwrap();
-    let state = killed.join("last/train-state.json");
-    let deadline = Instant::now() + Duration::from_secs(120);
-    while !state.exists() && Instant::now() < deadline {
-        std::thread::sleep(Duration::from_millis(20));
-    }
-    child.kill().unwrap(); // SIGKILL: no chance to save anything
-    child.wait().unwrap();
-    assert!(state.exists(), "no checkpoint within two minutes");
-    let out = Command::new(bin)
-        .args(["train", "--resume", killed.to_str().unwrap()])
-        .output()
-        .unwrap();
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    assert_eq!(history(&whole), history(&killed));
 }
 
 /// On real photos. Without ImageNet weights (they cannot be downloaded here)

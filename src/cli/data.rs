@@ -66,11 +66,16 @@ pub fn clean(args: CleanArgs) -> Result<()> {
     let bar = progress::bar(scan.candidates.len() as u64, "decoding");
     let mut report = data::clean::clean(&scan, &args.data.limits(), &bar);
     print!("{}", report.table());
-    if let Some(dir) = &args.quarantine {
-        let moved = data::clean::quarantine(&mut report, dir)?;
-        println!("moved {moved} rejected file(s) to {}", dir.display());
-    }
+    let moved = args
+        .quarantine
+        .as_ref()
+        .map(|dir| data::clean::quarantine(&mut report, dir).map(|n| (n, dir)));
+    // Written even when the quarantine failed: it records what was found and what was moved.
     fsio::write_json(&args.report, &report)?;
+    if let Some(moved) = moved {
+        let (n, dir) = moved?;
+        println!("moved {n} rejected file(s) to {}", dir.display());
+    }
     println!("report: {}", args.report.display());
     Ok(())
 }

@@ -332,13 +332,35 @@ fn free_name(dir: &Path, rel: &str) -> String {
 }
 
 fn move_file(from: &Path, to: &Path) -> Result<()> {
-    if fs::rename(from, to).is_ok() {
-        return Ok(());
+    let cannot_move = |e: std::io::Error| match e.kind() {
+        std::io::ErrorKind::ReadOnlyFilesystem | std::io::ErrorKind::PermissionDenied => {
+            Error::data(
+                from,
+                format!(
+                    "cannot move this rejected file to the quarantine ({e}); files before it in the report were moved, none after"
+                ),
+                "run `catdog clean` without --quarantine (the report lists every rejected file), or clean a writable copy of the data",
+            )
+        }
+        _ => Error::io("cannot move to quarantine", from, e),
+    };
+    match fs::rename(from, to) {
+        Ok(()) => return Ok(()),
+        // Across file systems: copied below. Anything else cannot succeed by copying.
+        Err(e) if e.kind() != std::io::ErrorKind::CrossesDevices => return Err(cannot_move(e)),
+        Err(_) => {}
     }
-    // Across file systems: copy, make it durable, then remove the original.
-    fs::copy(from, to).map_err(|e| Error::io("cannot copy to quarantine", to, e))?;
-    fs::File::open(to)
-        .and_then(|f| f.sync_all())
-        .map_err(|e| Error::io("cannot sync", to, e))?;
-    fs::remove_file(from).map_err(|e| Error::io("cannot move to quarantine", from, e))
+    // Copy, make it durable, then remove the original. A failed copy (a full
+    // disk) is removed: the original is still in place.
+    fs::copy(from, to)
+        .and_then(|_| fs::File::open(to)?.sync_all())
+        .map_err(|e| {
+            let _ = fs::remove_file(to);
+            Error::io("cannot copy to quarantine", to, e)
+        })?;
+    fs::remove_file(from).map_err(|e| {
+        // The original stays (a read-only data folder): drop the copy, so nothing is doubled.
+        let _ = fs::remove_file(to);
+        cannot_move(e)
+    })
 }

@@ -110,8 +110,15 @@ pub struct Decoded {
 
 /// Reads a file within the byte limit.
 pub fn read_file(path: &Path, limits: &Limits) -> Result<Vec<u8>, Rejection> {
-    let file = std::fs::File::open(path)
-        .map_err(|e| Rejection::new(RejectReason::Unreadable, e.to_string()))?;
+    let file = std::fs::File::open(path).map_err(|e| {
+        let detail = match e.kind() {
+            std::io::ErrorKind::NotFound => {
+                "the file is gone (moved or deleted after the folder was listed)".to_owned()
+            }
+            _ => e.to_string(),
+        };
+        Rejection::new(RejectReason::Unreadable, detail)
+    })?;
     let mut bytes = Vec::new();
     // Read one byte past the limit to tell "at the limit" from "over it" without trusting metadata.
     file.take(limits.max_file_bytes + 1)
@@ -193,6 +200,9 @@ fn decode_inner(
             Some(_) => {}
         }
         cmyk = info.components == Some(4);
+    }
+    if format == ImageFormat::Tiff {
+        check_tiff_tags(bytes)?;
     }
 
     let mut reader = ImageReader::with_format(Cursor::new(bytes), format);
@@ -347,6 +357,69 @@ fn jpeg_structure(b: &[u8]) -> JpegInfo {
         }
     }
     info
+}
+
+/// The most values one TIFF tag may hold. The `tiff` crate reads a tag's
+/// values into a list of about 24 bytes each before any limit of ours applies,
+/// so a header claiming billions of values would cost gigabytes; real tags
+/// (strip and tile offsets included) hold far fewer.
+const MAX_TIFF_TAG_VALUES: u64 = 1 << 20;
+
+/// Refuses a TIFF whose first image's tags claim more values than the file
+/// could hold or than [`MAX_TIFF_TAG_VALUES`], before the decoder reads them.
+fn check_tiff_tags(b: &[u8]) -> Result<(), Rejection> {
+    let big_endian = b.starts_with(b"MM");
+    let int = |at: usize, n: usize| -> Option<u64> {
+        let bytes = b.get(at..at.checked_add(n)?)?;
+        let fold = |acc: u64, &x: &u8| (acc << 8) | u64::from(x);
+        Some(if big_endian {
+            bytes.iter().fold(0, fold)
+        } else {
+            bytes.iter().rev().fold(0, fold)
+        })
+    };
+    // Classic TIFF: 2-byte entry count, 12-byte entries with 4-byte counts;
+    // BigTIFF (version 43): 8-byte entry count, 20-byte entries with 8-byte counts.
+    let (first_ifd, entries_bytes, count_bytes, entry_bytes) = match int(2, 2) {
+        Some(43) => (int(8, 8), 8, 8, 20),
+        _ => (int(4, 4), 2, 4, 12),
+    };
+    // A header or entry that is out of range is left to the decoder to report.
+    let Some(ifd) = first_ifd.and_then(|o| usize::try_from(o).ok()) else {
+        return Ok(());
+    };
+    let entries = int(ifd, entries_bytes).unwrap_or(0);
+    for i in 0..entries {
+        let Some(entry) = usize::try_from(i)
+            .ok()
+            .and_then(|i| (ifd + entries_bytes).checked_add(i.checked_mul(entry_bytes)?))
+        else {
+            break;
+        };
+        let (Some(kind), Some(count)) = (int(entry + 2, 2), int(entry + 4, count_bytes)) else {
+            break;
+        };
+        let value_size = match kind {
+            1 | 2 | 6 | 7 => 1,
+            3 | 8 => 2,
+            4 | 9 | 11 | 13 => 4,
+            5 | 10 | 12 | 16..=18 => 8,
+            _ => continue,
+        };
+        if count.saturating_mul(value_size) > b.len() as u64 {
+            return Err(Rejection::new(
+                RejectReason::Corrupt,
+                format!("a TIFF tag claims {count} values, more than the file holds"),
+            ));
+        }
+        if count > MAX_TIFF_TAG_VALUES {
+            return Err(Rejection::new(
+                RejectReason::TooLarge,
+                format!("a TIFF tag holds {count} values, over the limit of {MAX_TIFF_TAG_VALUES}"),
+            ));
+        }
+    }
+    Ok(())
 }
 
 #[cfg(test)]

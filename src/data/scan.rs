@@ -251,10 +251,12 @@ impl Walker<'_> {
                     rel: child,
                     kind: Kind::Dir,
                 }),
-                Ok(_) => out.push(Entry {
+                Ok(m) if m.is_file() => out.push(Entry {
                     rel: child,
                     kind: Kind::File,
                 }),
+                // Opening a FIFO blocks until someone writes to it, and a device may never end.
+                Ok(_) => self.ignore(&child, "not a regular file (a pipe, socket or device)"),
                 Err(e) if is_link => self.ignore(&child, format!("broken symbolic link ({e})")),
                 Err(e) => self.ignore(&child, format!("cannot read ({e})")),
             }

@@ -80,7 +80,10 @@ impl FeatureCache {
         let tmp = fsio::temp_sibling(&path);
         fs::write(&tmp, &bytes)
             .and_then(|_| fs::rename(&tmp, &path))
-            .map_err(|e| Error::io("cannot write cache entry", &path, e))
+            .map_err(|e| {
+                let _ = fs::remove_file(&tmp);
+                Error::io("cannot write cache entry", &path, e)
+            })
     }
 }
 

@@ -161,31 +161,16 @@ impl Session {
             .parse::<WeightsChoice>()
             .unwrap_or_else(|never| match never {})
             .resolve()?;
-        let classes = manifest.classes.clone();
-        let ad = device.clone().autodiff();
-        // Seeded, so that a run from random initialisation is reproducible too.
-        ad.seed(settings.seed);
-        let mut model = ResNet18::new(classes.len(), &ad);
-        let weights_sha256 = match &weights_file {
-            Some(path) => {
-                weights::load_into(&mut model, path)?;
-                log(&format!("weights: {}", path.display()));
-                Some(fsio::sha256_file(path)?)
-            }
-            None => {
-                log("weights: none; training from random initialisation");
-                None
-            }
-        };
-        let model = model.with_head(classes.len(), settings.seed, &ad);
+        let weights_sha256 = weights_file.as_deref().map(fsio::sha256_file).transpose()?;
         let config = RunConfig {
             catdog_version: env!("CARGO_PKG_VERSION").to_owned(),
             weights_file,
             weights_sha256,
-            classes,
+            classes: manifest.classes.clone(),
             device_name: format!("{device:?}"),
             settings,
         };
+        let model = initial_model(&config, &device, log)?;
         fsio::write_json(&run.config(), &config)?;
         Ok(Session {
             run: run.clone(),
@@ -211,20 +196,42 @@ impl Session {
         let last = run.checkpoint(Which::Last);
         fsio::recover_dir(&last)?;
         fsio::recover_dir(&run.checkpoint(Which::Best))?;
-        if !last.join(state::STATE_FILE).is_file() {
-            return Err(Error::data(
-                &run.root,
-                "has no complete last/ checkpoint to resume from (it stopped before its first save)",
-                hint,
-            ));
+        for dir in [run.root.clone(), run.report_dir()] {
+            fsio::remove_stale_temps(&dir)?;
         }
         let device = config.settings.device.device()?;
+        let manifest = Manifest::load(&run.manifest())?;
+        manifest.verify(&run.manifest())?;
+        if !last.join(state::STATE_FILE).is_file() {
+            // Stopped before the first epoch ended: start again from the saved settings,
+            // which gives the model and the numbers a new run would have.
+            log(&format!(
+                "resuming {}: no epoch was complete, starting from the beginning",
+                run.root.display()
+            ));
+            if let (Some(path), Some(expected)) = (&config.weights_file, &config.weights_sha256)
+                && &fsio::sha256_file(path)? != expected
+            {
+                return Err(Error::weights(
+                    path,
+                    "changed since the run began (its SHA-256 differs from config.json's)",
+                    "put the original file back, or start a new run",
+                ));
+            }
+            return Ok(Session {
+                run: run.clone(),
+                model: initial_model(&config, &device, log)?,
+                adam: Adam::new(config.settings.lr),
+                state: TrainState::default(),
+                device,
+                manifest,
+                config,
+            });
+        }
         let ad = device.clone().autodiff();
         let (model, _) = checkpoint::load(&last, &ad)?;
         let adam = Adam::load(&last.join(OPTIMIZER_FILE), &device)?;
         let state = TrainState::load(&last)?;
-        let manifest = Manifest::load(&run.manifest())?;
-        manifest.verify(&run.manifest())?;
         log(&format!(
             "resuming {} after epoch {}{}",
             run.root.display(),
@@ -235,7 +242,7 @@ impl Session {
                 String::new()
             }
         ));
-        Ok(Session {
+        let session = Session {
             run: run.clone(),
             config,
             model,
@@ -243,7 +250,10 @@ impl Session {
             state,
             device,
             manifest,
-        })
+        };
+        // A kill between saving last/ and writing the metrics leaves them an epoch behind.
+        session.write_metrics()?;
+        Ok(session)
     }
 
     fn run(&mut self, stop: &AtomicBool, log: &dyn Fn(&str)) -> Result<Outcome> {
@@ -517,6 +527,24 @@ impl Session {
         fsio::write_atomic(&self.run.metrics_jsonl(), jsonl.as_bytes())?;
         fsio::write_atomic(&self.run.metrics_csv(), csv.as_bytes())
     }
+}
+
+/// The model a run starts from: seeded initialisation, the run's weights, a new head.
+fn initial_model(config: &RunConfig, device: &Device, log: &dyn Fn(&str)) -> Result<ResNet18> {
+    let s = &config.settings;
+    let ad = device.clone().autodiff();
+    // Seeded, so that a run from random initialisation is reproducible too.
+    ad.seed(s.seed);
+    let classes = config.classes.len();
+    let mut model = ResNet18::new(classes, &ad);
+    match &config.weights_file {
+        Some(path) => {
+            weights::load_into(&mut model, path)?;
+            log(&format!("weights: {}", path.display()));
+        }
+        None => log("weights: none; training from random initialisation"),
+    }
+    Ok(model.with_head(classes, s.seed, &ad))
 }
 
 fn check_settings(s: &TrainConfig) -> Result<()> {

@@ -1,9 +1,14 @@
-//! Helpers shared by the integration tests: the location of ../shared and a
-//! minimal .npy reader for torchvision's golden outputs.
+//! Helpers shared by the integration tests: the location of ../shared, a
+//! minimal .npy reader for torchvision's golden outputs, generated data sets,
+//! the catdog binary, and tmpfs mounts for the file-system tests.
 
 #![allow(dead_code)] // each test binary uses a different subset
 
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
+use std::process::Command;
+
+use catdog::report::EpochRecord;
+use catdog::run::RunDir;
 
 /// `../shared` beside the repository, or `None` (after saying so) when absent:
 /// a user's fresh clone does not have it, and the tests that need it skip.
@@ -74,4 +79,104 @@ pub fn relative_l2(a: &[f32], b: &[f32]) -> f64 {
         .sum();
     let norm: f64 = b.iter().map(|&y| (y as f64).powi(2)).sum();
     (diff / norm).sqrt()
+}
+
+/// A generated two-class photo set (`catdog demo`'s), `per_class` photos a class.
+pub fn demo_data(dir: &Path, per_class: usize) -> PathBuf {
+    catdog::demo::write_dataset(&dir.join("demo"), per_class, 7)
+        .unwrap()
+        .data
+}
+
+/// A run's epochs without their timings, as they must repeat exactly.
+pub fn history(run: &Path) -> Vec<[f64; 4]> {
+    std::fs::read_to_string(RunDir::new(run).metrics_jsonl())
+        .unwrap()
+        .lines()
+        .map(|l| {
+            let r: EpochRecord = serde_json::from_str(l).unwrap();
+            [r.train_loss, r.train_acc, r.val_loss, r.val_acc]
+        })
+        .collect()
+}
+
+/// The catdog binary, ready for arguments.
+pub fn catdog() -> Command {
+    Command::new(env!("CARGO_BIN_EXE_catdog"))
+}
+
+/// Runs catdog to completion: success, stdout, stderr.
+pub fn run_catdog(args: &[&str]) -> (bool, String, String) {
+    let out = catdog().args(args).output().unwrap();
+    (
+        out.status.success(),
+        String::from_utf8_lossy(&out.stdout).into(),
+        String::from_utf8_lossy(&out.stderr).into(),
+    )
+}
+
+/// A tmpfs mounted on a temporary folder for one test, unmounted when dropped.
+pub struct Mount {
+    pub path: PathBuf,
+    _dir: tempfile::TempDir,
+}
+
+impl Mount {
+    /// Mounts a tmpfs with `options` (e.g. `size=8m`), or says why the test
+    /// skips and returns `None` where mounting is not permitted (not root, a
+    /// container without CAP_SYS_ADMIN).
+    pub fn tmpfs(test: &str, options: &str) -> Option<Mount> {
+        let dir = tempfile::tempdir().unwrap();
+        let out = Command::new("mount")
+            .args(["-t", "tmpfs", "-o", options, "tmpfs"])
+            .arg(dir.path())
+            .output();
+        match out {
+            Ok(o) if o.status.success() => Some(Mount {
+                path: dir.path().to_owned(),
+                _dir: dir,
+            }),
+            Ok(o) => {
+                eprintln!(
+                    "skipped {test}: cannot mount a tmpfs here ({})",
+                    String::from_utf8_lossy(&o.stderr).trim()
+                );
+                None
+            }
+            Err(e) => {
+                eprintln!("skipped {test}: cannot run mount ({e})");
+                None
+            }
+        }
+    }
+
+    /// Changes the mount's options (`remount,ro`, `remount,size=...`).
+    pub fn remount(&self, options: &str) {
+        let out = Command::new("mount")
+            .args(["-o", options])
+            .arg(&self.path)
+            .output()
+            .unwrap();
+        assert!(
+            out.status.success(),
+            "mount -o {options}: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+    }
+}
+
+impl Drop for Mount {
+    fn drop(&mut self) {
+        // Lazy: a failed test may still hold a file open there.
+        let _ = Command::new("umount").arg("-l").arg(&self.path).status();
+    }
+}
+
+/// Writes `path` until the disk under it is full.
+pub fn fill(path: &Path) {
+    use std::io::Write;
+    let mut f = std::fs::File::create(path).unwrap();
+    let block = vec![0u8; 1 << 20];
+    while f.write_all(&block).is_ok() {}
+    while f.write_all(&block[..4096]).is_ok() {}
 }
