@@ -6,8 +6,22 @@ use std::path::{Path, PathBuf};
 use std::process::Command;
 
 use anyhow::{Context, Result, bail};
-use catdog::bench::{self, Figure};
+use catdog::bench::{self, Figure, RecipeResult};
+use catdog::data::{Manifest, Split};
+use catdog::evaluate::Metrics;
+use catdog::model::checkpoint::{self, CheckpointMeta};
+use catdog::model::weights::WeightsChoice;
+use catdog::preprocess::Preprocessing;
+use catdog::run::RunDir;
+use catdog::train::Mode;
 use clap::ValueEnum;
+
+/// Our PyTorch version of the seed recipe, carried in the binary so that
+/// `catdog bench` runs it from anywhere.
+const PYTORCH_RECIPE: &str = include_str!("../../bench/pytorch_recipe.py");
+
+/// Cold `catdog predict` runs counted, after one uncounted.
+const PREDICT_RUNS: usize = 5;
 
 #[derive(clap::Args)]
 pub struct BenchArgs {
@@ -20,9 +34,19 @@ pub struct BenchArgs {
     /// Folder of the peer scripts
     #[arg(long, default_value = "../shared/peers")]
     pub peers: PathBuf,
-    /// Also time `catdog train` end to end on the photos in both modes, with these weights
+    /// Also run the seed recipe end to end on the photos (`catdog train` per mode, and
+    /// with --python the same recipe in PyTorch), with these weights (auto, or a .pth file)
     #[arg(long, value_name = "WEIGHTS")]
     pub e2e: Option<String>,
+    /// Which catdog modes --e2e trains (catdog finetune is the slow one)
+    #[arg(
+        long,
+        value_enum,
+        value_delimiter = ',',
+        default_value = "frozen,finetune",
+        requires = "e2e"
+    )]
+    pub e2e_modes: Vec<Mode>,
     #[arg(long, default_value_t = 32)]
     pub batch_size: usize,
     #[arg(long, default_value_t = 224)]
@@ -51,25 +75,88 @@ struct Row {
     peak_rss_mb: Option<f64>,
     pytorch_per_second: Option<f64>,
     ratio: Option<f64>,
+    #[serde(flatten)]
+    end_to_end: Option<EndToEndColumns>,
+}
+
+/// What an end-to-end row adds: both sides' test accuracy, and PyTorch's run.
+#[derive(serde::Serialize)]
+struct EndToEndColumns {
+    mode: Mode,
+    /// `None` when PyTorch was not measured.
+    pytorch_mode: Option<Mode>,
+    pytorch_seconds: Option<f64>,
+    pytorch_peak_rss_mb: Option<f64>,
+    /// The best checkpoint on the test split (`RUN/eval-test.json`).
+    test_accuracy: f64,
+    pytorch_test_accuracy: Option<f64>,
+    /// Mean cross-entropy on the test split (catdog's definition, on both sides).
+    test_loss: f64,
+    pytorch_test_loss: Option<f64>,
+}
+
+/// One whole training process: prepare, train, test evaluation.
+struct Trained {
+    images: usize,
+    seconds: f64,
+    /// Bytes, of the largest single process (PyTorch's loader workers are not added).
+    peak_rss: u64,
+    test_accuracy: f64,
+    test_loss: f64,
 }
 
 pub fn run(args: BenchArgs) -> Result<()> {
-    let data = args
-        .data
-        .clone()
-        .unwrap_or_else(|| PathBuf::from("../shared/data/kaggle-sample"));
+    let shared = PathBuf::from("../shared/data/kaggle-sample");
+    let data = args.data.clone().unwrap_or_else(|| shared.clone());
     if let Some(part) = args.part {
         let figure = measure(part, &args, &data)?;
         println!("{}", serde_json::to_string(&figure)?);
         return Ok(());
     }
+    let tmp = tempfile_dir()?;
+    let data = if args.data.is_none() && !shared.is_dir() {
+        let dir = tmp.join("synthetic");
+        eprintln!(
+            "{} is absent: measuring on {SYNTHETIC_PER_CLASS} generated photos per class instead",
+            shared.display()
+        );
+        synthetic_photos(&dir, SYNTHETIC_PER_CLASS)?;
+        dir
+    } else {
+        data
+    };
     if !data.is_dir() {
         bail!(
             "no photos to measure on: {} is not a folder (pass --data DIR)",
             data.display()
         );
     }
-    let peer_pre = args.python.as_ref().and_then(|py| {
+    // Checked once, so that a Python without torch costs one clear message, not one per peer.
+    let python = args
+        .python
+        .as_deref()
+        .filter(|py| match bench::check_python(py) {
+            Ok(version) => {
+                eprintln!("PyTorch {version} from {}", py.display());
+                true
+            }
+            Err(e) => {
+                eprintln!("PyTorch not measured: {e}");
+                false
+            }
+        });
+    let rows = measure_all(&args, &data, python, &tmp);
+    let _ = std::fs::remove_dir_all(&tmp);
+    print_rows(&rows?, args.json)
+}
+
+fn measure_all(
+    args: &BenchArgs,
+    data: &Path,
+    python: Option<&Path>,
+    tmp: &Path,
+) -> Result<Vec<Row>> {
+    let peer_pre = python.and_then(|py| {
         peer(
             py,
             &args.peers.join("peer_preprocess_bench.py"),
@@ -77,10 +164,8 @@ pub fn run(args: BenchArgs) -> Result<()> {
         )
     });
     let size = args.image_size.to_string();
-    let peer_model = args
-        .python
-        .as_ref()
-        .and_then(|py| peer(py, &args.peers.join("peer_torch_bench.py"), &[&size]));
+    let peer_model =
+        python.and_then(|py| peer(py, &args.peers.join("peer_torch_bench.py"), &[&size]));
     // PyTorch's best layout (channels_last) is the one to beat.
     let torch_line = peer_model.as_deref().and_then(|o| {
         o.lines()
@@ -127,25 +212,21 @@ pub fn run(args: BenchArgs) -> Result<()> {
             serde_json::from_str(out.trim()).context("reading a benchmark part's figure")?;
         rows.push(row(figure, rss, pytorch));
     }
-    if let Some(weights) = &args.e2e {
-        for mode in ["frozen", "finetune"] {
-            rows.push(end_to_end(&data, weights, mode)?);
+    let (e2e_rows, trained) = match &args.e2e {
+        Some(weights) => {
+            let (rows, run) = end_to_end(args, data, weights, python, tmp)?;
+            (rows, Some(run))
         }
-    }
-    print_rows(&rows, args.json)
+        None => (Vec::new(), None),
+    };
+    rows.push(predict_cold(data, trained, tmp)?);
+    rows.extend(e2e_rows);
+    Ok(rows)
 }
 
 fn measure(part: Part, args: &BenchArgs, data: &Path) -> Result<Figure> {
     Ok(match part {
-        Part::Preprocess => {
-            let mut files: Vec<PathBuf> = std::fs::read_dir(data)
-                .with_context(|| format!("listing {}", data.display()))?
-                .filter_map(|e| e.ok().map(|e| e.path()))
-                .filter(|p| p.extension().is_some_and(|e| e.eq_ignore_ascii_case("jpg")))
-                .collect();
-            files.sort();
-            bench::preprocess_throughput(&files)?
-        }
+        Part::Preprocess => bench::preprocess_throughput(&photos(data)?)?,
         Part::Inference => bench::inference(args.batch_size, args.image_size),
         Part::InferenceBurn => bench::inference_burn(args.batch_size, args.image_size),
         Part::TrainStep => bench::train_step(args.batch_size, args.image_size),
@@ -153,50 +234,247 @@ fn measure(part: Part, args: &BenchArgs, data: &Path) -> Result<Figure> {
     })
 }
 
-/// The seed recipe through `catdog train` in one mode: prepare, 5 epochs, test evaluation.
-fn end_to_end(data: &Path, weights: &str, mode: &str) -> Result<Row> {
-    let tmp = tempfile_dir()?;
-    let out = tmp.join(mode);
+/// The .jpg files directly in `data`, sorted.
+fn photos(data: &Path) -> Result<Vec<PathBuf>> {
+    let mut files: Vec<PathBuf> = std::fs::read_dir(data)
+        .with_context(|| format!("listing {}", data.display()))?
+        .filter_map(|e| e.ok().map(|e| e.path()))
+        .filter(|p| p.extension().is_some_and(|e| e.eq_ignore_ascii_case("jpg")))
+        .collect();
+    files.sort();
+    Ok(files)
+}
+
+/// The seed recipe end to end: `catdog train` in each of `--e2e-modes`, a
+/// whole process each (clean, split, training, test evaluation), then, with a
+/// Python, the PyTorch recipe on the manifest catdog made, in both modes.
+/// Returns the rows and the first catdog run's folder, for the predict row.
+fn end_to_end(
+    args: &BenchArgs,
+    data: &Path,
+    weights: &str,
+    python: Option<&Path>,
+    tmp: &Path,
+) -> Result<(Vec<Row>, PathBuf)> {
+    // Frozen first: its run has the cold feature cache, and it is the default mode.
+    let modes: Vec<Mode> = [Mode::Frozen, Mode::Finetune]
+        .into_iter()
+        .filter(|m| args.e2e_modes.contains(m))
+        .collect();
+    let mut catdog = Vec::new();
+    for &mode in &modes {
+        catdog.push((mode, train_catdog(data, weights, mode, tmp)?));
+    }
+    let Some(first) = modes.first().map(|&m| run_dir(tmp, m)) else {
+        bail!("--e2e-modes names no mode: give frozen, finetune or both");
+    };
+    // PyTorch cannot search catdog's cache, so it gets the file catdog resolved.
+    let weights_file = weights
+        .parse::<WeightsChoice>()
+        .unwrap_or_else(|never| match never {})
+        .resolve()?;
+    let mut pytorch = Vec::new();
+    match (python, weights_file) {
+        (Some(py), Some(file)) => {
+            let script = tmp.join("pytorch_recipe.py");
+            std::fs::write(&script, PYTORCH_RECIPE)
+                .with_context(|| format!("writing {}", script.display()))?;
+            for mode in [Mode::Finetune, Mode::Frozen] {
+                if let Some(t) = train_pytorch(py, &script, &first.manifest(), &file, mode) {
+                    pytorch.push((mode, t));
+                }
+            }
+        }
+        (Some(_), None) => {
+            eprintln!("PyTorch recipe not run: it needs a weights file, and --e2e none gives none")
+        }
+        (None, _) => {}
+    }
+    let mut rows = Vec::new();
+    for (mode, ours) in &catdog {
+        // Every mode against PyTorch's full fine-tuning (the usual notebook, and
+        // the speed target for the default mode), and against PyTorch in the same mode.
+        let peers: Vec<_> = pytorch
+            .iter()
+            .filter(|(m, _)| *m == Mode::Finetune || m == mode)
+            .collect();
+        if peers.is_empty() {
+            rows.push(e2e_row(*mode, ours, None));
+        }
+        rows.extend(peers.into_iter().map(|p| e2e_row(*mode, ours, Some(p))));
+    }
+    Ok((rows, first.root))
+}
+
+fn run_dir(tmp: &Path, mode: Mode) -> RunDir {
+    RunDir::new(tmp.join(format!("run-{}", mode_name(mode))))
+}
+
+fn mode_name(mode: Mode) -> String {
+    use clap::ValueEnum;
+    let value = mode.to_possible_value().expect("no mode is hidden");
+    value.get_name().to_owned()
+}
+
+/// `catdog train` with the seed's defaults, a cold feature cache and its own
+/// run folder; the test accuracy is the one it wrote to `eval-test.json`.
+fn train_catdog(data: &Path, weights: &str, mode: Mode, tmp: &Path) -> Result<Trained> {
+    let run = run_dir(tmp, mode);
+    let mode = mode_name(mode);
+    eprintln!("end to end: catdog train --mode {mode} ...");
     let mut cmd = Command::new(std::env::current_exe()?);
-    cmd.args([
-        "train",
-        "--data",
-        data.to_str().unwrap_or_default(),
-        "--out",
-        out.to_str().unwrap_or_default(),
-    ]);
-    cmd.args([
-        "--weights",
-        weights,
-        "--mode",
-        mode,
-        "--cache-dir",
-        tmp.join("cache").to_str().unwrap_or_default(),
-    ]);
+    cmd.arg("train").arg("--data").arg(data);
+    cmd.arg("--out").arg(&run.root);
+    cmd.args(["--weights", weights, "--mode", &mode]);
+    cmd.arg("--cache-dir").arg(tmp.join("cache"));
     let (_, seconds, rss) = bench::run_measured(&mut cmd).map_err(anyhow::Error::msg)?;
-    let images = catdog::data::Manifest::load(&catdog::run::RunDir::new(&out).manifest())?
-        .files
-        .len();
-    let _ = std::fs::remove_dir_all(&tmp);
+    let test: Metrics = catdog::fsio::read_json(&run.eval(Split::Test), "test evaluation")?;
+    Ok(Trained {
+        images: Manifest::load(&run.manifest())?.files.len(),
+        seconds,
+        peak_rss: rss,
+        test_accuracy: test.accuracy,
+        test_loss: test.loss,
+    })
+}
+
+/// The PyTorch recipe in one mode, or `None` (saying why) when it fails: the
+/// bench goes on without it.
+fn train_pytorch(
+    python: &Path,
+    script: &Path,
+    manifest: &Path,
+    weights: &Path,
+    mode: Mode,
+) -> Option<Trained> {
+    let mode = mode_name(mode);
+    eprintln!("end to end: PyTorch recipe --mode {mode} ...");
+    let mut cmd = Command::new(python);
+    cmd.arg(script).arg(manifest).arg(weights);
+    cmd.args(["--mode", &mode]);
+    let trained = bench::run_measured(&mut cmd).and_then(|(out, seconds, rss)| {
+        let result: RecipeResult = bench::recipe_result(&out)?;
+        Ok(Trained {
+            images: result.images.values().sum(),
+            seconds,
+            peak_rss: rss,
+            test_accuracy: result.test_accuracy,
+            test_loss: result.test_loss,
+        })
+    });
+    trained
+        .map_err(|e| eprintln!("PyTorch recipe ({mode}) not measured: {e}"))
+        .ok()
+}
+
+fn e2e_row(mode: Mode, ours: &Trained, peer: Option<&(Mode, Trained)>) -> Row {
+    let name = match peer {
+        Some((m, _)) => format!(
+            "end to end, {} vs PyTorch {}",
+            mode_name(mode),
+            mode_name(*m)
+        ),
+        None => format!("end to end, {}", mode_name(mode)),
+    };
+    let theirs = peer.map(|(_, t)| t);
+    Row {
+        end_to_end: Some(EndToEndColumns {
+            mode,
+            pytorch_mode: peer.map(|(m, _)| *m),
+            pytorch_seconds: theirs.map(|t| t.seconds),
+            pytorch_peak_rss_mb: theirs.map(|t| mb(t.peak_rss)),
+            test_accuracy: ours.test_accuracy,
+            pytorch_test_accuracy: theirs.map(|t| t.test_accuracy),
+            test_loss: ours.test_loss,
+            pytorch_test_loss: theirs.map(|t| t.test_loss),
+        }),
+        ..row(
+            Figure::new(&name, ours.images, ours.seconds),
+            ours.peak_rss,
+            theirs.map(|t| t.images as f64 / t.seconds),
+        )
+    }
+}
+
+/// `catdog predict MODEL one.jpg` as a person runs it: a fresh process each
+/// time, the median of [`PREDICT_RUNS`] after one uncounted run (which leaves
+/// the binary, the model and the photo in the page cache). MODEL is the e2e
+/// run's, else random weights, which cost the same to load and run.
+fn predict_cold(data: &Path, model: Option<PathBuf>, tmp: &Path) -> Result<Row> {
+    let model = match model {
+        Some(run) => run,
+        None => random_model(tmp)?,
+    };
+    let photo = photos(data)?
+        .into_iter()
+        .next()
+        .with_context(|| format!("no .jpg in {} to predict", data.display()))?;
+    let mut cmd = Command::new(std::env::current_exe()?);
+    cmd.arg("predict").arg(&model).arg(&photo);
+    let (seconds, rss) =
+        bench::run_repeated(&mut cmd, 1, PREDICT_RUNS).map_err(anyhow::Error::msg)?;
     Ok(row(
-        Figure::new(&format!("end to end, {mode} (s = wall)"), images, seconds),
+        Figure::new("predict 1 photo, cold process", 1, seconds),
         rss,
         None,
     ))
 }
 
+fn random_model(tmp: &Path) -> Result<PathBuf> {
+    let dir = tmp.join("random-model");
+    std::fs::create_dir_all(&dir).with_context(|| format!("creating {}", dir.display()))?;
+    let device = burn::prelude::Device::flex();
+    let classes = vec!["cat".to_owned(), "dog".to_owned()];
+    let model = catdog::model::ResNet18::new(classes.len(), &device);
+    checkpoint::save(
+        &dir,
+        &model,
+        &CheckpointMeta::new(classes, Preprocessing::default()),
+    )?;
+    Ok(dir)
+}
+
+/// Generated photos per class where `../shared` is absent: enough for a split with 10 test
+/// photos per class.
+const SYNTHETIC_PER_CLASS: usize = 100;
+
+/// Photos shaped like the Kaggle sample's (flat layout, `cat.N.jpg`, 500x375 JPEG), drawn by
+/// the demo's generator.
+fn synthetic_photos(dir: &Path, per_class: usize) -> Result<()> {
+    use rand::SeedableRng;
+    std::fs::create_dir_all(dir).with_context(|| format!("creating {}", dir.display()))?;
+    let mut rng = rand_chacha::ChaCha8Rng::seed_from_u64(0);
+    for (class, cat) in [("cat", true), ("dog", false)] {
+        for i in 0..per_class {
+            let small = catdog::demo::synthetic_photo(cat, &mut rng);
+            let photo =
+                image::imageops::resize(&small, 500, 375, image::imageops::FilterType::Triangle);
+            let path = dir.join(format!("{class}.{i}.jpg"));
+            photo
+                .save(&path)
+                .with_context(|| format!("writing {}", path.display()))?;
+        }
+    }
+    Ok(())
+}
+
 fn tempfile_dir() -> Result<PathBuf> {
     let dir = std::env::temp_dir().join(format!("catdog-bench-{}", std::process::id()));
-    std::fs::create_dir_all(&dir)?;
+    std::fs::create_dir_all(&dir).with_context(|| format!("creating {}", dir.display()))?;
     Ok(dir)
+}
+
+fn mb(bytes: u64) -> f64 {
+    bytes as f64 / (1 << 20) as f64
 }
 
 fn row(catdog: Figure, rss: u64, pytorch: Option<f64>) -> Row {
     Row {
         ratio: pytorch.map(|p| catdog.per_second / p),
         pytorch_per_second: pytorch,
-        peak_rss_mb: Some(rss as f64 / (1 << 20) as f64),
+        peak_rss_mb: Some(mb(rss)),
         catdog,
+        end_to_end: None,
     }
 }
 
@@ -220,7 +498,7 @@ fn print_rows(rows: &[Row], json: bool) -> Result<()> {
         "benchmark", "catdog", "seconds", "PyTorch", "ratio", "peak RSS"
     );
     let fmt = |v: Option<f64>, unit: &str| v.map_or("-".to_owned(), |v| format!("{v:.1}{unit}"));
-    for r in rows {
+    for r in rows.iter().filter(|r| r.end_to_end.is_none()) {
         println!(
             "{:<36} {:>13} {:>10} {:>13} {:>7} {:>10}",
             r.catdog.name,
@@ -229,6 +507,44 @@ fn print_rows(rows: &[Row], json: bool) -> Result<()> {
             fmt(r.pytorch_per_second, " img/s"),
             fmt(r.ratio, "x"),
             fmt(r.peak_rss_mb, " MB")
+        );
+    }
+    let e2e: Vec<(&Row, &EndToEndColumns)> = rows
+        .iter()
+        .filter_map(|r| Some((r, r.end_to_end.as_ref()?)))
+        .collect();
+    if e2e.is_empty() {
+        return Ok(());
+    }
+    println!(
+        "\nend to end: prepare + train + test evaluation, whole process, wall seconds; ratio = PyTorch s / catdog s"
+    );
+    println!(
+        "{:<9} {:<10} {:>9} {:>10} {:>7} {:>10} {:>11} {:>10} {:>11}",
+        "catdog",
+        "PyTorch",
+        "catdog s",
+        "PyTorch s",
+        "ratio",
+        "catdog RSS",
+        "PyTorch RSS",
+        "catdog acc",
+        "PyTorch acc"
+    );
+    let pct = |v: Option<f64>| v.map_or("-".to_owned(), |v| format!("{:.1}%", 100.0 * v));
+    for (r, e) in e2e {
+        println!(
+            "{:<9} {:<10} {:>9.1} {:>10} {:>7} {:>10} {:>11} {:>10} {:>11}",
+            mode_name(e.mode),
+            e.pytorch_mode.map_or("-".to_owned(), mode_name),
+            r.catdog.seconds,
+            e.pytorch_seconds
+                .map_or("-".to_owned(), |s| format!("{s:.1}")),
+            fmt(r.ratio, "x"),
+            fmt(r.peak_rss_mb, " MB"),
+            fmt(e.pytorch_peak_rss_mb, " MB"),
+            pct(Some(e.test_accuracy)),
+            pct(e.pytorch_test_accuracy)
         );
     }
     Ok(())
