@@ -13,13 +13,11 @@ use std::path::{Path, PathBuf};
 use std::process::{Child, Stdio};
 use std::time::{Duration, Instant};
 
-use catdog::model::ResNet18;
 use catdog::model::checkpoint::{self, CheckpointMeta};
-use catdog::preprocess::Preprocessing;
 use catdog::report::EpochRecord;
 use catdog::run::{RunDir, Which};
 use catdog::train::state::TrainState;
-use common::{Mount, catdog, demo_data, fill, history};
+use common::{Mount, catdog, demo_data, fill, history, random_weights};
 use rand::{Rng, SeedableRng};
 use rand_chacha::ChaCha8Rng;
 
@@ -296,13 +294,7 @@ fn cache_use(log: &str) -> (usize, usize) {
 fn a_kill_during_feature_extraction_then_torn_entries_are_recomputed_not_used() {
     let dir = tempfile::tempdir().unwrap();
     let data = demo_data(dir.path(), 40);
-    // Frozen mode caches only with real weights: a saved random model is a weights file.
-    let weights = dir.path().join("weights");
-    let device = burn::prelude::Device::flex();
-    device.seed(1);
-    let meta = CheckpointMeta::new(vec!["a".into(), "b".into()], Preprocessing::imagenet(32));
-    checkpoint::save(&weights, &ResNet18::new(2, &device), &meta).unwrap();
-    let weights = weights.join(checkpoint::WEIGHTS_FILE);
+    let weights = random_weights(dir.path());
     let args = |out: &Path, cache: &Path| {
         let w = weights.to_str().unwrap();
         let c = cache.to_str().unwrap();

@@ -11,12 +11,10 @@ use std::sync::atomic::AtomicBool;
 
 use catdog::data::Ratios;
 use catdog::device::DeviceChoice;
-use catdog::model::ResNet18;
-use catdog::model::checkpoint::{self, CheckpointMeta};
 use catdog::preprocess::Preprocessing;
 use catdog::run::RunDir;
 use catdog::train::{self, Mode, Start, TrainConfig};
-use common::{demo_data, history};
+use common::{demo_data, history, random_weights};
 
 fn config(data: &Path, mode: Mode, weights: &str, epochs: usize) -> TrainConfig {
     TrainConfig {
@@ -127,13 +125,7 @@ fn stop_mid_epoch_then_resume_matches_an_uninterrupted_run() {
 fn frozen_mode_computes_features_once_then_reads_the_cache() {
     let dir = tempfile::tempdir().unwrap();
     let data = demo_data(dir.path(), 12);
-    // A weights file with torchvision's names: a saved checkpoint is one.
-    let weights = dir.path().join("weights");
-    let device = burn::prelude::Device::flex();
-    device.seed(1);
-    let meta = CheckpointMeta::new(vec!["a".into(), "b".into()], Preprocessing::imagenet(32));
-    checkpoint::save(&weights, &ResNet18::new(2, &device), &meta).unwrap();
-    let weights = weights.join(checkpoint::WEIGHTS_FILE);
+    let weights = random_weights(dir.path());
     let mut c = config(&data, Mode::Frozen, weights.to_str().unwrap(), 3);
     c.cache_dir = Some(dir.path().join("cache"));
     let (_, first) = train(

@@ -81,6 +81,20 @@ pub fn relative_l2(a: &[f32], b: &[f32]) -> f64 {
     (diff / norm).sqrt()
 }
 
+/// A weights file with torchvision's names and seeded random weights (a saved checkpoint's
+/// `model.safetensors`): frozen mode caches features only for a weights file.
+pub fn random_weights(dir: &Path) -> PathBuf {
+    use catdog::model::ResNet18;
+    use catdog::model::checkpoint::{self, CheckpointMeta};
+    use catdog::preprocess::Preprocessing;
+    let folder = dir.join("weights");
+    let device = burn::prelude::Device::flex();
+    device.seed(1);
+    let meta = CheckpointMeta::new(vec!["a".into(), "b".into()], Preprocessing::imagenet(32));
+    checkpoint::save(&folder, &ResNet18::new(2, &device), &meta).unwrap();
+    folder.join(checkpoint::WEIGHTS_FILE)
+}
+
 /// A generated two-class photo set (`catdog demo`'s), `per_class` photos a class.
 pub fn demo_data(dir: &Path, per_class: usize) -> PathBuf {
     catdog::demo::write_dataset(&dir.join("demo"), per_class, 7)
