@@ -43,8 +43,8 @@ struct FoldedConv {
     kernel: usize,
     stride: usize,
     pad: usize,
-    /// For a 3x3 stride-1 convolution: its weights in the Winograd domain,
-    /// `[TILE_IN * TILE_IN][cin][cout]`.
+    /// For a 3x3 stride-1 convolution: its tiling and its weights in that tiling's domain,
+    /// `[points][cin][cout]` (see [`winograd::Tiling::weights`]).
     winograd: Option<(&'static winograd::Tiling, Vec<f32>)>,
 }
 
