@@ -1,6 +1,6 @@
 //! Preprocessing as torchvision does it for ResNet-18: resize the shorter side
 //! to 256 (bilinear with antialias, as PIL does), centre crop 224, scale to
-//! [0,1], normalise with the ImageNet mean and std, channels first (CHW).
+//! \[0,1\], normalise with the ImageNet mean and std, channels first (CHW).
 //! The training transform may add torchvision's RandomResizedCrop and a
 //! horizontal flip (`--augment`).
 
