@@ -3,6 +3,8 @@
 //! ones otherwise), a manifest from the data stage, and a ResNet-18 saved as
 //! the run's best checkpoint at a small image size, so that the tests stay fast.
 
+mod common;
+
 use std::collections::BTreeSet;
 use std::fs;
 use std::path::{Path, PathBuf};
@@ -10,7 +12,7 @@ use std::process::{Command, Output};
 
 use burn::prelude::Device;
 use catdog::data::{self, Limits, Manifest, Prepare, Ratios, Split};
-use catdog::evaluate::{Metrics, evaluate_run};
+use catdog::evaluate::{Metrics, Predictions, evaluate_run};
 use catdog::model::ResNet18;
 use catdog::model::checkpoint::{self, CheckpointMeta};
 use catdog::model::weights::load_into;
@@ -43,6 +45,18 @@ impl Fixture {
 }
 
 /// A run folder: manifest.json, best/ (64-pixel inputs), metrics.jsonl, config.json.
+/// The run's best checkpoint evaluated on its test split, through the library.
+fn best_on_test(f: &Fixture) -> (Metrics, Predictions) {
+    evaluate_run(
+        &f.run,
+        Split::Test,
+        Which::Best,
+        &Device::flex(),
+        &ProgressBar::hidden(),
+    )
+    .unwrap()
+}
+
 fn fixture(test: &str) -> Fixture {
     let tmp = tempfile::tempdir().unwrap();
     let data = tmp.path().join("data");
@@ -192,14 +206,7 @@ fn evaluate_writes_the_metrics_of_the_split_and_prints_them() {
     assert_eq!(counted as usize, tests);
 
     // The library gives the same numbers, photo by photo in manifest order.
-    let (metrics, predictions) = evaluate_run(
-        &f.run,
-        Split::Test,
-        Which::Best,
-        &Device::flex(),
-        &ProgressBar::hidden(),
-    )
-    .unwrap();
+    let (metrics, predictions) = best_on_test(&f);
     assert_eq!(serde_json::to_value(&metrics).unwrap(), file);
     let samples = f.manifest.samples(Split::Test);
     let paths: Vec<PathBuf> = samples.iter().map(|s| s.path.clone()).collect();
@@ -307,14 +314,7 @@ fn predict_classifies_each_photo_and_reports_unreadable_files() {
     );
 
     // The probabilities are those that evaluation computes for the same photos.
-    let (_, predictions) = evaluate_run(
-        &f.run,
-        Split::Test,
-        Which::Best,
-        &Device::flex(),
-        &ProgressBar::hidden(),
-    )
-    .unwrap();
+    let (_, predictions) = best_on_test(&f);
     for (line, i) in [(&lines[0], 0), (&lines[2], 1)] {
         let by_class = line["probabilities"].as_object().unwrap();
         let names: Vec<&str> = by_class.keys().map(|k| k.as_str()).collect();
@@ -362,14 +362,7 @@ fn report_writes_every_picture_and_the_page_that_shows_them() {
         stdout.contains("accuracy") && stdout.contains(arg(&index)),
         "{stdout}"
     );
-    let pictures = [
-        report::CURVES,
-        report::CONFUSION,
-        report::PREDICTIONS,
-        report::TOP_LOSSES,
-        report::GRADCAM,
-    ];
-    for name in pictures {
+    for name in common::REPORT_PICTURES {
         let path = dir.join(name);
         let bytes = fs::read(&path).unwrap_or_else(|e| panic!("{}: {e}", path.display()));
         assert_eq!(
@@ -385,7 +378,7 @@ fn report_writes_every_picture_and_the_page_that_shows_them() {
         );
     }
     let page = fs::read_to_string(&index).unwrap();
-    for name in pictures {
+    for name in common::REPORT_PICTURES {
         assert!(
             page.contains(&format!("<img src=\"{name}\"")),
             "{name} is not shown"

@@ -4,6 +4,8 @@
 //! To look at the pictures, keep them in a folder of your choice:
 //! `CATDOG_REPORT_OUT=/tmp/report cargo test --test report_files`.
 
+mod common;
+
 use std::fs;
 use std::path::{Path, PathBuf};
 
@@ -169,14 +171,7 @@ fn every_picture_is_a_sensible_png_and_the_page_shows_it() {
     .unwrap();
     report::write_index(&dir, &settings(), &metrics).unwrap();
 
-    let pictures = [
-        report::CURVES,
-        report::CONFUSION,
-        report::PREDICTIONS,
-        report::TOP_LOSSES,
-        report::GRADCAM,
-    ];
-    for name in pictures {
+    for name in common::REPORT_PICTURES {
         let (width, height) = png_size(&dir.join(name));
         assert!(
             width >= 400 && height >= 300,
@@ -184,7 +179,7 @@ fn every_picture_is_a_sensible_png_and_the_page_shows_it() {
         );
     }
     let page = fs::read_to_string(dir.join(report::INDEX)).unwrap();
-    for name in pictures {
+    for name in common::REPORT_PICTURES {
         assert!(
             page.contains(&format!("<img src=\"{name}\"")),
             "index.html does not show {name}"

@@ -194,3 +194,12 @@ pub fn fill(path: &Path) {
     while f.write_all(&block).is_ok() {}
     while f.write_all(&block[..4096]).is_ok() {}
 }
+
+/// Every picture a run's report holds.
+pub const REPORT_PICTURES: [&str; 5] = [
+    catdog::report::CURVES,
+    catdog::report::CONFUSION,
+    catdog::report::PREDICTIONS,
+    catdog::report::TOP_LOSSES,
+    catdog::report::GRADCAM,
+];
