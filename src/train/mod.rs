@@ -31,6 +31,7 @@ use crate::error::{Error, Result};
 use crate::fsio;
 use crate::loader::{Loader, LoaderConfig, batch_count, epoch_order};
 use crate::model::checkpoint::{self, CheckpointMeta};
+use crate::model::fused::{TrainNet, cross_entropy};
 use crate::model::weights::{self, WeightsChoice};
 use crate::model::{EvalNet, FEATURES, ResNet18};
 use crate::progress;
@@ -66,17 +67,28 @@ pub fn train(run: &RunDir, start: Start, stop: &AtomicBool, log: &dyn Fn(&str)) 
     session.run(stop, log)
 }
 
-/// One batch of model input: photos, or frozen mode's cached features.
+/// One batch of model input: NCHW photos of `3 x size x size` values, or frozen mode's cached
+/// features.
 enum Input {
-    Images(Tensor<4>),
-    Features(Tensor<2>),
+    Images { pixels: Vec<f32>, size: usize },
+    Features(Vec<f32>),
 }
 
 impl Input {
-    fn logits(self, model: &ResNet18) -> Tensor<2> {
+    /// The logits of burn's model on `device`.
+    fn logits(self, model: &ResNet18, device: &Device) -> Tensor<2> {
         match self {
-            Input::Images(x) => model.forward(x),
-            Input::Features(f) => model.head_forward(f),
+            Input::Images { pixels, size } => {
+                let n = pixels.len() / (3 * size * size);
+                model.forward(Tensor::from_data(
+                    TensorData::new(pixels, [n, 3, size, size]),
+                    device,
+                ))
+            }
+            Input::Features(f) => {
+                let n = f.len() / FEATURES;
+                model.head_forward(Tensor::from_data(TensorData::new(f, [n, FEATURES]), device))
+            }
         }
     }
 }
@@ -98,8 +110,11 @@ enum Source {
 struct Session {
     run: RunDir,
     config: RunConfig,
-    /// On the autodiff device.
+    /// On the autodiff device. While `engine` trains, it holds the model's values and this
+    /// is brought up to date after each epoch's training (see [`Session::sync_model`]).
     model: ResNet18,
+    /// catdog's own training pass, for full fine-tuning on the CPU.
+    engine: Option<TrainNet>,
     adam: Adam,
     state: TrainState,
     device: Device,
@@ -176,6 +191,7 @@ impl Session {
             run: run.clone(),
             adam: Adam::new(config.settings.lr),
             model,
+            engine: None,
             state: TrainState::default(),
             device,
             manifest,
@@ -221,6 +237,7 @@ impl Session {
             return Ok(Session {
                 run: run.clone(),
                 model: initial_model(&config, &device, log)?,
+                engine: None,
                 adam: Adam::new(config.settings.lr),
                 state: TrainState::default(),
                 device,
@@ -230,7 +247,7 @@ impl Session {
         }
         let ad = device.clone().autodiff();
         let (model, _) = checkpoint::load(&last, &ad)?;
-        let adam = Adam::load(&last.join(OPTIMIZER_FILE), &device)?;
+        let adam = Adam::load(&last.join(OPTIMIZER_FILE))?;
         let state = TrainState::load(&last)?;
         log(&format!(
             "resuming {} after epoch {}{}",
@@ -246,6 +263,7 @@ impl Session {
             run: run.clone(),
             config,
             model,
+            engine: None,
             adam,
             state,
             device,
@@ -260,6 +278,8 @@ impl Session {
         let s = self.config.settings.clone();
         if s.mode == Mode::Frozen {
             self.model = self.model.clone().freeze_backbone();
+        } else if self.device.clone().without_autodiff() == Device::flex() {
+            self.engine = Some(TrainNet::new(&self.model));
         }
         let source = self.source(log)?;
         let ad = self.device.clone().autodiff();
@@ -395,7 +415,6 @@ impl Session {
         split: Split,
         epoch: usize,
         start: usize,
-        device: &'a Device,
     ) -> Box<dyn Iterator<Item = Result<(Input, Vec<usize>)>> + 'a> {
         let train = split == Split::Train;
         match source {
@@ -404,10 +423,11 @@ impl Session {
                 let config = self.loader_config(train, train && self.config.settings.augment);
                 Box::new(Loader::new(samples, config, epoch, start).map(move |b| {
                     let b = b?;
-                    let (n, s) = (b.len(), b.image_size);
-                    let images =
-                        Tensor::<4>::from_data(TensorData::new(b.images, [n, 3, s, s]), device);
-                    Ok((Input::Images(images), b.labels))
+                    let input = Input::Images {
+                        pixels: b.images,
+                        size: b.image_size,
+                    };
+                    Ok((input, b.labels))
                 }))
             }
             Source::Features {
@@ -432,11 +452,10 @@ impl Session {
                     for &i in &idx {
                         rows.extend_from_slice(&feats[i * FEATURES..(i + 1) * FEATURES]);
                     }
-                    let x = Tensor::<2>::from_data(
-                        TensorData::new(rows, [idx.len(), FEATURES]),
-                        device,
-                    );
-                    Ok((Input::Features(x), idx.iter().map(|&i| labels[i]).collect()))
+                    Ok((
+                        Input::Features(rows),
+                        idx.iter().map(|&i| labels[i]).collect(),
+                    ))
                 }))
             }
         }
@@ -460,16 +479,30 @@ impl Session {
         bar.set_position((self.state.batches_done * bs).min(n) as u64);
         let loss_fn = CrossEntropyLossConfig::new().init(ad);
         let mut running = self.state.partial;
-        let batches = self.batches(source, Split::Train, epoch, self.state.batches_done, ad);
+        let batches = self.batches(source, Split::Train, epoch, self.state.batches_done);
         for item in batches {
             let (input, labels) = item?;
-            let targets = targets(&labels, ad);
-            let logits = input.logits(&self.model);
-            let correct = count_correct(&logits, &labels);
-            let loss = loss_fn.forward(logits, targets);
-            let loss_value = f64::from(loss.clone().into_scalar::<f32>());
-            let grads = GradientsParams::from_grads(loss.backward(), &self.model);
-            self.model = self.adam.step(self.model.clone(), grads);
+            let (loss_value, correct) = match (&mut self.engine, input) {
+                (Some(engine), Input::Images { pixels, size }) => {
+                    let step = engine.step(&pixels, size, &labels);
+                    self.adam.step_slices(
+                        engine
+                            .slots_mut()
+                            .into_iter()
+                            .map(|s| (s.name.as_str(), &mut s.value[..], &s.grad[..])),
+                    );
+                    (step.loss, step.correct)
+                }
+                (_, input) => {
+                    let logits = input.logits(&self.model, ad);
+                    let correct = count_correct(&logits, &labels);
+                    let loss = loss_fn.forward(logits, targets(&labels, ad));
+                    let loss_value = f64::from(loss.clone().into_scalar::<f32>());
+                    let grads = GradientsParams::from_grads(loss.backward(), &self.model);
+                    self.model = self.adam.step(self.model.clone(), grads);
+                    (loss_value, correct)
+                }
+            };
             running.add(loss_value, correct, labels.len());
             self.state.batches_done += 1;
             self.state.partial = running;
@@ -481,24 +514,40 @@ impl Session {
             ));
             if stop.load(Ordering::SeqCst) && self.state.batches_done < batch_count(n, bs) {
                 bar.abandon();
+                self.sync_model();
                 return Ok((running, true));
             }
         }
         bar.finish_and_clear();
+        self.sync_model();
         Ok((running, false))
+    }
+
+    /// Brings `model` up to date with the engine's parameters and batch-norm statistics.
+    fn sync_model(&mut self) {
+        if let Some(engine) = &self.engine {
+            self.model = engine.write_to(self.model.clone());
+        }
     }
 
     /// Loss and accuracy on the validation split, batch norm in eval mode.
     fn validate(&self, source: &Source) -> Result<Running> {
         let model = self.model.clone().valid();
-        let loss_fn = CrossEntropyLossConfig::new().init(&self.device);
+        let net = EvalNet::new(&model, &self.device);
+        let classes = self.config.classes.len();
         let mut running = Running::default();
-        for item in self.batches(source, Split::Val, 0, 0, &self.device) {
+        for item in self.batches(source, Split::Val, 0, 0) {
             let (input, labels) = item?;
-            let logits = input.logits(&model);
-            let correct = count_correct(&logits, &labels);
-            let loss = loss_fn.forward(logits, targets(&labels, &self.device));
-            running.add(f64::from(loss.into_scalar::<f32>()), correct, labels.len());
+            let logits = match input {
+                Input::Images { pixels, size } => net.logits(pixels, size),
+                features => features
+                    .logits(&model, &self.device)
+                    .into_data()
+                    .try_into_vec()
+                    .expect("the model computes in f32"),
+            };
+            let (step, _) = cross_entropy(&logits, &labels, classes);
+            running.add(step.loss, step.correct, labels.len());
         }
         Ok(running)
     }
