@@ -15,7 +15,7 @@ use serde::{Deserialize, Serialize};
 
 use crate::data::decode::{self, Limits};
 use crate::error::{Error, Result};
-use crate::model::fused::FusedResNet18;
+use crate::model::fused::{FusedResNet18, TrainNet};
 use crate::model::{FEATURES, ResNet18};
 use crate::preprocess::Preprocessing;
 use crate::run::EpochRecord;
@@ -138,18 +138,40 @@ fn adam_step_seconds(
     })
 }
 
-/// A full fine-tuning step (batch norm in training mode), img/s.
+/// A full fine-tuning step (batch norm in training mode, forward, cross-entropy, backward,
+/// Adam), img/s, through catdog's CPU training pass ([`TrainNet`]) as `catdog train` runs it.
 pub fn train_step(batch: usize, size: usize) -> Figure {
-    let device = Device::flex().autodiff();
-    let x = random_images(batch, size, &device);
-    let t = adam_step_seconds(ResNet18::new(2, &device), batch, 1, 3, |m| {
-        m.forward(x.clone())
+    let device = Device::flex();
+    let mut net = TrainNet::new(&ResNet18::new(2, &device));
+    let x: Vec<f32> = random_images(batch, size, &device)
+        .into_data()
+        .try_into_vec()
+        .expect("f32 images");
+    let labels: Vec<usize> = (0..batch).map(|i| i % 2).collect();
+    let mut adam = Adam::new(1e-3);
+    let t = median_seconds(1, 3, || {
+        net.step(&x, size, &labels);
+        adam.step_slices(
+            net.slots_mut()
+                .into_iter()
+                .map(|s| (s.name.as_str(), &mut s.value[..], &s.grad[..])),
+        );
     });
     Figure::new(
         &format!("fine-tuning step {size} px, batch {batch}"),
         batch,
         t,
     )
+}
+
+/// The same through burn's autodiff over its generic operations (the reference).
+pub fn train_step_burn(batch: usize, size: usize) -> Figure {
+    let device = Device::flex().autodiff();
+    let x = random_images(batch, size, &device);
+    let t = adam_step_seconds(ResNet18::new(2, &device), batch, 1, 3, |m| {
+        m.forward(x.clone())
+    });
+    Figure::new("  same, burn operations (reference)", batch, t)
 }
 
 /// A step of frozen mode's head on cached features, img/s.

@@ -65,6 +65,7 @@ pub enum Part {
     Inference,
     InferenceBurn,
     TrainStep,
+    TrainStepBurn,
     HeadStep,
 }
 
@@ -188,6 +189,7 @@ fn measure_all(
         (Part::Inference, torch("infer")),
         (Part::InferenceBurn, torch("infer")),
         (Part::TrainStep, torch("train-step")),
+        (Part::TrainStepBurn, torch("train-step")),
         (Part::HeadStep, None),
     ] {
         let exe = std::env::current_exe()?;
@@ -230,6 +232,7 @@ fn measure(part: Part, args: &BenchArgs, data: &Path) -> Result<Figure> {
         Part::Inference => bench::inference(args.batch_size, args.image_size),
         Part::InferenceBurn => bench::inference_burn(args.batch_size, args.image_size),
         Part::TrainStep => bench::train_step(args.batch_size, args.image_size),
+        Part::TrainStepBurn => bench::train_step_burn(args.batch_size, args.image_size),
         Part::HeadStep => bench::head_step(args.batch_size),
     })
 }
