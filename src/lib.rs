@@ -18,10 +18,11 @@
 //! training run leaves behind, and where, in [`run`].
 //!
 //! Shared plumbing: [`error`] (the library's error type) and [`fsio`] (atomic writes, hashing).
+//! [`bench`] holds the in-process measurements `catdog bench` runs, [`data::synthetic`] the
+//! generated photos of `catdog demo`, the bench and the tests.
 
 pub mod bench;
 pub mod data;
-pub mod demo;
 pub mod device;
 pub mod error;
 pub mod evaluate;

@@ -78,7 +78,7 @@ fn fixture(test: &str) -> Fixture {
         }
         None => {
             println!("{test}: {SHARED} is absent, so the photos are generated ones");
-            let set = catdog::demo::write_dataset(&tmp.path().join("demo"), PER_CLASS, 3).unwrap();
+            let set = catdog::data::synthetic::write_dataset(&tmp.path().join("demo"), PER_CLASS, 3).unwrap();
             fs::rename(set.data, &data).unwrap();
         }
     }

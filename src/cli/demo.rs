@@ -4,8 +4,7 @@ use std::path::PathBuf;
 use std::sync::atomic::AtomicBool;
 
 use anyhow::Result;
-use catdog::data::{Limits, Ratios};
-use catdog::demo;
+use catdog::data::{Limits, Ratios, synthetic};
 use catdog::device::DeviceChoice;
 use catdog::preprocess::Preprocessing;
 use catdog::run::{RunDir, Which};
@@ -29,7 +28,7 @@ pub struct DemoArgs {
 }
 
 pub fn run(args: DemoArgs) -> Result<()> {
-    let set = demo::write_dataset(&args.out, args.per_class, args.seed)?;
+    let set = synthetic::write_dataset(&args.out, args.per_class, args.seed)?;
     println!(
         "== data: {} synthetic photos in {}, with these odd files planted:",
         set.photos,

@@ -97,7 +97,7 @@ pub fn random_weights(dir: &Path) -> PathBuf {
 
 /// A generated two-class photo set (`catdog demo`'s), `per_class` photos a class.
 pub fn demo_data(dir: &Path, per_class: usize) -> PathBuf {
-    catdog::demo::write_dataset(&dir.join("demo"), per_class, 7)
+    catdog::data::synthetic::write_dataset(&dir.join("demo"), per_class, 7)
         .unwrap()
         .data
 }
