@@ -7,7 +7,7 @@ use burn::prelude::Device;
 use catdog::model::EvalNet;
 use catdog::model::imagenet_classes::NAMES;
 use catdog::model::predict::{Ranked, classify};
-use catdog::model::weights::{IMAGENET_NUM_CLASSES, WeightsChoice};
+use catdog::model::weights::{self, IMAGENET_NUM_CLASSES, WeightsChoice};
 use catdog::preprocess::eval_tensor_from_path;
 use rayon::prelude::*;
 use serde::Serialize;
@@ -49,7 +49,10 @@ struct JsonClass {
 
 pub fn run(args: ImagenetArgs) -> Result<()> {
     let device = Device::flex();
-    let model = super::weights::load_model(&args.weights, IMAGENET_NUM_CLASSES, &device)?;
+    let file = args.weights.resolve()?;
+    let (model, origin) = weights::load_model(file.as_deref(), IMAGENET_NUM_CLASSES, &device)?;
+    // On stderr: stdout may be JSON.
+    eprintln!("weights: {origin}");
     let net = EvalNet::new(&model, &device);
     let mut unreadable = 0;
     for batch in args.images.chunks(usize::from(args.batch_size)) {

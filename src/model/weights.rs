@@ -176,6 +176,46 @@ pub struct LoadReport {
     pub head: HeadWeights,
 }
 
+/// Where a new model's weights came from, as a person reads it (after "weights: ").
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Origin {
+    Random,
+    File { path: PathBuf, report: LoadReport },
+}
+
+impl std::fmt::Display for Origin {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Origin::Random => write!(f, "none, random initialisation"),
+            Origin::File { path, report } => {
+                write!(f, "{} ({} tensors", path.display(), report.tensors)?;
+                if let HeadWeights::Kept { file_classes } = report.head {
+                    write!(f, "; its {file_classes}-class head is not used")?;
+                }
+                write!(f, ")")
+            }
+        }
+    }
+}
+
+/// The one way a new model gets its starting weights: a ResNet-18 with a `num_classes` head,
+/// loaded from `file` by [`load_into`], or randomly initialised (by `device`'s seed) when `None`.
+pub fn load_model(
+    file: Option<&Path>,
+    num_classes: usize,
+    device: &burn::prelude::Device,
+) -> Result<(ResNet18, Origin)> {
+    let mut model = ResNet18::new(num_classes, device);
+    let origin = match file {
+        None => Origin::Random,
+        Some(path) => Origin::File {
+            report: load_into(&mut model, path)?,
+            path: path.to_owned(),
+        },
+    };
+    Ok((model, origin))
+}
+
 /// Loads a torchvision ResNet-18 state dict (`.pth`, PyTorch's zip or legacy format) or a
 /// safetensors file with the same names into `model`. `num_batches_tracked` entries are
 /// ignored; a 1000-class `fc` is skipped when the model's head has another size. Any other

@@ -536,14 +536,8 @@ fn initial_model(config: &RunConfig, device: &Device, log: &dyn Fn(&str)) -> Res
     // Seeded, so that a run from random initialisation is reproducible too.
     ad.seed(s.seed);
     let classes = config.classes.len();
-    let mut model = ResNet18::new(classes, &ad);
-    match &config.weights_file {
-        Some(path) => {
-            weights::load_into(&mut model, path)?;
-            log(&format!("weights: {}", path.display()));
-        }
-        None => log("weights: none; training from random initialisation"),
-    }
+    let (model, origin) = weights::load_model(config.weights_file.as_deref(), classes, &ad)?;
+    log(&format!("weights: {origin}"));
     Ok(model.with_head(classes, s.seed, &ad))
 }
 
