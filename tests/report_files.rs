@@ -10,7 +10,8 @@ use std::fs;
 use std::path::{Path, PathBuf};
 
 use catdog::evaluate::{Metrics, top_losses};
-use catdog::report::{self, EpochRecord, Tile, gradcam_map, overlay};
+use catdog::model::gradcam::gradcam_map;
+use catdog::report::{self, EpochRecord, Tile, overlay};
 use image::{Rgb, RgbImage};
 
 const SAMPLE: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/../shared/data/kaggle-sample");

@@ -17,6 +17,7 @@
 //! a client that sends its headers or body too slowly is cut off.
 
 mod api;
+mod error;
 mod inference;
 mod info;
 mod upload;
