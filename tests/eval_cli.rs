@@ -3,7 +3,7 @@
 //! ones otherwise), a manifest from the data stage, and a ResNet-18 saved as
 //! the run's best checkpoint at a small image size, so that the tests stay fast.
 
-mod common;
+use crate::common;
 
 use std::collections::BTreeSet;
 use std::fs;
@@ -21,9 +21,6 @@ use catdog::report::{self, EpochRecord};
 use catdog::run::{RunDir, Which};
 use indicatif::ProgressBar;
 use serde_json::Value;
-
-/// Real photos and torchvision's weight layout, beside the repository when present.
-const SHARED: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/../shared");
 
 /// Photos per class in the fixture's data.
 const PER_CLASS: usize = 10;
@@ -60,9 +57,9 @@ fn best_on_test(f: &Fixture) -> (Metrics, Predictions) {
 fn fixture(test: &str) -> Fixture {
     let tmp = tempfile::tempdir().unwrap();
     let data = tmp.path().join("data");
-    let shared = Path::new(SHARED);
-    let shared = shared.is_dir().then_some(shared);
-    match shared {
+    // Real photos and torchvision's weight layout when present.
+    let shared = common::shared_dir();
+    match &shared {
         Some(shared) => {
             fs::create_dir_all(&data).unwrap();
             for class in ["cat", "dog"] {
@@ -77,7 +74,7 @@ fn fixture(test: &str) -> Fixture {
             }
         }
         None => {
-            println!("{test}: {SHARED} is absent, so the photos are generated ones");
+            println!("{test}: ../shared is absent, so the photos are generated ones");
             let set = catdog::data::synthetic::write_dataset(&tmp.path().join("demo"), PER_CLASS, 3).unwrap();
             fs::rename(set.data, &data).unwrap();
         }

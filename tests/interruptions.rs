@@ -5,8 +5,6 @@
 
 #![cfg(unix)]
 
-mod common;
-
 use std::collections::BTreeMap;
 use std::fs;
 use std::path::{Path, PathBuf};
@@ -17,7 +15,7 @@ use catdog::model::checkpoint::{self, CheckpointMeta};
 use catdog::report::EpochRecord;
 use catdog::run::{RunDir, Which};
 use catdog::train::state::TrainState;
-use common::{Mount, catdog, demo_data, fill, history, random_weights};
+use crate::common::{Mount, catdog, demo_data, fill, history, random_weights};
 use rand::{Rng, SeedableRng};
 use rand_chacha::ChaCha8Rng;
 

@@ -5,13 +5,6 @@
 
 #![cfg(unix)]
 
-mod common;
-// `catdog bench`'s measurement of a child's wall time and peak memory, borrowed from the
-// command without making it library API.
-#[allow(dead_code)]
-#[path = "../src/cli/bench/process.rs"]
-mod process;
-
 use std::ffi::OsStr;
 use std::fs;
 use std::io::Cursor;
@@ -24,7 +17,7 @@ use std::time::{Duration, Instant};
 
 use catdog::data::decode::RejectReason;
 use catdog::data::{self, CleanReport, FileStatus, Limits};
-use common::{Mount, catdog, fill, run_catdog};
+use crate::common::{Mount, catdog, fill, run_catdog};
 use image::{ImageFormat, RgbImage};
 use indicatif::ProgressBar;
 
@@ -218,7 +211,7 @@ fn a_hundred_thousand_files_in_one_folder_are_scanned_in_seconds() {
     let report = dir.path().join("report.json");
     let mut cmd = catdog();
     cmd.arg("clean").arg(&root).arg("--report").arg(&report);
-    let (stdout, secs, peak) = process::run_measured(&mut cmd).unwrap();
+    let (stdout, secs, peak) = crate::process::run_measured(&mut cmd).unwrap();
     eprintln!(
         "{N} files in one folder: scan {scan_secs:.1} s; `catdog clean` {secs:.1} s, peak memory {} MiB",
         peak >> 20

@@ -4,7 +4,7 @@
 //! To look at the pictures, keep them in a folder of your choice:
 //! `CATDOG_REPORT_OUT=/tmp/report cargo test --test report_files`.
 
-mod common;
+use crate::common;
 
 use std::fs;
 use std::path::{Path, PathBuf};

@@ -3,7 +3,7 @@
 //! exactly the numbers of an uninterrupted one (killed runs and full disks:
 //! tests/interruptions.rs).
 
-mod common;
+use crate::common;
 
 use std::path::Path;
 use std::sync::Mutex;
@@ -14,7 +14,7 @@ use catdog::device::DeviceChoice;
 use catdog::preprocess::Preprocessing;
 use catdog::run::RunDir;
 use catdog::train::{self, Mode, Start, TrainConfig};
-use common::{demo_data, history, random_weights};
+use crate::common::{demo_data, history, random_weights};
 
 fn config(data: &Path, mode: Mode, weights: &str, epochs: usize) -> TrainConfig {
     TrainConfig {
@@ -207,10 +207,9 @@ fn bad_runs_and_data_get_clear_errors() {
 /// validation stays near chance, so this shows what can be shown: fine-tuning
 /// from torchvision-format weights fits the training photos.
 #[test]
+#[ignore = "needs ../shared"]
 fn fine_tuning_fits_real_photos() {
-    let Some(shared) = common::shared("fine_tuning_fits_real_photos") else {
-        return;
-    };
+    let shared = common::shared();
     let dir = tempfile::tempdir().unwrap();
     let data = dir.path().join("photos");
     std::fs::create_dir_all(&data).unwrap();

@@ -10,18 +10,18 @@ use std::process::Command;
 use catdog::report::EpochRecord;
 use catdog::run::RunDir;
 
-/// `../shared` beside the repository, or `None` (after saying so) when absent:
-/// a user's fresh clone does not have it, and the tests that need it skip.
-pub fn shared(test: &str) -> Option<PathBuf> {
+/// `../shared` beside the repository (the real photos and torchvision's golden outputs), or
+/// `None`: a user's fresh clone does not have it.
+pub fn shared_dir() -> Option<PathBuf> {
     let dir = PathBuf::from(concat!(env!("CARGO_MANIFEST_DIR"), "/../shared"));
-    if dir.is_dir() {
-        Some(dir)
-    } else {
-        eprintln!(
-            "skipped {test}: ../shared not found (it holds the real photos and torchvision's golden outputs)"
-        );
-        None
-    }
+    dir.is_dir().then_some(dir)
+}
+
+/// `../shared`, for the tests that cannot run without it. They are marked
+/// `#[ignore = "needs ../shared"]`, so that a run lists them as ignored rather than passed;
+/// `cargo test -- --include-ignored` runs them (CI does where ../shared exists).
+pub fn shared() -> PathBuf {
+    shared_dir().expect("this test needs ../shared beside the repository; run it only with ../shared present")
 }
 
 /// A little-endian f32 array in NumPy's .npy format (C order): shape and data.
