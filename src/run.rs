@@ -23,6 +23,10 @@ use crate::data::Split;
 use crate::error::{Error, Result};
 use crate::model::checkpoint;
 
+/// What a finished run folder holds, as a person reads it.
+pub const CONTENTS: &str =
+    "config.json, manifest.json, metrics.jsonl, metrics.csv, best/, last/, eval-test.json, report/";
+
 /// One epoch of training: a line of `metrics.jsonl` and a row of
 /// `metrics.csv`, written by training and plotted by the report.
 /// Accuracies are shares in [0, 1].

@@ -12,7 +12,7 @@ use std::process::{Command, Output};
 
 use burn::prelude::Device;
 use catdog::data::{self, Limits, Manifest, Prepare, Ratios, Split};
-use catdog::evaluate::{Metrics, Predictions, evaluate_run};
+use catdog::evaluate::{BATCH_SIZE, Metrics, Predictions, RunModel};
 use catdog::model::ResNet18;
 use catdog::model::checkpoint::{self, CheckpointMeta};
 use catdog::model::weights::load_into;
@@ -44,14 +44,15 @@ impl Fixture {
 /// A run folder: manifest.json, best/ (64-pixel inputs), metrics.jsonl, config.json.
 /// The run's best checkpoint evaluated on its test split, through the library.
 fn best_on_test(f: &Fixture) -> (Metrics, Predictions) {
-    evaluate_run(
-        &f.run,
+    evaluate_test(f).unwrap()
+}
+
+fn evaluate_test(f: &Fixture) -> catdog::Result<(Metrics, Predictions)> {
+    RunModel::load(&f.run, Which::Best, &Device::flex())?.evaluate(
         Split::Test,
-        Which::Best,
-        &Device::flex(),
+        BATCH_SIZE,
         &ProgressBar::hidden(),
     )
-    .unwrap()
 }
 
 fn fixture(test: &str) -> Fixture {
@@ -233,14 +234,8 @@ fn an_empty_split_or_a_folder_that_is_no_run_is_refused() {
         }
     }
     manifest.save(&f.run.manifest()).unwrap();
-    let err = evaluate_run(
-        &f.run,
-        Split::Test,
-        Which::Best,
-        &Device::flex(),
-        &ProgressBar::hidden(),
-    )
-    .unwrap_err()
+    let err = evaluate_test(&f)
+        .unwrap_err()
     .to_string();
     assert!(
         err.contains("test split") && err.contains(arg(&f.run.manifest())),

@@ -7,7 +7,9 @@ use anyhow::Result;
 use catdog::data::{Limits, Ratios, synthetic};
 use catdog::device::DeviceChoice;
 use catdog::preprocess::Preprocessing;
-use catdog::run::{RunDir, Which};
+use burn::prelude::Device;
+use catdog::report;
+use catdog::run::{self, RunDir, Which};
 use catdog::train::{self, Mode, Start, TrainConfig};
 
 use super::data::{self, DataArgs};
@@ -87,15 +89,8 @@ pub fn run(args: DemoArgs) -> Result<()> {
         &log,
     )?;
     println!("\n== evaluate on the test split + report");
-    super::evaluate::report(super::evaluate::ReportArgs {
-        run: run.root.clone(),
-        checkpoint: Which::Best,
-        samples: 16,
-    })?;
-    println!(
-        "\nrun folder: {} (config.json, metrics.jsonl/.csv, best/, last/, eval-test.json)",
-        run.root.display()
-    );
+    super::evaluate::write_report(&run, Which::Best, report::SAMPLES, &Device::flex())?;
+    println!("\nrun folder: {} ({})", run.root.display(), run::CONTENTS);
     println!(
         "open the report: {}",
         run.report_dir().join("index.html").display()

@@ -5,8 +5,8 @@ use std::path::PathBuf;
 use anyhow::Result;
 use burn::prelude::Device;
 use catdog::data::Split;
-use catdog::evaluate::{Metrics, RunModel};
-use catdog::report::write_run_report;
+use catdog::evaluate::{BATCH_SIZE, Metrics, RunModel};
+use catdog::report::{self, write_run_report};
 use catdog::run::{RunDir, Which};
 use catdog::{fsio, progress};
 
@@ -24,8 +24,10 @@ pub struct EvaluateArgs {
     #[arg(long)]
     pub json: bool,
     /// Photos per forward pass
-    #[arg(long, default_value_t = 32, value_parser = clap::value_parser!(u16).range(1..))]
+    #[arg(long, default_value_t = BATCH_SIZE as u16, value_parser = clap::value_parser!(u16).range(1..))]
     pub batch_size: u16,
+    #[command(flatten)]
+    pub device: super::DeviceArgs,
 }
 
 #[derive(clap::Args)]
@@ -36,13 +38,15 @@ pub struct ReportArgs {
     #[arg(long, value_enum, default_value_t = Which::Best)]
     pub checkpoint: Which,
     /// Test photos in each picture of photos (predictions, top losses, Grad-CAM)
-    #[arg(long, default_value_t = 16, value_parser = clap::value_parser!(u16).range(1..=256))]
+    #[arg(long, default_value_t = report::SAMPLES as u16, value_parser = clap::value_parser!(u16).range(1..=256))]
     pub samples: u16,
+    #[command(flatten)]
+    pub device: super::DeviceArgs,
 }
 
 pub fn evaluate(args: EvaluateArgs) -> Result<()> {
     let run = RunDir::new(&args.run);
-    let loaded = RunModel::load(&run, args.checkpoint, &Device::flex())?;
+    let loaded = RunModel::load(&run, args.checkpoint, &args.device.device()?)?;
     let bar = progress::bar(0, "evaluating");
     let (metrics, _) = loaded.evaluate(args.split, usize::from(args.batch_size), &bar)?;
     bar.finish_and_clear();
@@ -56,18 +60,23 @@ pub fn evaluate(args: EvaluateArgs) -> Result<()> {
 }
 
 pub fn report(args: ReportArgs) -> Result<()> {
-    let run = RunDir::new(&args.run);
-    let bar = progress::bar(0, "evaluating");
-    let index = write_run_report(
-        &run,
+    let device = args.device.device()?;
+    write_report(
+        &RunDir::new(&args.run),
         args.checkpoint,
         usize::from(args.samples),
-        &Device::flex(),
-        &bar,
-    )?;
+        &device,
+    )
+}
+
+/// Checkpoint `which` on the test split, the report, and what a person reads of them: `catdog
+/// report`, and the last step of `catdog train` and `catdog demo`.
+pub fn write_report(run: &RunDir, which: Which, samples: usize, device: &Device) -> Result<()> {
+    let bar = progress::bar(0, "evaluating");
+    let index = write_run_report(run, which, samples, device, &bar)?;
     bar.finish_and_clear();
     let metrics: Metrics = fsio::read_json(&run.eval(Split::Test), "evaluation")?;
-    print_metrics(&run, args.checkpoint, Split::Test, &metrics);
+    print_metrics(run, which, Split::Test, &metrics);
     println!("report: {}", index.display());
     Ok(())
 }

@@ -3,7 +3,6 @@
 use std::path::PathBuf;
 
 use anyhow::{Result, bail};
-use burn::prelude::Device;
 use catdog::model::EvalNet;
 use catdog::model::imagenet_classes::NAMES;
 use catdog::model::predict::{Ranked, classify};
@@ -32,6 +31,8 @@ pub struct ImagenetArgs {
     /// Photos per forward pass
     #[arg(long, default_value_t = 16, value_parser = clap::value_parser!(u16).range(1..))]
     pub batch_size: u16,
+    #[command(flatten)]
+    pub device: super::DeviceArgs,
 }
 
 #[derive(Serialize)]
@@ -48,7 +49,7 @@ struct JsonClass {
 }
 
 pub fn run(args: ImagenetArgs) -> Result<()> {
-    let device = Device::flex();
+    let device = args.device.device()?;
     let file = args.weights.resolve()?;
     let (model, origin) = weights::load_model(file.as_deref(), IMAGENET_NUM_CLASSES, &device)?;
     // On stderr: stdout may be JSON.

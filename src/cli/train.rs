@@ -7,9 +7,10 @@ use std::sync::atomic::{AtomicBool, Ordering};
 
 use anyhow::{Result, bail};
 use catdog::data::Ratios;
-use catdog::device::DeviceChoice;
 use catdog::preprocess::Preprocessing;
-use catdog::run::RunDir;
+use catdog::data::Split;
+use catdog::report;
+use catdog::run::{self, RunDir, Which};
 use catdog::train::{self, Mode, Outcome, Start, TrainConfig};
 
 #[derive(clap::Args)]
@@ -50,9 +51,8 @@ pub struct TrainArgs {
     /// Split fractions when preparing the data
     #[arg(long, default_value = "0.8,0.1,0.1")]
     pub ratios: Ratios,
-    /// cpu, cuda, cuda:N or wgpu (GPUs need a build with that feature)
-    #[arg(long, default_value = "cpu")]
-    pub device: DeviceChoice,
+    #[command(flatten)]
+    pub device: super::DeviceArgs,
     /// Folder for frozen mode's feature cache (default: the weights' cache folder)
     #[arg(long)]
     pub cache_dir: Option<PathBuf>,
@@ -81,13 +81,13 @@ pub fn run(args: TrainArgs) -> Result<()> {
                 layout: None,
                 ratios: args.ratios,
                 weights: args.weights,
-                mode: args.mode.unwrap_or(Mode::default_for(args.device)),
+                mode: args.mode.unwrap_or(Mode::default_for(args.device.device)),
                 epochs: args.epochs,
                 batch_size: args.batch_size,
                 lr: args.lr,
                 augment: args.augment,
                 seed: args.seed,
-                device: args.device,
+                device: args.device.device,
                 preprocessing: Preprocessing::imagenet(args.image_size),
                 cache_dir: args.cache_dir.or_else(train::default_cache_dir),
             };
@@ -95,11 +95,11 @@ pub fn run(args: TrainArgs) -> Result<()> {
         }
     };
     let outcome = train::train(&run, start, &stop, &log)?;
-    finish(&run, &outcome)
+    finish(&run, &outcome, &outcome.config.settings.device.device()?)
 }
 
 /// What a person needs after training: where things are.
-fn finish(run: &RunDir, outcome: &Outcome) -> Result<()> {
+fn finish(run: &RunDir, outcome: &Outcome, device: &burn::prelude::Device) -> Result<()> {
     if outcome.stopped {
         return Ok(());
     }
@@ -109,28 +109,17 @@ fn finish(run: &RunDir, outcome: &Outcome) -> Result<()> {
             best.epoch,
             100.0 * best.val_acc,
             best.val_loss,
-            run.checkpoint(catdog::run::Which::Best).display()
+            run.checkpoint(Which::Best).display()
         );
     }
     let manifest = catdog::data::Manifest::load(&run.manifest())?;
-    if manifest
-        .files
-        .iter()
-        .all(|f| f.split != catdog::data::Split::Test)
-    {
+    if manifest.count(Split::Test) == 0 {
         println!("no test split (--ratios gave it nothing): the best model was not evaluated");
     } else {
         // The seed's last step: the best checkpoint on the held-out test split, then the report.
         println!();
-        super::evaluate::report(super::evaluate::ReportArgs {
-            run: run.root.clone(),
-            checkpoint: catdog::run::Which::Best,
-            samples: 16,
-        })?;
+        super::evaluate::write_report(run, Which::Best, report::SAMPLES, device)?;
     }
-    println!(
-        "run: {} (config.json, metrics.jsonl, metrics.csv, best/, last/, eval-test.json, report/)",
-        run.root.display()
-    );
+    println!("run: {} ({})", run.root.display(), run::CONTENTS);
     Ok(())
 }

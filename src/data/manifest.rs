@@ -203,6 +203,11 @@ impl Manifest {
         Ok(m)
     }
 
+    /// How many files `split` holds (from [`Manifest::counts`]).
+    pub fn count(&self, split: Split) -> usize {
+        self.counts.get(&split).map_or(0, |c| c.values().sum())
+    }
+
     /// The files of one split, with class indices, in manifest order.
     pub fn samples(&self, split: Split) -> Vec<Sample> {
         self.files

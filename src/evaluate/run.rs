@@ -102,16 +102,3 @@ impl RunModel {
         Ok((metrics, predictions))
     }
 }
-
-/// Evaluates checkpoint `which` of `run` on `split` ([`RunModel::load`] then
-/// [`RunModel::evaluate`], [`BATCH_SIZE`] photos at a time): returns the
-/// metrics and every photo's prediction, and writes `RUN/eval-SPLIT.json`.
-pub fn evaluate_run(
-    run: &RunDir,
-    split: Split,
-    which: Which,
-    device: &Device,
-    progress: &ProgressBar,
-) -> Result<(Metrics, Predictions)> {
-    RunModel::load(run, which, device)?.evaluate(split, BATCH_SIZE, progress)
-}

@@ -33,5 +33,8 @@ pub const TOP_LOSSES: &str = "top-losses.png";
 pub const GRADCAM: &str = "gradcam.png";
 pub const INDEX: &str = "index.html";
 
+/// Test photos in each picture of photos (predictions, top losses, Grad-CAM) by default.
+pub const SAMPLES: usize = 16;
+
 // A line of the run folder's metrics.jsonl; defined with the run folder's layout.
 pub use crate::run::EpochRecord;

@@ -147,7 +147,7 @@ impl Session {
         };
         manifest.save(&run.manifest())?;
         for split in [Split::Train, Split::Val] {
-            if manifest.files.iter().all(|f| f.split != split) {
+            if manifest.count(split) == 0 {
                 return Err(Error::data(
                     run.manifest(),
                     format!("the {split} split is empty"),

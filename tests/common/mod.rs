@@ -84,14 +84,11 @@ pub fn relative_l2(a: &[f32], b: &[f32]) -> f64 {
 /// A weights file with torchvision's names and seeded random weights (a saved checkpoint's
 /// `model.safetensors`): frozen mode caches features only for a weights file.
 pub fn random_weights(dir: &Path) -> PathBuf {
-    use catdog::model::ResNet18;
     use catdog::model::checkpoint::{self, CheckpointMeta};
     use catdog::preprocess::Preprocessing;
     let folder = dir.join("weights");
-    let device = burn::prelude::Device::flex();
-    device.seed(1);
     let meta = CheckpointMeta::new(vec!["a".into(), "b".into()], Preprocessing::imagenet(32));
-    checkpoint::save(&folder, &ResNet18::new(2, &device), &meta).unwrap();
+    checkpoint::save_random(&folder, &meta, 1).unwrap();
     folder.join(checkpoint::WEIGHTS_FILE)
 }
 
