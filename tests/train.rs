@@ -10,28 +10,28 @@ use std::sync::Mutex;
 use std::sync::atomic::AtomicBool;
 
 use catdog::data::Ratios;
-use catdog::device::DeviceChoice;
 use catdog::preprocess::Preprocessing;
 use catdog::run::RunDir;
-use catdog::train::{self, Mode, Start, TrainConfig};
+use catdog::train::{self, DataSource, Mode, Start, TrainConfig};
 use crate::common::{demo_data, history, random_weights};
 
 fn config(data: &Path, mode: Mode, weights: &str, epochs: usize) -> TrainConfig {
     TrainConfig {
-        data: data.to_owned(),
-        manifest: None,
-        layout: None,
-        ratios: Ratios::default(),
-        weights: weights.to_owned(),
+        source: folder(data, Ratios::default()),
+        weights: weights.parse().unwrap(),
         mode,
         epochs,
         batch_size: 8,
-        lr: 1e-3,
-        augment: false,
-        seed: 42,
-        device: DeviceChoice::Cpu,
         preprocessing: Preprocessing::imagenet(32),
-        cache_dir: None,
+        ..TrainConfig::default()
+    }
+}
+
+fn folder(data: &Path, ratios: Ratios) -> DataSource {
+    DataSource::Folder {
+        root: data.to_owned(),
+        layout: None,
+        ratios,
     }
 }
 
@@ -175,7 +175,7 @@ fn bad_runs_and_data_get_clear_errors() {
     assert!(err.contains("not a training run"), "{err}");
 
     let mut empty_val = config(&data, Mode::Finetune, "none", 1);
-    empty_val.ratios = "1,0,0".parse().unwrap();
+    empty_val.source = folder(&data, "1,0,0".parse().unwrap());
     let err = fail(&dir.path().join("e"), Start::New(Box::new(empty_val)));
     assert!(err.contains("val split is empty"), "{err}");
 
@@ -195,7 +195,7 @@ fn bad_runs_and_data_get_clear_errors() {
     );
     std::fs::remove_file(data.join("Cat/0.jpg")).unwrap();
     let mut from_manifest = config(&data, Mode::Finetune, "none", 1);
-    from_manifest.manifest = Some(RunDir::new(&run).manifest());
+    from_manifest.source = DataSource::Manifest(RunDir::new(&run).manifest());
     let err = fail(&dir.path().join("m"), Start::New(Box::new(from_manifest)));
     assert!(
         err.contains("Cat/0.jpg") && err.contains("missing"),

@@ -3,6 +3,7 @@
 use std::path::{Path, PathBuf};
 
 use anyhow::{Context, Result};
+use catdog::data::split::DEFAULT_SEED;
 use catdog::data::{self, Layout, Limits, Manifest, Prepare, Ratios};
 use catdog::{fsio, progress};
 
@@ -47,10 +48,10 @@ pub struct SplitArgs {
     #[command(flatten)]
     pub data: DataArgs,
     /// Seed of the split: the same seed and files give the same split
-    #[arg(long, default_value_t = 42)]
+    #[arg(long, default_value_t = DEFAULT_SEED)]
     pub seed: u64,
     /// Fractions for train, validation and test
-    #[arg(long, default_value = "0.8,0.1,0.1")]
+    #[arg(long, default_value_t = Ratios::default())]
     pub ratios: Ratios,
     /// Where to write the manifest (JSON)
     #[arg(long, default_value = "manifest.json")]

@@ -5,12 +5,12 @@ use std::sync::atomic::AtomicBool;
 
 use anyhow::Result;
 use catdog::data::{Limits, Ratios, synthetic};
-use catdog::device::DeviceChoice;
 use catdog::preprocess::Preprocessing;
 use burn::prelude::Device;
 use catdog::report;
 use catdog::run::{self, RunDir, Which};
-use catdog::train::{self, Mode, Start, TrainConfig};
+use catdog::model::weights::WeightsChoice;
+use catdog::train::{self, DataSource, Mode, Start, TrainConfig};
 
 use super::data::{self, DataArgs};
 
@@ -25,7 +25,7 @@ pub struct DemoArgs {
     /// Training epochs
     #[arg(long, default_value_t = 3)]
     pub epochs: usize,
-    #[arg(long, default_value_t = 42)]
+    #[arg(long, default_value_t = TrainConfig::default().seed)]
     pub seed: u64,
 }
 
@@ -66,20 +66,13 @@ pub fn run(args: DemoArgs) -> Result<()> {
         std::fs::remove_dir_all(&run.root)?;
     }
     let config = TrainConfig {
-        data: set.data.clone(),
-        manifest: Some(manifest_path),
-        layout: None,
-        ratios: Ratios::default(),
-        weights: "none".into(),
+        source: DataSource::Manifest(manifest_path),
+        weights: WeightsChoice::None,
         mode: Mode::Finetune,
         epochs: args.epochs,
-        batch_size: 32,
-        lr: 1e-3,
-        augment: false,
         seed: args.seed,
-        device: DeviceChoice::Cpu,
         preprocessing: Preprocessing::imagenet(64),
-        cache_dir: None,
+        ..TrainConfig::default()
     };
     let log = |line: &str| println!("{}", line.trim_end());
     train::train(

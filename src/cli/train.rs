@@ -11,7 +11,8 @@ use catdog::preprocess::Preprocessing;
 use catdog::data::Split;
 use catdog::report;
 use catdog::run::{self, RunDir, Which};
-use catdog::train::{self, Mode, Outcome, Start, TrainConfig};
+use catdog::model::weights::WeightsChoice;
+use catdog::train::{self, DataSource, Mode, Outcome, Start, TrainConfig};
 
 #[derive(clap::Args)]
 pub struct TrainArgs {
@@ -28,28 +29,28 @@ pub struct TrainArgs {
     #[arg(long)]
     pub manifest: Option<PathBuf>,
     /// auto (our cache, then PyTorch's), none (random initialisation) or a .pth/.safetensors file
-    #[arg(long, default_value = "auto")]
-    pub weights: String,
+    #[arg(long, default_value_t = TrainConfig::default().weights)]
+    pub weights: WeightsChoice,
     /// finetune (every layer) or frozen (the head on cached backbone features);
     /// default: frozen on CPU, finetune on GPU
     #[arg(long, value_enum)]
     pub mode: Option<Mode>,
-    #[arg(long, default_value_t = 5)]
+    #[arg(long, default_value_t = TrainConfig::default().epochs)]
     pub epochs: usize,
-    #[arg(long, default_value_t = 32)]
+    #[arg(long, default_value_t = TrainConfig::default().batch_size)]
     pub batch_size: usize,
-    #[arg(long, default_value_t = 1e-3)]
+    #[arg(long, default_value_t = TrainConfig::default().lr)]
     pub lr: f64,
     /// Side of the square model input; the resize before the crop keeps torchvision's 256:224
-    #[arg(long, default_value_t = 224)]
+    #[arg(long, default_value_t = TrainConfig::default().preprocessing.image_size)]
     pub image_size: u32,
     /// Random resized crops and horizontal flips while training
     #[arg(long)]
     pub augment: bool,
-    #[arg(long, default_value_t = 42)]
+    #[arg(long, default_value_t = TrainConfig::default().seed)]
     pub seed: u64,
     /// Split fractions when preparing the data
-    #[arg(long, default_value = "0.8,0.1,0.1")]
+    #[arg(long, default_value_t = Ratios::default())]
     pub ratios: Ratios,
     #[command(flatten)]
     pub device: super::DeviceArgs,
@@ -75,11 +76,16 @@ pub fn run(args: TrainArgs) -> Result<()> {
             let Some(out) = args.out else {
                 bail!("--out RUN is required")
             };
+            let source = match args.manifest {
+                Some(manifest) => DataSource::Manifest(manifest),
+                None => DataSource::Folder {
+                    root: args.data.unwrap_or_default(),
+                    layout: None,
+                    ratios: args.ratios,
+                },
+            };
             let config = TrainConfig {
-                data: args.data.unwrap_or_default(),
-                manifest: args.manifest,
-                layout: None,
-                ratios: args.ratios,
+                source,
                 weights: args.weights,
                 mode: args.mode.unwrap_or(Mode::default_for(args.device.device)),
                 epochs: args.epochs,

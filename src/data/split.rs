@@ -53,6 +53,9 @@ impl fmt::Display for Split {
 }
 
 /// The fractions of each class that go to train, val and test.
+/// The seed of `catdog split` and of the training recipe by default.
+pub const DEFAULT_SEED: u64 = 42;
+
 #[derive(Clone, Copy, Debug, PartialEq, Serialize, Deserialize)]
 pub struct Ratios {
     pub train: f64,
@@ -67,6 +70,13 @@ impl Default for Ratios {
             val: 0.1,
             test: 0.1,
         }
+    }
+}
+
+/// As `--ratios` takes them: `0.8,0.1,0.1`.
+impl fmt::Display for Ratios {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{},{},{}", self.train, self.val, self.test)
     }
 }
 

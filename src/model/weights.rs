@@ -35,14 +35,39 @@ pub const RESNET18_SIZE: u64 = 46_830_571;
 pub const IMAGENET_NUM_CLASSES: usize = 1000;
 
 /// What `--weights` asks for.
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, Default, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+#[serde(from = "String", into = "String")]
 pub enum WeightsChoice {
     /// The ImageNet weights from our cache, else from PyTorch's.
+    #[default]
     Auto,
     /// This file (`.pth` or `.safetensors`).
     File(PathBuf),
     /// No weights: random initialisation.
     None,
+}
+
+/// As `--weights` takes it, and as `config.json` records it.
+impl std::fmt::Display for WeightsChoice {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            WeightsChoice::Auto => f.write_str("auto"),
+            WeightsChoice::None => f.write_str("none"),
+            WeightsChoice::File(path) => write!(f, "{}", path.display()),
+        }
+    }
+}
+
+impl From<String> for WeightsChoice {
+    fn from(s: String) -> Self {
+        s.parse().unwrap_or_else(|never| match never {})
+    }
+}
+
+impl From<WeightsChoice> for String {
+    fn from(choice: WeightsChoice) -> Self {
+        choice.to_string()
+    }
 }
 
 impl FromStr for WeightsChoice {

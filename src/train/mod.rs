@@ -22,7 +22,7 @@ use burn::nn::loss::CrossEntropyLossConfig;
 use burn::optim::GradientsParams;
 use burn::prelude::*;
 
-pub use config::{Mode, RunConfig, TrainConfig};
+pub use config::{CONFIG_VERSION, DataSource, Mode, RunConfig, TrainConfig};
 use state::{Best, OPTIMIZER_FILE, Running, TrainState};
 
 use crate::data::manifest::Sample;
@@ -31,7 +31,7 @@ use crate::error::{Error, Result};
 use crate::fsio;
 use crate::loader::{Loader, LoaderConfig, batch_count, epoch_order};
 use crate::model::checkpoint::{self, CheckpointMeta};
-use crate::model::weights::{self, WeightsChoice};
+use crate::model::weights;
 use crate::model::{EvalNet, FEATURES, ResNet18};
 use crate::progress;
 use crate::run::{EpochRecord, RunDir, Which};
@@ -122,19 +122,23 @@ impl Session {
         let device = settings.device.device()?;
         std::fs::create_dir_all(&run.root)
             .map_err(|e| Error::io("cannot create the run folder", &run.root, e))?;
-        let manifest = match &settings.manifest {
-            Some(path) => {
+        let manifest = match &settings.source {
+            DataSource::Manifest(path) => {
                 let m = Manifest::load(path)?;
                 m.verify(path)?;
                 m
             }
-            None => {
+            DataSource::Folder {
+                root,
+                layout,
+                ratios,
+            } => {
                 let bar = progress::bar(0, "decoding");
                 let (m, report) = data::prepare(
                     &Prepare {
-                        root: &settings.data,
-                        layout: settings.layout,
-                        ratios: settings.ratios,
+                        root,
+                        layout: *layout,
+                        ratios: *ratios,
                         seed: settings.seed,
                         limits: Limits::default(),
                         exclude: Some(&run.root),
@@ -156,13 +160,10 @@ impl Session {
             }
         }
 
-        let weights_file = settings
-            .weights
-            .parse::<WeightsChoice>()
-            .unwrap_or_else(|never| match never {})
-            .resolve()?;
+        let weights_file = settings.weights.resolve()?;
         let weights_sha256 = weights_file.as_deref().map(fsio::sha256_file).transpose()?;
         let config = RunConfig {
+            config_version: CONFIG_VERSION,
             catdog_version: env!("CARGO_PKG_VERSION").to_owned(),
             weights_file,
             weights_sha256,
