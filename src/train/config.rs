@@ -170,3 +170,52 @@ pub struct RunConfig {
 fn version_1() -> u32 {
     1
 }
+
+#[cfg(test)]
+mod tests {
+    use serde_json::{Value, json};
+
+    use super::*;
+
+    #[test]
+    fn writes_version_2_and_reads_version_1() {
+        let config = RunConfig {
+            config_version: CONFIG_VERSION,
+            catdog_version: "0.1.0".into(),
+            settings: TrainConfig {
+                source: DataSource::Manifest("m.json".into()),
+                ..TrainConfig::default()
+            },
+            weights_file: None,
+            weights_sha256: None,
+            classes: vec!["cat".into(), "dog".into()],
+            device_name: "Cpu".into(),
+        };
+        let mut json = serde_json::to_value(&config).unwrap();
+        assert_eq!((&json["manifest"], &json["weights"]), (&json!("m.json"), &json!("auto")));
+        assert!(json.get("data").is_none() && json.get("ratios").is_none(), "{json}");
+        let back: RunConfig = serde_json::from_value(json.clone()).unwrap();
+        assert_eq!(back.settings, config.settings);
+
+        // Version 1: no config_version, and every source field, `data` empty beside a manifest.
+        let v1 = json.as_object_mut().unwrap();
+        v1.remove("config_version");
+        v1.insert("data".into(), json!(""));
+        v1.insert("layout".into(), Value::Null);
+        v1.insert("ratios".into(), serde_json::to_value(Ratios::default()).unwrap());
+        let old: RunConfig = serde_json::from_value(json.clone()).unwrap();
+        assert_eq!(old.config_version, 1);
+        assert_eq!(old.settings, config.settings);
+        json["manifest"] = Value::Null;
+        json["data"] = json!("photos");
+        let old: RunConfig = serde_json::from_value(json).unwrap();
+        assert_eq!(
+            old.settings.source,
+            DataSource::Folder {
+                root: "photos".into(),
+                layout: None,
+                ratios: Ratios::default()
+            }
+        );
+    }
+}
