@@ -108,6 +108,26 @@ impl Error {
     }
 }
 
+/// The one of `choices` whose name (`Display`) is `name`: `FromStr` for the library's named
+/// choices (a split, a checkpoint, a mode, a layout), so that `setting` says what is accepted.
+pub fn parse_choice<T: Copy + std::fmt::Display>(
+    setting: &'static str,
+    name: &str,
+    choices: &[T],
+) -> Result<T> {
+    choices
+        .iter()
+        .copied()
+        .find(|c| c.to_string() == name)
+        .ok_or_else(|| {
+            let names: Vec<String> = choices.iter().map(ToString::to_string).collect();
+            Error::setting(
+                setting,
+                format!("'{name}' is not one of {}", names.join(", ")),
+            )
+        })
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -42,10 +42,27 @@ pub struct EpochRecord {
 }
 
 /// Which checkpoint of a run to use.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Which {
     Best,
     Last,
+}
+
+impl std::fmt::Display for Which {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(match self {
+            Which::Best => "best",
+            Which::Last => "last",
+        })
+    }
+}
+
+impl std::str::FromStr for Which {
+    type Err = Error;
+
+    fn from_str(s: &str) -> Result<Self> {
+        crate::error::parse_choice("--checkpoint", s, &[Which::Best, Which::Last])
+    }
 }
 
 /// Paths inside a run folder.
@@ -76,10 +93,7 @@ impl RunDir {
     }
 
     pub fn checkpoint(&self, which: Which) -> PathBuf {
-        self.root.join(match which {
-            Which::Best => "best",
-            Which::Last => "last",
-        })
+        self.root.join(which.to_string())
     }
 
     pub fn eval(&self, split: Split) -> PathBuf {

@@ -19,7 +19,7 @@ use catdog::model::weights::load_into;
 use catdog::preprocess::Preprocessing;
 use catdog::report::{self, EpochRecord};
 use catdog::run::{RunDir, Which};
-use indicatif::ProgressBar;
+use catdog::progress::Quiet;
 use serde_json::Value;
 
 /// Photos per class in the fixture's data.
@@ -51,7 +51,7 @@ fn evaluate_test(f: &Fixture) -> catdog::Result<(Metrics, Predictions)> {
     RunModel::load(&f.run, Which::Best, &Device::flex())?.evaluate(
         Split::Test,
         BATCH_SIZE,
-        &ProgressBar::hidden(),
+        &Quiet,
     )
 }
 
@@ -93,7 +93,7 @@ fn fixture(test: &str) -> Fixture {
             limits: Limits::default(),
             exclude: None,
         },
-        &ProgressBar::hidden(),
+        &Quiet,
     )
     .unwrap();
     let run = RunDir::new(tmp.path().join("run"));

@@ -19,7 +19,7 @@ use catdog::data::decode::RejectReason;
 use catdog::data::{self, CleanReport, FileStatus, Limits};
 use crate::common::{Mount, catdog, fill, run_catdog};
 use image::{ImageFormat, RgbImage};
-use indicatif::ProgressBar;
+use catdog::progress::Quiet;
 
 fn jpeg(seed: u8) -> Vec<u8> {
     let img = RgbImage::from_fn(16, 12, |x, y| image::Rgb([x as u8 * 9, y as u8 * 13, seed]));
@@ -56,7 +56,7 @@ fn clean_within_a_minute(root: &Path) -> CleanReport {
         let _ = tx.send(data::clean::clean(
             &scan,
             &Limits::default(),
-            &ProgressBar::hidden(),
+            &Quiet,
         ));
     });
     rx.recv_timeout(Duration::from_secs(60))
@@ -121,7 +121,7 @@ fn a_file_that_vanishes_after_the_scan_is_rejected_and_nothing_else_is_lost() {
     photos(&root, 4);
     let scan = data::scan::scan(&root, None, None).unwrap();
     fs::remove_file(root.join("Dog/2.jpg")).unwrap();
-    let mut report = data::clean::clean(&scan, &Limits::default(), &ProgressBar::hidden());
+    let mut report = data::clean::clean(&scan, &Limits::default(), &Quiet);
     let gone = file(&report, "Dog/2.jpg");
     let rejection = gone.rejection.as_ref().unwrap();
     assert_eq!(rejection.reason, RejectReason::Unreadable);

@@ -9,10 +9,10 @@ use std::path::Path;
 use std::sync::Mutex;
 use std::sync::atomic::AtomicBool;
 
-use catdog::data::Ratios;
+use catdog::data::{Ratios, Split};
 use catdog::preprocess::Preprocessing;
 use catdog::run::RunDir;
-use catdog::train::{self, DataSource, Mode, Start, TrainConfig};
+use catdog::train::{self, DataSource, Event, Mode, Start, TrainConfig};
 use crate::common::{demo_data, history, random_weights};
 
 fn config(data: &Path, mode: Mode, weights: &str, epochs: usize) -> TrainConfig {
@@ -35,15 +35,55 @@ fn folder(data: &Path, ratios: Ratios) -> DataSource {
     }
 }
 
-/// Trains, collecting the log lines; panics with them on failure.
-fn train(run: &Path, start: Start, stop: bool) -> (train::Outcome, Vec<String>) {
-    let lines = Mutex::new(Vec::new());
-    let log = |l: &str| lines.lock().unwrap().push(l.to_owned());
-    let outcome = train::train(&RunDir::new(run), start, &AtomicBool::new(stop), &log);
-    let lines = lines.into_inner().unwrap();
+/// What the tests look at in training's events.
+#[derive(Debug, PartialEq)]
+enum Seen {
+    Resumed { epochs_done: usize, batches_done: usize },
+    Features { split: Split, hits: usize, computed: usize },
+    Saved { epoch: usize },
+    Stopped { epoch: usize, batches_done: usize },
+}
+
+/// Trains, collecting the events; panics with them on failure.
+fn train(run: &Path, start: Start, stop: bool) -> (train::Outcome, Vec<Seen>) {
+    let seen = Mutex::new(Vec::new());
+    let on = |event: Event| {
+        let event = match event {
+            Event::Resumed {
+                epochs_done,
+                batches_done,
+            } => Seen::Resumed {
+                epochs_done,
+                batches_done,
+            },
+            Event::Features {
+                split,
+                hits,
+                computed,
+            } => Seen::Features {
+                split,
+                hits,
+                computed,
+            },
+            Event::Saved { record, .. } => Seen::Saved {
+                epoch: record.epoch,
+            },
+            Event::Stopped {
+                epoch,
+                batches_done,
+            } => Seen::Stopped {
+                epoch,
+                batches_done,
+            },
+            _ => return,
+        };
+        seen.lock().unwrap().push(event);
+    };
+    let outcome = train::train(&RunDir::new(run), start, &AtomicBool::new(stop), &on);
+    let seen = seen.into_inner().unwrap();
     (
-        outcome.unwrap_or_else(|e| panic!("{e}\n{}", lines.join("\n"))),
-        lines,
+        outcome.unwrap_or_else(|e| panic!("{e}\n{seen:?}")),
+        seen,
     )
 }
 
@@ -102,20 +142,30 @@ fn stop_mid_epoch_then_resume_matches_an_uninterrupted_run() {
     );
     // A stop requested before the start takes effect after the first batch.
     let cut = dir.path().join("cut");
-    let (stopped, lines) = train(
+    let (stopped, seen) = train(
         &cut,
         Start::New(Box::new(config(&data, Mode::Finetune, "none", 2))),
         true,
     );
     assert!(stopped.stopped && stopped.epochs_done == 0);
-    assert!(
-        lines.iter().any(|l| l.contains("catdog train --resume")),
-        "{lines:?}"
+    assert_eq!(
+        seen,
+        [Seen::Stopped {
+            epoch: 1,
+            batches_done: 1
+        }]
     );
-    let (resumed, lines) = train(&cut, Start::Resume, false);
-    assert!(
-        lines[0].contains("after epoch 0 and 1 batch(es)"),
-        "{lines:?}"
+    let (resumed, seen) = train(&cut, Start::Resume, false);
+    assert_eq!(
+        seen,
+        [
+            Seen::Resumed {
+                epochs_done: 0,
+                batches_done: 1
+            },
+            Seen::Saved { epoch: 1 },
+            Seen::Saved { epoch: 2 }
+        ]
     );
     assert_eq!(resumed.epochs_done, 2);
     assert_eq!(history(&whole), history(&cut));
@@ -134,28 +184,31 @@ fn frozen_mode_computes_features_once_then_reads_the_cache() {
         false,
     );
     let (_, second) = train(&dir.path().join("r2"), Start::New(Box::new(c)), false);
-    let cache_lines = |lines: &[String]| {
-        lines
-            .iter()
-            .filter(|l| l.contains("feature cache"))
-            .cloned()
-            .collect::<Vec<_>>()
+    // (split, hits, computed) of each extraction.
+    let features = |seen: &[Seen]| -> Vec<(Split, usize, usize)> {
+        seen.iter()
+            .filter_map(|s| match *s {
+                Seen::Features {
+                    split,
+                    hits,
+                    computed,
+                } => Some((split, hits, computed)),
+                _ => None,
+            })
+            .collect()
     };
-    assert!(
-        cache_lines(&first)
-            .iter()
-            .all(|l| l.contains(": 0 from the feature cache")),
+    let (first, second) = (features(&first), features(&second));
+    // Train and val once each: computed the first time, read from the cache the second.
+    assert_eq!(
+        first.iter().map(|f| (f.0, f.1)).collect::<Vec<_>>(),
+        [(Split::Train, 0), (Split::Val, 0)],
         "{first:?}"
     );
-    // Train and val each report once; `all` alone would pass on no lines.
-    assert_eq!(cache_lines(&first).len(), 2, "{first:?}");
-    assert!(
-        cache_lines(&second)
-            .iter()
-            .all(|l| l.ends_with(", 0 computed")),
-        "{second:?}"
+    assert!(first.iter().all(|f| f.2 > 0), "{first:?}");
+    assert_eq!(
+        second,
+        first.iter().map(|f| (f.0, f.2, 0)).collect::<Vec<_>>()
     );
-    assert_eq!(cache_lines(&second).len(), 2);
     assert_eq!(
         history(&dir.path().join("r1")),
         history(&dir.path().join("r2"))

@@ -74,12 +74,12 @@ pub fn run(args: DemoArgs) -> Result<()> {
         preprocessing: Preprocessing::imagenet(64),
         ..TrainConfig::default()
     };
-    let log = |line: &str| println!("{}", line.trim_end());
+    let show = super::train::Show::new(&run);
     train::train(
         &run,
         Start::New(Box::new(config)),
         &AtomicBool::new(false),
-        &log,
+        &|event| show.event(event),
     )?;
     println!("\n== evaluate on the test split + report");
     super::evaluate::write_report(&run, Which::Best, report::SAMPLES, &Device::flex())?;

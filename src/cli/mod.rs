@@ -7,6 +7,7 @@ mod demo;
 mod evaluate;
 mod imagenet;
 mod predict;
+mod progress;
 mod serve;
 mod train;
 mod weights;

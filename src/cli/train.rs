@@ -2,6 +2,7 @@
 //! then evaluate the best checkpoint on the test split.
 
 use std::path::PathBuf;
+use std::sync::Mutex;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 
@@ -12,7 +13,9 @@ use catdog::data::Split;
 use catdog::report;
 use catdog::run::{self, RunDir, Which};
 use catdog::model::weights::WeightsChoice;
-use catdog::train::{self, DataSource, Mode, Outcome, Start, TrainConfig};
+use catdog::train::{self, DataSource, Event, Mode, Outcome, Start, Step, TrainConfig};
+
+use super::progress::Bar;
 
 #[derive(clap::Args)]
 pub struct TrainArgs {
@@ -33,7 +36,7 @@ pub struct TrainArgs {
     pub weights: WeightsChoice,
     /// finetune (every layer) or frozen (the head on cached backbone features);
     /// default: frozen on CPU, finetune on GPU
-    #[arg(long, value_enum)]
+    #[arg(long)]
     pub mode: Option<Mode>,
     #[arg(long, default_value_t = TrainConfig::default().epochs)]
     pub epochs: usize,
@@ -69,7 +72,6 @@ pub fn run(args: TrainArgs) -> Result<()> {
         }
         eprintln!("\nstopping after this batch (Ctrl-C again to quit at once)");
     })?;
-    let log = |line: &str| println!("{}", line.trim_end());
     let (run, start) = match args.resume {
         Some(run) => (RunDir::new(run), Start::Resume),
         None => {
@@ -100,7 +102,8 @@ pub fn run(args: TrainArgs) -> Result<()> {
             (RunDir::new(out), Start::New(Box::new(config)))
         }
     };
-    let outcome = train::train(&run, start, &stop, &log)?;
+    let show = Show::new(&run);
+    let outcome = train::train(&run, start, &stop, &|event| show.event(event))?;
     finish(&run, &outcome, &outcome.config.settings.device.device()?)
 }
 
@@ -128,4 +131,115 @@ fn finish(run: &RunDir, outcome: &Outcome, device: &burn::prelude::Device) -> Re
     }
     println!("run: {} ({})", run.root.display(), run::CONTENTS);
     Ok(())
+}
+
+/// What a bar shows.
+#[derive(Clone, Copy, PartialEq)]
+enum Showing {
+    Step(Step),
+    Epoch(usize),
+}
+
+/// Draws training's events for a person: a bar for each long step and each epoch, a line for
+/// everything else.
+pub struct Show {
+    run: PathBuf,
+    bar: Mutex<Option<(Showing, Bar)>>,
+}
+
+impl Show {
+    pub fn new(run: &RunDir) -> Show {
+        Show {
+            run: run.root.clone(),
+            bar: Mutex::new(None),
+        }
+    }
+
+    pub fn event(&self, event: Event<'_>) {
+        match event {
+            Event::Progress { step, done, total } => self.draw(Showing::Step(step), done, total),
+            Event::Batch {
+                epoch,
+                images,
+                total,
+                loss,
+                accuracy,
+            } => {
+                self.draw(Showing::Epoch(epoch), images as u64, total as u64);
+                if let Some((_, bar)) = &*self.bar.lock().expect("not poisoned") {
+                    bar.0
+                        .set_message(format!("loss {loss:.4} acc {:.1}%", 100.0 * accuracy));
+                }
+            }
+            other => {
+                if let Some((_, bar)) = self.bar.lock().expect("not poisoned").take() {
+                    bar.finish();
+                }
+                println!("{}", self.line(&other).trim_end());
+            }
+        }
+    }
+
+    /// Moves the bar of `showing` (a new one when something else was shown) to `done` of `total`.
+    fn draw(&self, showing: Showing, done: u64, total: u64) {
+        let mut current = self.bar.lock().expect("not poisoned");
+        if current.as_ref().is_none_or(|(s, _)| *s != showing) {
+            if let Some((_, bar)) = current.take() {
+                bar.finish();
+            }
+            let what = match showing {
+                Showing::Step(Step::Decoding) => "decoding".to_owned(),
+                Showing::Step(Step::Features(split)) => format!("features ({split})"),
+                Showing::Epoch(epoch) => format!("epoch {epoch}"),
+            };
+            *current = Some((showing, Bar::new(&what)));
+        }
+        let (_, bar) = current.as_ref().expect("just set");
+        bar.0.set_length(total);
+        bar.0.set_position(done);
+    }
+
+    fn line(&self, event: &Event<'_>) -> String {
+        let run = self.run.display();
+        match event {
+            Event::Prepared(report) => report.table(),
+            Event::Weights(origin) => format!("weights: {origin}"),
+            Event::Resumed {
+                epochs_done,
+                batches_done,
+            } => {
+                let batches = if *batches_done > 0 {
+                    format!(" and {batches_done} batch(es) of the next")
+                } else {
+                    String::new()
+                };
+                format!("resuming {run} after epoch {epochs_done}{batches}")
+            }
+            Event::Restarted => {
+                format!("resuming {run}: no epoch was complete, starting from the beginning")
+            }
+            Event::Uncached => "frozen mode with --augment: every step runs the backbone on a new random crop, so features are not cached".to_owned(),
+            Event::Features {
+                split,
+                hits,
+                computed,
+            } => format!("features ({split}): {hits} from the feature cache, {computed} computed"),
+            Event::Saved { record, epochs, .. } => format!(
+                "epoch {}/{epochs}: train loss {:.4} acc {:.2}% | val loss {:.4} acc {:.2}% | {:.1}s",
+                record.epoch,
+                record.train_loss,
+                100.0 * record.train_acc,
+                record.val_loss,
+                100.0 * record.val_acc,
+                record.seconds
+            ),
+            Event::Stopped {
+                epoch,
+                batches_done,
+            } => format!(
+                "stopped after batch {batches_done} of epoch {epoch}; last/ saved. Resume with: catdog train --resume {run}"
+            ),
+            Event::Progress { .. } | Event::Batch { .. } => unreachable!("drawn as bars"),
+        }
+    }
 }

@@ -2,7 +2,9 @@
 
 use anyhow::Result;
 use catdog::model::download::{Downloaded, download_resnet18};
-use catdog::model::weights::WeightLocations;
+use catdog::model::weights::{RESNET18_URL, WeightLocations};
+
+use super::progress::Bar;
 
 #[derive(clap::Args)]
 pub struct WeightsArgs {
@@ -21,7 +23,10 @@ pub fn run(args: WeightsArgs) -> Result<()> {
     match args.command {
         WeightsCommand::Download => {
             let dest = WeightLocations::from_env()?.cached_file();
-            match download_resnet18(&dest, true)? {
+            let bar = Bar::bytes(&format!("downloading {RESNET18_URL}"));
+            let downloaded = download_resnet18(&dest, &bar);
+            bar.finish();
+            match downloaded? {
                 Downloaded::AlreadyThere => println!("already there: {}", dest.display()),
                 Downloaded::Fetched => println!("downloaded: {}", dest.display()),
             }

@@ -17,13 +17,30 @@ use serde::{Deserialize, Serialize};
 use crate::error::{Error, Result};
 
 /// How labels are encoded in a data folder.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize, clap::ValueEnum)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "lowercase")]
 pub enum Layout {
     /// One folder per class: `Cat/1.jpg`, `Dog/2.jpg`.
     Folders,
     /// Label in the file name: `cat.0.jpg`, `dog.12.jpg`.
     Flat,
+}
+
+impl std::fmt::Display for Layout {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(match self {
+            Layout::Folders => "folders",
+            Layout::Flat => "flat",
+        })
+    }
+}
+
+impl std::str::FromStr for Layout {
+    type Err = Error;
+
+    fn from_str(s: &str) -> Result<Self> {
+        crate::error::parse_choice("--layout", s, &[Layout::Folders, Layout::Flat])
+    }
 }
 
 /// A file that is meant as a photo of a class (it may still turn out broken).

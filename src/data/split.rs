@@ -25,7 +25,6 @@ use crate::error::{Error, Result};
     Hash,
     Serialize,
     Deserialize,
-    clap::ValueEnum,
 )]
 #[serde(rename_all = "lowercase")]
 pub enum Split {
@@ -52,10 +51,18 @@ impl fmt::Display for Split {
     }
 }
 
-/// The fractions of each class that go to train, val and test.
+impl FromStr for Split {
+    type Err = Error;
+
+    fn from_str(s: &str) -> Result<Self> {
+        crate::error::parse_choice("--split", s, &Split::ALL)
+    }
+}
+
 /// The seed of `catdog split` and of the training recipe by default.
 pub const DEFAULT_SEED: u64 = 42;
 
+/// The fractions of each class that go to train, val and test.
 #[derive(Clone, Copy, Debug, PartialEq, Serialize, Deserialize)]
 pub struct Ratios {
     pub train: f64,

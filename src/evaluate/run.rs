@@ -2,12 +2,12 @@
 
 use burn::module::Module;
 use burn::prelude::Device;
-use indicatif::ProgressBar;
 
 use super::{Metrics, Predictions, predict_samples};
 use crate::data::{Manifest, Split};
 use crate::error::{Error, Result};
 use crate::fsio;
+use crate::progress::Progress;
 use crate::model::checkpoint::{self, CheckpointMeta};
 use crate::model::{EvalNet, ResNet18};
 use crate::run::{RunDir, Which};
@@ -74,7 +74,7 @@ impl RunModel {
         &self,
         split: Split,
         batch_size: usize,
-        progress: &ProgressBar,
+        progress: &dyn Progress,
     ) -> Result<(Metrics, Predictions)> {
         let samples = self.manifest.samples(split);
         if samples.is_empty() {

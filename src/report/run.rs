@@ -6,7 +6,6 @@ use std::path::{Path, PathBuf};
 
 use burn::prelude::Device;
 use image::RgbImage;
-use indicatif::ProgressBar;
 use rayon::prelude::*;
 use serde_json::{Value, json};
 
@@ -19,6 +18,7 @@ use crate::data::decode::{self, Limits};
 use crate::error::{Error, Result};
 use crate::evaluate::{BATCH_SIZE, Predictions, RunModel, predicted, top_losses};
 use crate::fsio;
+use crate::progress::Progress;
 use crate::model::gradcam::gradcam_maps;
 use crate::run::{RunDir, Which};
 
@@ -33,7 +33,7 @@ pub fn write_run_report(
     which: Which,
     samples: usize,
     device: &Device,
-    progress: &ProgressBar,
+    progress: &dyn Progress,
 ) -> Result<PathBuf> {
     let loaded = RunModel::load(run, which, device)?;
     let (metrics, predictions) = loaded.evaluate(Split::Test, BATCH_SIZE, progress)?;

@@ -11,13 +11,30 @@ use crate::model::weights::WeightsChoice;
 use crate::preprocess::Preprocessing;
 
 /// What is trained.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize, clap::ValueEnum)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "lowercase")]
 pub enum Mode {
     /// Every layer is trained (batch norm in training mode).
     Finetune,
     /// The pretrained backbone stays fixed; only the new head is trained.
     Frozen,
+}
+
+impl std::fmt::Display for Mode {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(match self {
+            Mode::Finetune => "finetune",
+            Mode::Frozen => "frozen",
+        })
+    }
+}
+
+impl std::str::FromStr for Mode {
+    type Err = crate::Error;
+
+    fn from_str(s: &str) -> crate::Result<Self> {
+        crate::error::parse_choice("--mode", s, &[Mode::Finetune, Mode::Frozen])
+    }
 }
 
 impl Mode {

@@ -10,6 +10,7 @@
 
 pub mod adam;
 pub mod config;
+pub mod event;
 pub mod features;
 pub mod state;
 
@@ -23,6 +24,7 @@ use burn::optim::GradientsParams;
 use burn::prelude::*;
 
 pub use config::{CONFIG_VERSION, DataSource, Mode, RunConfig, TrainConfig};
+pub use event::{Event, OnEvent, Step};
 use state::{Best, OPTIMIZER_FILE, Running, TrainState};
 
 use crate::data::manifest::Sample;
@@ -33,9 +35,9 @@ use crate::loader::{Loader, LoaderConfig, batch_count, epoch_order};
 use crate::model::checkpoint::{self, CheckpointMeta};
 use crate::model::weights;
 use crate::model::{EvalNet, FEATURES, ResNet18};
-use crate::progress;
 use crate::run::{EpochRecord, RunDir, Which};
 use adam::Adam;
+use event::StepProgress;
 use features::FeatureCache;
 
 /// How a run begins.
@@ -56,14 +58,13 @@ pub struct Outcome {
 }
 
 /// Trains in `run`. `stop` is checked after every batch; when it is set, the
-/// run saves `last/` and returns. `log` receives the lines a person reads
-/// (the clean summary, one line per epoch, what was saved).
-pub fn train(run: &RunDir, start: Start, stop: &AtomicBool, log: &dyn Fn(&str)) -> Result<Outcome> {
+/// run saves `last/` and returns. `on` receives what happens ([`Event`]).
+pub fn train(run: &RunDir, start: Start, stop: &AtomicBool, on: OnEvent) -> Result<Outcome> {
     let mut session = match start {
-        Start::New(config) => Session::begin(run, *config, log)?,
-        Start::Resume => Session::resume(run, log)?,
+        Start::New(config) => Session::begin(run, *config, on)?,
+        Start::Resume => Session::resume(run, on)?,
     };
-    session.run(stop, log)
+    session.run(stop, on)
 }
 
 /// One batch of model input: photos, or frozen mode's cached features.
@@ -107,7 +108,7 @@ struct Session {
 }
 
 impl Session {
-    fn begin(run: &RunDir, settings: TrainConfig, log: &dyn Fn(&str)) -> Result<Session> {
+    fn begin(run: &RunDir, settings: TrainConfig, on: OnEvent) -> Result<Session> {
         if run.config().exists() {
             return Err(Error::data(
                 &run.root,
@@ -133,7 +134,6 @@ impl Session {
                 layout,
                 ratios,
             } => {
-                let bar = progress::bar(0, "decoding");
                 let (m, report) = data::prepare(
                     &Prepare {
                         root,
@@ -143,9 +143,9 @@ impl Session {
                         limits: Limits::default(),
                         exclude: Some(&run.root),
                     },
-                    &bar,
+                    &StepProgress::new(Step::Decoding, on),
                 )?;
-                log(&report.table());
+                on(Event::Prepared(&report));
                 m
             }
         };
@@ -171,7 +171,7 @@ impl Session {
             device_name: format!("{device:?}"),
             settings,
         };
-        let model = initial_model(&config, &device, log)?;
+        let model = initial_model(&config, &device, on)?;
         fsio::write_json(&run.config(), &config)?;
         Ok(Session {
             run: run.clone(),
@@ -184,7 +184,7 @@ impl Session {
         })
     }
 
-    fn resume(run: &RunDir, log: &dyn Fn(&str)) -> Result<Session> {
+    fn resume(run: &RunDir, on: OnEvent) -> Result<Session> {
         let hint = "start a new run with `catdog train --data DIR --out RUN`";
         if !run.config().is_file() {
             return Err(Error::data(
@@ -206,10 +206,7 @@ impl Session {
         if !last.join(state::STATE_FILE).is_file() {
             // Stopped before the first epoch ended: start again from the saved settings,
             // which gives the model and the numbers a new run would have.
-            log(&format!(
-                "resuming {}: no epoch was complete, starting from the beginning",
-                run.root.display()
-            ));
+            on(Event::Restarted);
             if let (Some(path), Some(expected)) = (&config.weights_file, &config.weights_sha256)
                 && &fsio::sha256_file(path)? != expected
             {
@@ -221,7 +218,7 @@ impl Session {
             }
             return Ok(Session {
                 run: run.clone(),
-                model: initial_model(&config, &device, log)?,
+                model: initial_model(&config, &device, on)?,
                 adam: Adam::new(config.settings.lr),
                 state: TrainState::default(),
                 device,
@@ -233,16 +230,10 @@ impl Session {
         let (model, _) = checkpoint::load(&last, &ad)?;
         let adam = Adam::load(&last.join(OPTIMIZER_FILE), &device)?;
         let state = TrainState::load(&last)?;
-        log(&format!(
-            "resuming {} after epoch {}{}",
-            run.root.display(),
-            state.epochs_done,
-            if state.batches_done > 0 {
-                format!(" and {} batch(es) of the next", state.batches_done)
-            } else {
-                String::new()
-            }
-        ));
+        on(Event::Resumed {
+            epochs_done: state.epochs_done,
+            batches_done: state.batches_done,
+        });
         let session = Session {
             run: run.clone(),
             config,
@@ -257,25 +248,23 @@ impl Session {
         Ok(session)
     }
 
-    fn run(&mut self, stop: &AtomicBool, log: &dyn Fn(&str)) -> Result<Outcome> {
+    fn run(&mut self, stop: &AtomicBool, on: OnEvent) -> Result<Outcome> {
         let s = self.config.settings.clone();
         if s.mode == Mode::Frozen {
             self.model = self.model.clone().freeze_backbone();
         }
-        let source = self.source(log)?;
+        let source = self.source(on)?;
         let ad = self.device.clone().autodiff();
         while self.state.epochs_done < s.epochs {
             let epoch = self.state.epochs_done;
             let started = Instant::now();
-            let (train, stopped) = self.train_epoch(&source, epoch, &ad, stop)?;
+            let (train, stopped) = self.train_epoch(&source, epoch, &ad, stop, on)?;
             if stopped {
                 self.save_last()?;
-                log(&format!(
-                    "stopped after batch {} of epoch {}; last/ saved. Resume with: catdog train --resume {}",
-                    self.state.batches_done,
-                    epoch + 1,
-                    self.run.root.display()
-                ));
+                on(Event::Stopped {
+                    epoch: epoch + 1,
+                    batches_done: self.state.batches_done,
+                });
                 return Ok(self.outcome(true));
             }
             let val = self.validate(&source)?;
@@ -287,17 +276,8 @@ impl Session {
                 val_acc: val.accuracy(),
                 seconds: started.elapsed().as_secs_f64(),
             };
-            log(&format!(
-                "epoch {}/{}: train loss {:.4} acc {:.2}% | val loss {:.4} acc {:.2}% | {:.1}s",
-                record.epoch,
-                s.epochs,
-                record.train_loss,
-                100.0 * record.train_acc,
-                record.val_loss,
-                100.0 * record.val_acc,
-                record.seconds
-            ));
-            if self.state.best.is_none_or(|b| b.beaten_by(&record)) {
+            let best = self.state.best.is_none_or(|b| b.beaten_by(&record));
+            if best {
                 self.state.best = Some(Best {
                     epoch: record.epoch,
                     val_acc: record.val_acc,
@@ -314,6 +294,11 @@ impl Session {
             self.state.partial = Running::default();
             self.save_last()?;
             self.write_metrics()?;
+            on(Event::Saved {
+                record: self.state.history.last().expect("just pushed"),
+                epochs: s.epochs,
+                best,
+            });
         }
         Ok(self.outcome(false))
     }
@@ -348,7 +333,7 @@ impl Session {
     }
 
     /// Photos, or in frozen mode without augmentation, their (cached) features.
-    fn source(&self, log: &dyn Fn(&str)) -> Result<Source> {
+    fn source(&self, on: OnEvent) -> Result<Source> {
         let s = &self.config.settings;
         let train: Arc<[Sample]> = self.manifest.samples(Split::Train).into();
         let val: Arc<[Sample]> = self.manifest.samples(Split::Val).into();
@@ -356,9 +341,7 @@ impl Session {
             return Ok(Source::Photos { train, val });
         }
         if s.augment {
-            log(
-                "frozen mode with --augment: every step runs the backbone on a new random crop, so features are not cached",
-            );
+            on(Event::Uncached);
             return Ok(Source::Photos { train, val });
         }
         let cache = match (&s.cache_dir, &self.config.weights_sha256) {
@@ -366,24 +349,24 @@ impl Session {
             _ => None,
         };
         let backbone = EvalNet::new(&self.model.clone().valid(), &self.device);
-        let extract = |samples: &[Sample], what: &str| -> Result<Vec<f32>> {
-            let bar = progress::bar(samples.len() as u64, what);
+        let extract = |samples: &[Sample], split: Split| -> Result<Vec<f32>> {
             let (features, stats) = features::extract(
                 &backbone,
                 samples,
                 cache.as_ref(),
                 &self.loader_config(false, false),
-                &bar,
+                &StepProgress::new(Step::Features(split), on),
             )?;
-            log(&format!(
-                "{what}: {} from the feature cache, {} computed",
-                stats.hits, stats.computed
-            ));
+            on(Event::Features {
+                split,
+                hits: stats.hits,
+                computed: stats.computed,
+            });
             Ok(features)
         };
         Ok(Source::Features {
-            train: extract(&train, "features (train)")?,
-            val: extract(&val, "features (val)")?,
+            train: extract(&train, Split::Train)?,
+            val: extract(&val, Split::Val)?,
             train_labels: train.iter().map(|s| s.label).collect(),
             val_labels: val.iter().map(|s| s.label).collect(),
         })
@@ -451,14 +434,13 @@ impl Session {
         epoch: usize,
         ad: &Device,
         stop: &AtomicBool,
+        on: OnEvent,
     ) -> Result<(Running, bool)> {
         let n = match source {
             Source::Photos { train, .. } => train.len(),
             Source::Features { train_labels, .. } => train_labels.len(),
         };
         let bs = self.config.settings.batch_size;
-        let bar = progress::bar(n as u64, &format!("epoch {}", epoch + 1));
-        bar.set_position((self.state.batches_done * bs).min(n) as u64);
         let loss_fn = CrossEntropyLossConfig::new().init(ad);
         let mut running = self.state.partial;
         let batches = self.batches(source, Split::Train, epoch, self.state.batches_done, ad);
@@ -474,18 +456,17 @@ impl Session {
             running.add(loss_value, correct, labels.len());
             self.state.batches_done += 1;
             self.state.partial = running;
-            bar.inc(labels.len() as u64);
-            bar.set_message(format!(
-                "loss {:.4} acc {:.1}%",
-                running.loss(),
-                100.0 * running.accuracy()
-            ));
+            on(Event::Batch {
+                epoch: epoch + 1,
+                images: (self.state.batches_done * bs).min(n),
+                total: n,
+                loss: running.loss(),
+                accuracy: running.accuracy(),
+            });
             if stop.load(Ordering::SeqCst) && self.state.batches_done < batch_count(n, bs) {
-                bar.abandon();
                 return Ok((running, true));
             }
         }
-        bar.finish_and_clear();
         Ok((running, false))
     }
 
@@ -531,14 +512,14 @@ impl Session {
 }
 
 /// The model a run starts from: seeded initialisation, the run's weights, a new head.
-fn initial_model(config: &RunConfig, device: &Device, log: &dyn Fn(&str)) -> Result<ResNet18> {
+fn initial_model(config: &RunConfig, device: &Device, on: OnEvent) -> Result<ResNet18> {
     let s = &config.settings;
     let ad = device.clone().autodiff();
     // Seeded, so that a run from random initialisation is reproducible too.
     ad.seed(s.seed);
     let classes = config.classes.len();
     let (model, origin) = weights::load_model(config.weights_file.as_deref(), classes, &ad)?;
-    log(&format!("weights: {origin}"));
+    on(Event::Weights(&origin));
     Ok(model.with_head(classes, s.seed, &ad))
 }
 

@@ -44,7 +44,6 @@ pub struct BenchArgs {
     /// Which catdog modes --e2e trains (catdog finetune is the slow one)
     #[arg(
         long,
-        value_enum,
         value_delimiter = ',',
         default_value = "frozen,finetune",
         requires = "e2e"
@@ -310,20 +309,15 @@ fn end_to_end(
 }
 
 fn run_dir(tmp: &Path, mode: Mode) -> RunDir {
-    RunDir::new(tmp.join(format!("run-{}", mode_name(mode))))
+    RunDir::new(tmp.join(format!("run-{mode}")))
 }
 
-fn mode_name(mode: Mode) -> String {
-    use clap::ValueEnum;
-    let value = mode.to_possible_value().expect("no mode is hidden");
-    value.get_name().to_owned()
-}
 
 /// `catdog train` with the seed's defaults, a cold feature cache and its own
 /// run folder; the test accuracy is the one it wrote to `eval-test.json`.
 fn train_catdog(data: &Path, weights: &str, mode: Mode, tmp: &Path) -> Result<Trained> {
     let run = run_dir(tmp, mode);
-    let mode = mode_name(mode);
+    let mode = mode.to_string();
     eprintln!("end to end: catdog train --mode {mode} ...");
     let mut cmd = Command::new(std::env::current_exe()?);
     cmd.arg("train").arg("--data").arg(data);
@@ -350,7 +344,7 @@ fn train_pytorch(
     weights: &Path,
     mode: Mode,
 ) -> Option<Trained> {
-    let mode = mode_name(mode);
+    let mode = mode.to_string();
     eprintln!("end to end: PyTorch recipe --mode {mode} ...");
     let mut cmd = Command::new(python);
     cmd.arg(script).arg(manifest).arg(weights);
@@ -372,12 +366,8 @@ fn train_pytorch(
 
 fn e2e_row(mode: Mode, ours: &Trained, peer: Option<&(Mode, Trained)>) -> Row {
     let name = match peer {
-        Some((m, _)) => format!(
-            "end to end, {} vs PyTorch {}",
-            mode_name(mode),
-            mode_name(*m)
-        ),
-        None => format!("end to end, {}", mode_name(mode)),
+        Some((m, _)) => format!("end to end, {mode} vs PyTorch {m}"),
+        None => format!("end to end, {mode}"),
     };
     let theirs = peer.map(|(_, t)| t);
     Row {
@@ -511,8 +501,8 @@ fn print_rows(rows: &[Row], json: bool) -> Result<()> {
     for (r, e) in e2e {
         println!(
             "{:<9} {:<10} {:>9.1} {:>10} {:>7} {:>10} {:>11} {:>10} {:>11}",
-            mode_name(e.mode),
-            e.pytorch_mode.map_or("-".to_owned(), mode_name),
+            e.mode.to_string(),
+            e.pytorch_mode.map_or("-".to_owned(), |m| m.to_string()),
             r.catdog.seconds,
             e.pytorch_seconds
                 .map_or("-".to_owned(), |s| format!("{s:.1}")),
