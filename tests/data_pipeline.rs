@@ -7,11 +7,11 @@ use std::fs;
 use std::io::Cursor;
 use std::path::Path;
 
+use crate::common::run_catdog;
 use catdog::data::decode::{RejectReason, WarningKind};
 use catdog::data::{self, FileStatus, Layout, Limits, Manifest, Prepare, Ratios, Split};
-use crate::common::run_catdog;
-use image::{DynamicImage, ImageFormat, RgbImage};
 use catdog::progress::Quiet;
+use image::{DynamicImage, ImageFormat, RgbImage};
 
 fn encode(img: DynamicImage, format: ImageFormat) -> Vec<u8> {
     let mut out = Cursor::new(Vec::new());

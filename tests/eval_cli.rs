@@ -17,9 +17,9 @@ use catdog::model::ResNet18;
 use catdog::model::checkpoint::{self, CheckpointMeta};
 use catdog::model::weights::load_into;
 use catdog::preprocess::Preprocessing;
+use catdog::progress::Quiet;
 use catdog::report::{self, EpochRecord};
 use catdog::run::{RunDir, Which};
-use catdog::progress::Quiet;
 use serde_json::Value;
 
 /// Photos per class in the fixture's data.
@@ -48,11 +48,7 @@ fn best_on_test(f: &Fixture) -> (Metrics, Predictions) {
 }
 
 fn evaluate_test(f: &Fixture) -> catdog::Result<(Metrics, Predictions)> {
-    RunModel::load(&f.run, Which::Best, &Device::flex())?.evaluate(
-        Split::Test,
-        BATCH_SIZE,
-        &Quiet,
-    )
+    RunModel::load(&f.run, Which::Best, &Device::flex())?.evaluate(Split::Test, BATCH_SIZE, &Quiet)
 }
 
 fn fixture(test: &str) -> Fixture {
@@ -76,7 +72,9 @@ fn fixture(test: &str) -> Fixture {
         }
         None => {
             println!("{test}: ../shared is absent, so the photos are generated ones");
-            let set = catdog::data::synthetic::write_dataset(&tmp.path().join("demo"), PER_CLASS, 3).unwrap();
+            let set =
+                catdog::data::synthetic::write_dataset(&tmp.path().join("demo"), PER_CLASS, 3)
+                    .unwrap();
             fs::rename(set.data, &data).unwrap();
         }
     }
@@ -234,9 +232,7 @@ fn an_empty_split_or_a_folder_that_is_no_run_is_refused() {
         }
     }
     manifest.save(&f.run.manifest()).unwrap();
-    let err = evaluate_test(&f)
-        .unwrap_err()
-    .to_string();
+    let err = evaluate_test(&f).unwrap_err().to_string();
     assert!(
         err.contains("test split") && err.contains(arg(&f.run.manifest())),
         "{err}"

@@ -4,6 +4,7 @@
 use std::path::{Path, PathBuf};
 use std::time::Instant;
 
+use crate::common::{read_npy_f32, relative_l2, shared};
 use burn::module::{Module, Param};
 use burn::nn::Linear;
 use burn::nn::loss::CrossEntropyLossConfig;
@@ -16,7 +17,6 @@ use catdog::model::weights::{HeadWeights, load_into};
 use catdog::model::{FEATURES, ResNet18};
 use catdog::preprocess::eval_tensor_from_path;
 use catdog::train::adam::Adam;
-use crate::common::{read_npy_f32, relative_l2, shared};
 
 fn golden() -> PathBuf {
     shared().join("golden/resnet18")

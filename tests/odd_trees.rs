@@ -15,11 +15,11 @@ use std::path::Path;
 use std::sync::mpsc;
 use std::time::{Duration, Instant};
 
+use crate::common::{Mount, catdog, fill, run_catdog};
 use catdog::data::decode::RejectReason;
 use catdog::data::{self, CleanReport, FileStatus, Limits};
-use crate::common::{Mount, catdog, fill, run_catdog};
-use image::{ImageFormat, RgbImage};
 use catdog::progress::Quiet;
+use image::{ImageFormat, RgbImage};
 
 fn jpeg(seed: u8) -> Vec<u8> {
     let img = RgbImage::from_fn(16, 12, |x, y| image::Rgb([x as u8 * 9, y as u8 * 13, seed]));
@@ -53,11 +53,7 @@ fn clean_within_a_minute(root: &Path) -> CleanReport {
     let root = root.to_owned();
     std::thread::spawn(move || {
         let scan = data::scan::scan(&root, None, None).unwrap();
-        let _ = tx.send(data::clean::clean(
-            &scan,
-            &Limits::default(),
-            &Quiet,
-        ));
+        let _ = tx.send(data::clean::clean(&scan, &Limits::default(), &Quiet));
     });
     rx.recv_timeout(Duration::from_secs(60))
         .expect("the clean step hung")

@@ -7,11 +7,11 @@ use std::net::TcpStream;
 use std::sync::{Arc, Barrier};
 use std::time::{Duration, Instant};
 
+use crate::serve_common::*;
 use base64::Engine as _;
 use catdog::evaluate::Metrics;
 use catdog::fsio;
 use serde_json::{Value, json};
-use crate::serve_common::*;
 
 /// Same probabilities, up to float rounding (batches of other sizes, or the autodiff path
 /// that Grad-CAM takes, may sum in another order).

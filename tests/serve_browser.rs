@@ -16,6 +16,7 @@ use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
+use crate::serve_common::*;
 use base64::Engine as _;
 use burn::prelude::Device;
 use catdog::model::ResNet18;
@@ -23,7 +24,6 @@ use catdog::model::checkpoint::{self, CheckpointMeta};
 use catdog::model::weights::load_into;
 use catdog::preprocess::Preprocessing;
 use serde_json::{Value, json};
-use crate::serve_common::*;
 
 /// The element key of the WebDriver protocol.
 const ELEMENT: &str = "element-6066-11e4-a52e-4f735466cecf";

@@ -9,11 +9,11 @@ use std::path::Path;
 use std::sync::Mutex;
 use std::sync::atomic::AtomicBool;
 
+use crate::common::{demo_data, history, random_weights};
 use catdog::data::{Ratios, Split};
 use catdog::preprocess::Preprocessing;
 use catdog::run::RunDir;
 use catdog::train::{self, DataSource, Event, Mode, Start, TrainConfig};
-use crate::common::{demo_data, history, random_weights};
 
 fn config(data: &Path, mode: Mode, weights: &str, epochs: usize) -> TrainConfig {
     TrainConfig {
@@ -38,10 +38,22 @@ fn folder(data: &Path, ratios: Ratios) -> DataSource {
 /// What the tests look at in training's events.
 #[derive(Debug, PartialEq)]
 enum Seen {
-    Resumed { epochs_done: usize, batches_done: usize },
-    Features { split: Split, hits: usize, computed: usize },
-    Saved { epoch: usize },
-    Stopped { epoch: usize, batches_done: usize },
+    Resumed {
+        epochs_done: usize,
+        batches_done: usize,
+    },
+    Features {
+        split: Split,
+        hits: usize,
+        computed: usize,
+    },
+    Saved {
+        epoch: usize,
+    },
+    Stopped {
+        epoch: usize,
+        batches_done: usize,
+    },
 }
 
 /// Trains, collecting the events; panics with them on failure.
@@ -81,10 +93,7 @@ fn train(run: &Path, start: Start, stop: bool) -> (train::Outcome, Vec<Seen>) {
     };
     let outcome = train::train(&RunDir::new(run), start, &AtomicBool::new(stop), &on);
     let seen = seen.into_inner().unwrap();
-    (
-        outcome.unwrap_or_else(|e| panic!("{e}\n{seen:?}")),
-        seen,
-    )
+    (outcome.unwrap_or_else(|e| panic!("{e}\n{seen:?}")), seen)
 }
 
 #[test]

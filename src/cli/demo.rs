@@ -4,12 +4,12 @@ use std::path::PathBuf;
 use std::sync::atomic::AtomicBool;
 
 use anyhow::Result;
-use catdog::data::{Limits, Ratios, synthetic};
-use catdog::preprocess::Preprocessing;
 use burn::prelude::Device;
+use catdog::data::{Limits, Ratios, synthetic};
+use catdog::model::weights::WeightsChoice;
+use catdog::preprocess::Preprocessing;
 use catdog::report;
 use catdog::run::{self, RunDir, Which};
-use catdog::model::weights::WeightsChoice;
 use catdog::train::{self, DataSource, Mode, Start, TrainConfig};
 
 use super::data::{self, DataArgs};

@@ -6,9 +6,9 @@ use anyhow::Result;
 use burn::prelude::Device;
 use catdog::data::Split;
 use catdog::evaluate::{BATCH_SIZE, Metrics, RunModel};
+use catdog::fsio;
 use catdog::report::{self, write_run_report};
 use catdog::run::{RunDir, Which};
-use catdog::fsio;
 
 use super::progress::Bar;
 

@@ -9,7 +9,10 @@ pub struct Bar(pub ProgressBar);
 
 impl Bar {
     pub fn new(what: &str) -> Bar {
-        Bar::with_template(what, "{msg:>10} [{bar:32}] {pos}/{len} {per_sec:>9} eta {eta}")
+        Bar::with_template(
+            what,
+            "{msg:>10} [{bar:32}] {pos}/{len} {per_sec:>9} eta {eta}",
+        )
     }
 
     /// Counting bytes.

@@ -2,17 +2,17 @@
 //! then evaluate the best checkpoint on the test split.
 
 use std::path::PathBuf;
-use std::sync::Mutex;
 use std::sync::Arc;
+use std::sync::Mutex;
 use std::sync::atomic::{AtomicBool, Ordering};
 
 use anyhow::{Result, bail};
 use catdog::data::Ratios;
-use catdog::preprocess::Preprocessing;
 use catdog::data::Split;
+use catdog::model::weights::WeightsChoice;
+use catdog::preprocess::Preprocessing;
 use catdog::report;
 use catdog::run::{self, RunDir, Which};
-use catdog::model::weights::WeightsChoice;
 use catdog::train::{self, DataSource, Event, Mode, Outcome, Start, Step, TrainConfig};
 
 use super::progress::Bar;

@@ -13,9 +13,9 @@ use serde::{Deserialize, Serialize};
 
 use super::decode::{self, Limits, RejectReason, Rejection, Warning, WarningKind};
 use super::scan::{Layout, Scan};
-use crate::progress::Progress;
 use crate::error::{Error, Result};
 use crate::fsio;
+use crate::progress::Progress;
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "lowercase")]

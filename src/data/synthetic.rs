@@ -120,8 +120,13 @@ pub fn write_kaggle_like(dir: &Path, per_class: usize, seed: u64) -> Result<()> 
     for (class, cat) in [("cat", true), ("dog", false)] {
         for i in 0..per_class {
             let small = photo(cat, &mut rng);
-            let big = image::imageops::resize(&small, 500, 375, image::imageops::FilterType::Triangle);
-            write(dir, &format!("{class}.{i}.jpg"), &encode(&big, ImageFormat::Jpeg))?;
+            let big =
+                image::imageops::resize(&small, 500, 375, image::imageops::FilterType::Triangle);
+            write(
+                dir,
+                &format!("{class}.{i}.jpg"),
+                &encode(&big, ImageFormat::Jpeg),
+            )?;
         }
     }
     Ok(())

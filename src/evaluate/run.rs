@@ -7,9 +7,9 @@ use super::{Metrics, Predictions, predict_samples};
 use crate::data::{Manifest, Split};
 use crate::error::{Error, Result};
 use crate::fsio;
-use crate::progress::Progress;
 use crate::model::checkpoint::{self, CheckpointMeta};
 use crate::model::{EvalNet, ResNet18};
+use crate::progress::Progress;
 use crate::run::{RunDir, Which};
 
 /// Photos per forward pass when the caller does not choose.

@@ -18,8 +18,8 @@ use crate::data::decode::{self, Limits};
 use crate::error::{Error, Result};
 use crate::evaluate::{BATCH_SIZE, Predictions, RunModel, predicted, top_losses};
 use crate::fsio;
-use crate::progress::Progress;
 use crate::model::gradcam::gradcam_maps;
+use crate::progress::Progress;
 use crate::run::{RunDir, Which};
 
 /// Writes `RUN/report/`: the training curves (from `metrics.jsonl`, left out

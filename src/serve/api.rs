@@ -16,12 +16,12 @@ use image::RgbImage;
 use serde::{Deserialize, Serialize};
 use tokio::sync::oneshot;
 
-use super::inference::{Engine, Job, Refused, StatsSnapshot};
 use super::error::ApiError;
+use super::inference::{Engine, Job, Refused, StatsSnapshot};
 use super::upload::{self, ImageSummary};
 use super::{Config, ModelInfo};
-use crate::model::predict::top_k;
 use crate::model::gradcam::HeatMap;
+use crate::model::predict::top_k;
 use crate::report::overlay;
 
 /// The page at `/`: HTML, CSS and script in one file, in the binary.

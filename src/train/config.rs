@@ -209,8 +209,14 @@ mod tests {
             device_name: "Cpu".into(),
         };
         let mut json = serde_json::to_value(&config).unwrap();
-        assert_eq!((&json["manifest"], &json["weights"]), (&json!("m.json"), &json!("auto")));
-        assert!(json.get("data").is_none() && json.get("ratios").is_none(), "{json}");
+        assert_eq!(
+            (&json["manifest"], &json["weights"]),
+            (&json!("m.json"), &json!("auto"))
+        );
+        assert!(
+            json.get("data").is_none() && json.get("ratios").is_none(),
+            "{json}"
+        );
         let back: RunConfig = serde_json::from_value(json.clone()).unwrap();
         assert_eq!(back.settings, config.settings);
 
@@ -219,7 +225,10 @@ mod tests {
         v1.remove("config_version");
         v1.insert("data".into(), json!(""));
         v1.insert("layout".into(), Value::Null);
-        v1.insert("ratios".into(), serde_json::to_value(Ratios::default()).unwrap());
+        v1.insert(
+            "ratios".into(),
+            serde_json::to_value(Ratios::default()).unwrap(),
+        );
         let old: RunConfig = serde_json::from_value(json.clone()).unwrap();
         assert_eq!(old.config_version, 1);
         assert_eq!(old.settings, config.settings);

@@ -11,14 +11,13 @@ use std::fs;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
-
 use crate::data::manifest::Sample;
 use crate::error::{Error, Result};
 use crate::fsio;
-use crate::progress::Progress;
 use crate::loader::{Loader, LoaderConfig};
 use crate::model::{EvalNet, FEATURES};
 use crate::preprocess::Preprocessing;
+use crate::progress::Progress;
 
 const ENTRY_BYTES: usize = FEATURES * 4 + 8;
 

@@ -21,7 +21,9 @@ pub fn shared_dir() -> Option<PathBuf> {
 /// `#[ignore = "needs ../shared"]`, so that a run lists them as ignored rather than passed;
 /// `cargo test -- --include-ignored` runs them (CI does where ../shared exists).
 pub fn shared() -> PathBuf {
-    shared_dir().expect("this test needs ../shared beside the repository; run it only with ../shared present")
+    shared_dir().expect(
+        "this test needs ../shared beside the repository; run it only with ../shared present",
+    )
 }
 
 /// A little-endian f32 array in NumPy's .npy format (C order): shape and data.

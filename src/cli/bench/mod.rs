@@ -312,7 +312,6 @@ fn run_dir(tmp: &Path, mode: Mode) -> RunDir {
     RunDir::new(tmp.join(format!("run-{mode}")))
 }
 
-
 /// `catdog train` with the seed's defaults, a cold feature cache and its own
 /// run folder; the test accuracy is the one it wrote to `eval-test.json`.
 fn train_catdog(data: &Path, weights: &str, mode: Mode, tmp: &Path) -> Result<Trained> {
@@ -416,7 +415,11 @@ fn predict_cold(data: &Path, model: Option<PathBuf>, tmp: &Path) -> Result<Row> 
 fn random_model(tmp: &Path) -> Result<PathBuf> {
     let dir = tmp.join("random-model");
     let classes = vec!["cat".to_owned(), "dog".to_owned()];
-    checkpoint::save_random(&dir, &CheckpointMeta::new(classes, Preprocessing::default()), 0)?;
+    checkpoint::save_random(
+        &dir,
+        &CheckpointMeta::new(classes, Preprocessing::default()),
+        0,
+    )?;
     Ok(dir)
 }
 
