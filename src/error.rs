@@ -108,9 +108,9 @@ impl Error {
     }
 }
 
-/// The one of `choices` whose name (`Display`) is `name`: `FromStr` for the library's named
-/// choices (a split, a checkpoint, a mode, a layout), so that `setting` says what is accepted.
-pub fn parse_choice<T: Copy + std::fmt::Display>(
+/// The one of `choices` whose name (`Display`) is `name`, or an error for `setting` that says
+/// what is accepted.
+pub(crate) fn parse_choice<T: Copy + std::fmt::Display>(
     setting: &'static str,
     name: &str,
     choices: &[T],
@@ -127,6 +127,30 @@ pub fn parse_choice<T: Copy + std::fmt::Display>(
             )
         })
 }
+
+/// `Display` and `FromStr` for a choice between named variants (a split, a checkpoint, a
+/// mode, a layout), as the command line takes it: `named_choice!(Which, "--checkpoint",
+/// Which::Best => "best", Which::Last => "last")`.
+macro_rules! named_choice {
+    ($ty:ty, $setting:literal, $($variant:path => $name:literal),+ $(,)?) => {
+        impl std::fmt::Display for $ty {
+            fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+                f.write_str(match self {
+                    $($variant => $name),+
+                })
+            }
+        }
+
+        impl std::str::FromStr for $ty {
+            type Err = $crate::error::Error;
+
+            fn from_str(s: &str) -> $crate::error::Result<Self> {
+                $crate::error::parse_choice($setting, s, &[$($variant),+])
+            }
+        }
+    };
+}
+pub(crate) use named_choice;
 
 #[cfg(test)]
 mod tests {

@@ -48,22 +48,7 @@ pub enum Which {
     Last,
 }
 
-impl std::fmt::Display for Which {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.write_str(match self {
-            Which::Best => "best",
-            Which::Last => "last",
-        })
-    }
-}
-
-impl std::str::FromStr for Which {
-    type Err = Error;
-
-    fn from_str(s: &str) -> Result<Self> {
-        crate::error::parse_choice("--checkpoint", s, &[Which::Best, Which::Last])
-    }
-}
+crate::error::named_choice!(Which, "--checkpoint", Which::Best => "best", Which::Last => "last");
 
 /// Paths inside a run folder.
 #[derive(Clone, Debug)]

@@ -26,22 +26,7 @@ pub enum Layout {
     Flat,
 }
 
-impl std::fmt::Display for Layout {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.write_str(match self {
-            Layout::Folders => "folders",
-            Layout::Flat => "flat",
-        })
-    }
-}
-
-impl std::str::FromStr for Layout {
-    type Err = Error;
-
-    fn from_str(s: &str) -> Result<Self> {
-        crate::error::parse_choice("--layout", s, &[Layout::Folders, Layout::Flat])
-    }
-}
+crate::error::named_choice!(Layout, "--layout", Layout::Folders => "folders", Layout::Flat => "flat");
 
 /// A file that is meant as a photo of a class (it may still turn out broken).
 #[derive(Clone, Debug, PartialEq, Eq)]

@@ -24,29 +24,9 @@ pub enum Split {
 
 impl Split {
     pub const ALL: [Split; 3] = [Split::Train, Split::Val, Split::Test];
-
-    pub fn name(self) -> &'static str {
-        match self {
-            Split::Train => "train",
-            Split::Val => "val",
-            Split::Test => "test",
-        }
-    }
 }
 
-impl fmt::Display for Split {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str(self.name())
-    }
-}
-
-impl FromStr for Split {
-    type Err = Error;
-
-    fn from_str(s: &str) -> Result<Self> {
-        crate::error::parse_choice("--split", s, &Split::ALL)
-    }
-}
+crate::error::named_choice!(Split, "--split", Split::Train => "train", Split::Val => "val", Split::Test => "test");
 
 /// The seed of `catdog split` and of the training recipe by default.
 pub const DEFAULT_SEED: u64 = 42;

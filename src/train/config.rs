@@ -20,22 +20,7 @@ pub enum Mode {
     Frozen,
 }
 
-impl std::fmt::Display for Mode {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.write_str(match self {
-            Mode::Finetune => "finetune",
-            Mode::Frozen => "frozen",
-        })
-    }
-}
-
-impl std::str::FromStr for Mode {
-    type Err = crate::Error;
-
-    fn from_str(s: &str) -> crate::Result<Self> {
-        crate::error::parse_choice("--mode", s, &[Mode::Finetune, Mode::Frozen])
-    }
-}
+crate::error::named_choice!(Mode, "--mode", Mode::Finetune => "finetune", Mode::Frozen => "frozen");
 
 impl Mode {
     /// The default for a device: frozen on a CPU, where fine-tuning all of
