@@ -1,15 +1,17 @@
-//! Progress bars for long work, drawn on stderr only when it is a terminal
-//! (indicatif hides them otherwise, so logs and CI output stay clean).
+//! How far long work has got. The library only counts; the command line draws the counts
+//! as bars (`src/cli/progress.rs`), and tests pass [`Quiet`].
 
-use indicatif::{ProgressBar, ProgressStyle};
+/// Receives the progress of one long step, from any thread: [`Progress::set_total`] once the
+/// amount of work is known, then [`Progress::advance`] as items are done.
+pub trait Progress: Sync {
+    fn set_total(&self, items: u64);
+    fn advance(&self, items: u64);
+}
 
-/// A bar counting `len` items of work called `what` (e.g. "decoding").
-pub fn bar(len: u64, what: &str) -> ProgressBar {
-    let style =
-        ProgressStyle::with_template("{msg:>10} [{bar:32}] {pos}/{len} {per_sec:>9} eta {eta}")
-            .expect("static template")
-            .progress_chars("=> ");
-    ProgressBar::new(len)
-        .with_style(style)
-        .with_message(what.to_owned())
+/// Progress nobody watches.
+pub struct Quiet;
+
+impl Progress for Quiet {
+    fn set_total(&self, _items: u64) {}
+    fn advance(&self, _items: u64) {}
 }

@@ -23,6 +23,10 @@ use crate::data::Split;
 use crate::error::{Error, Result};
 use crate::model::checkpoint;
 
+/// What a finished run folder holds, as a person reads it.
+pub const CONTENTS: &str =
+    "config.json, manifest.json, metrics.jsonl, metrics.csv, best/, last/, eval-test.json, report/";
+
 /// One epoch of training: a line of `metrics.jsonl` and a row of
 /// `metrics.csv`, written by training and plotted by the report.
 /// Accuracies are shares in [0, 1].
@@ -38,11 +42,13 @@ pub struct EpochRecord {
 }
 
 /// Which checkpoint of a run to use.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Which {
     Best,
     Last,
 }
+
+crate::error::named_choice!(Which, "--checkpoint", Which::Best => "best", Which::Last => "last");
 
 /// Paths inside a run folder.
 #[derive(Clone, Debug)]
@@ -72,10 +78,7 @@ impl RunDir {
     }
 
     pub fn checkpoint(&self, which: Which) -> PathBuf {
-        self.root.join(match which {
-            Which::Best => "best",
-            Which::Last => "last",
-        })
+        self.root.join(which.to_string())
     }
 
     pub fn eval(&self, split: Split) -> PathBuf {

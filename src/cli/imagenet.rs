@@ -3,11 +3,10 @@
 use std::path::PathBuf;
 
 use anyhow::{Result, bail};
-use burn::prelude::Device;
 use catdog::model::EvalNet;
 use catdog::model::imagenet_classes::NAMES;
 use catdog::model::predict::{Ranked, classify};
-use catdog::model::weights::{IMAGENET_NUM_CLASSES, WeightsChoice};
+use catdog::model::weights::{self, IMAGENET_NUM_CLASSES, WeightsChoice};
 use catdog::preprocess::eval_tensor_from_path;
 use rayon::prelude::*;
 use serde::Serialize;
@@ -32,6 +31,8 @@ pub struct ImagenetArgs {
     /// Photos per forward pass
     #[arg(long, default_value_t = 16, value_parser = clap::value_parser!(u16).range(1..))]
     pub batch_size: u16,
+    #[command(flatten)]
+    pub device: super::DeviceArgs,
 }
 
 #[derive(Serialize)]
@@ -48,8 +49,11 @@ struct JsonClass {
 }
 
 pub fn run(args: ImagenetArgs) -> Result<()> {
-    let device = Device::flex();
-    let model = super::weights::load_model(&args.weights, IMAGENET_NUM_CLASSES, &device)?;
+    let device = args.device.device()?;
+    let file = args.weights.resolve()?;
+    let (model, origin) = weights::load_model(file.as_deref(), IMAGENET_NUM_CLASSES, &device)?;
+    // On stderr: stdout may be JSON.
+    eprintln!("weights: {origin}");
     let net = EvalNet::new(&model, &device);
     let mut unreadable = 0;
     for batch in args.images.chunks(usize::from(args.batch_size)) {

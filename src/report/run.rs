@@ -6,19 +6,20 @@ use std::path::{Path, PathBuf};
 
 use burn::prelude::Device;
 use image::RgbImage;
-use indicatif::ProgressBar;
 use rayon::prelude::*;
 use serde_json::{Value, json};
 
 use super::{
-    CONFUSION, CURVES, EpochRecord, GRADCAM, INDEX, PREDICTIONS, TOP_LOSSES, Tile, gradcam_maps,
-    overlay, write_confusion, write_curves, write_grid, write_index,
+    CONFUSION, CURVES, EpochRecord, GRADCAM, INDEX, PREDICTIONS, TOP_LOSSES, Tile, overlay,
+    write_confusion, write_curves, write_grid, write_index,
 };
 use crate::data::Split;
 use crate::data::decode::{self, Limits};
 use crate::error::{Error, Result};
 use crate::evaluate::{BATCH_SIZE, Predictions, RunModel, predicted, top_losses};
 use crate::fsio;
+use crate::model::gradcam::gradcam_maps;
+use crate::progress::Progress;
 use crate::run::{RunDir, Which};
 
 /// Writes `RUN/report/`: the training curves (from `metrics.jsonl`, left out
@@ -32,7 +33,7 @@ pub fn write_run_report(
     which: Which,
     samples: usize,
     device: &Device,
-    progress: &ProgressBar,
+    progress: &dyn Progress,
 ) -> Result<PathBuf> {
     let loaded = RunModel::load(run, which, device)?;
     let (metrics, predictions) = loaded.evaluate(Split::Test, BATCH_SIZE, progress)?;

@@ -11,14 +11,13 @@ use std::fs;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
-use indicatif::ProgressBar;
-
 use crate::data::manifest::Sample;
 use crate::error::{Error, Result};
 use crate::fsio;
 use crate::loader::{Loader, LoaderConfig};
 use crate::model::{EvalNet, FEATURES};
 use crate::preprocess::Preprocessing;
+use crate::progress::Progress;
 
 const ENTRY_BYTES: usize = FEATURES * 4 + 8;
 
@@ -102,7 +101,7 @@ pub fn extract(
     samples: &[Sample],
     cache: Option<&FeatureCache>,
     loader: &LoaderConfig,
-    progress: &ProgressBar,
+    progress: &dyn Progress,
 ) -> Result<(Vec<f32>, CacheStats)> {
     let mut out = vec![0.0f32; samples.len() * FEATURES];
     let mut missing = Vec::new();
@@ -116,7 +115,7 @@ pub fn extract(
         hits: samples.len() - missing.len(),
         computed: missing.len(),
     };
-    progress.set_length(missing.len() as u64);
+    progress.set_total(missing.len() as u64);
     let todo: Arc<[Sample]> = missing.iter().map(|&i| samples[i].clone()).collect();
     let config = LoaderConfig {
         shuffle: false,
@@ -134,9 +133,8 @@ pub fn extract(
                 c.put(&samples[i].hash, row)?;
             }
         }
-        progress.inc(n as u64);
+        progress.advance(n as u64);
     }
-    progress.finish_and_clear();
     Ok((out, stats))
 }
 

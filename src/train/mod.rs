@@ -10,6 +10,7 @@
 
 pub mod adam;
 pub mod config;
+pub mod event;
 pub mod features;
 pub mod state;
 
@@ -22,7 +23,8 @@ use burn::nn::loss::CrossEntropyLossConfig;
 use burn::optim::GradientsParams;
 use burn::prelude::*;
 
-pub use config::{Mode, RunConfig, TrainConfig};
+pub use config::{CONFIG_VERSION, DataSource, Mode, RunConfig, TrainConfig};
+pub use event::{Event, OnEvent, Step};
 use state::{Best, OPTIMIZER_FILE, Running, TrainState};
 
 use crate::data::manifest::Sample;
@@ -32,11 +34,11 @@ use crate::fsio;
 use crate::loader::{Loader, LoaderConfig, batch_count, epoch_order};
 use crate::model::checkpoint::{self, CheckpointMeta};
 use crate::model::fused::{TrainNet, cross_entropy};
-use crate::model::weights::{self, WeightsChoice};
+use crate::model::weights;
 use crate::model::{EvalNet, FEATURES, ResNet18};
-use crate::progress;
 use crate::run::{EpochRecord, RunDir, Which};
 use adam::Adam;
+use event::StepProgress;
 use features::FeatureCache;
 
 /// How a run begins.
@@ -57,14 +59,13 @@ pub struct Outcome {
 }
 
 /// Trains in `run`. `stop` is checked after every batch; when it is set, the
-/// run saves `last/` and returns. `log` receives the lines a person reads
-/// (the clean summary, one line per epoch, what was saved).
-pub fn train(run: &RunDir, start: Start, stop: &AtomicBool, log: &dyn Fn(&str)) -> Result<Outcome> {
+/// run saves `last/` and returns. `on` receives what happens ([`Event`]).
+pub fn train(run: &RunDir, start: Start, stop: &AtomicBool, on: OnEvent) -> Result<Outcome> {
     let mut session = match start {
-        Start::New(config) => Session::begin(run, *config, log)?,
-        Start::Resume => Session::resume(run, log)?,
+        Start::New(config) => Session::begin(run, *config, on)?,
+        Start::Resume => Session::resume(run, on)?,
     };
-    session.run(stop, log)
+    session.run(stop, on)
 }
 
 /// One batch of model input: NCHW photos of `3 x size x size` values, or frozen mode's cached
@@ -122,7 +123,7 @@ struct Session {
 }
 
 impl Session {
-    fn begin(run: &RunDir, settings: TrainConfig, log: &dyn Fn(&str)) -> Result<Session> {
+    fn begin(run: &RunDir, settings: TrainConfig, on: OnEvent) -> Result<Session> {
         if run.config().exists() {
             return Err(Error::data(
                 &run.root,
@@ -137,32 +138,35 @@ impl Session {
         let device = settings.device.device()?;
         std::fs::create_dir_all(&run.root)
             .map_err(|e| Error::io("cannot create the run folder", &run.root, e))?;
-        let manifest = match &settings.manifest {
-            Some(path) => {
+        let manifest = match &settings.source {
+            DataSource::Manifest(path) => {
                 let m = Manifest::load(path)?;
                 m.verify(path)?;
                 m
             }
-            None => {
-                let bar = progress::bar(0, "decoding");
+            DataSource::Folder {
+                root,
+                layout,
+                ratios,
+            } => {
                 let (m, report) = data::prepare(
                     &Prepare {
-                        root: &settings.data,
-                        layout: settings.layout,
-                        ratios: settings.ratios,
+                        root,
+                        layout: *layout,
+                        ratios: *ratios,
                         seed: settings.seed,
                         limits: Limits::default(),
                         exclude: Some(&run.root),
                     },
-                    &bar,
+                    &StepProgress::new(Step::Decoding, on),
                 )?;
-                log(&report.table());
+                on(Event::Prepared(&report));
                 m
             }
         };
         manifest.save(&run.manifest())?;
         for split in [Split::Train, Split::Val] {
-            if manifest.files.iter().all(|f| f.split != split) {
+            if manifest.count(split) == 0 {
                 return Err(Error::data(
                     run.manifest(),
                     format!("the {split} split is empty"),
@@ -171,13 +175,10 @@ impl Session {
             }
         }
 
-        let weights_file = settings
-            .weights
-            .parse::<WeightsChoice>()
-            .unwrap_or_else(|never| match never {})
-            .resolve()?;
+        let weights_file = settings.weights.resolve()?;
         let weights_sha256 = weights_file.as_deref().map(fsio::sha256_file).transpose()?;
         let config = RunConfig {
+            config_version: CONFIG_VERSION,
             catdog_version: env!("CARGO_PKG_VERSION").to_owned(),
             weights_file,
             weights_sha256,
@@ -185,7 +186,7 @@ impl Session {
             device_name: format!("{device:?}"),
             settings,
         };
-        let model = initial_model(&config, &device, log)?;
+        let model = initial_model(&config, &device, on)?;
         fsio::write_json(&run.config(), &config)?;
         Ok(Session {
             run: run.clone(),
@@ -199,7 +200,7 @@ impl Session {
         })
     }
 
-    fn resume(run: &RunDir, log: &dyn Fn(&str)) -> Result<Session> {
+    fn resume(run: &RunDir, on: OnEvent) -> Result<Session> {
         let hint = "start a new run with `catdog train --data DIR --out RUN`";
         if !run.config().is_file() {
             return Err(Error::data(
@@ -221,10 +222,7 @@ impl Session {
         if !last.join(state::STATE_FILE).is_file() {
             // Stopped before the first epoch ended: start again from the saved settings,
             // which gives the model and the numbers a new run would have.
-            log(&format!(
-                "resuming {}: no epoch was complete, starting from the beginning",
-                run.root.display()
-            ));
+            on(Event::Restarted);
             if let (Some(path), Some(expected)) = (&config.weights_file, &config.weights_sha256)
                 && &fsio::sha256_file(path)? != expected
             {
@@ -236,7 +234,7 @@ impl Session {
             }
             return Ok(Session {
                 run: run.clone(),
-                model: initial_model(&config, &device, log)?,
+                model: initial_model(&config, &device, on)?,
                 engine: None,
                 adam: Adam::new(config.settings.lr),
                 state: TrainState::default(),
@@ -249,16 +247,10 @@ impl Session {
         let (model, _) = checkpoint::load(&last, &ad)?;
         let adam = Adam::load(&last.join(OPTIMIZER_FILE))?;
         let state = TrainState::load(&last)?;
-        log(&format!(
-            "resuming {} after epoch {}{}",
-            run.root.display(),
-            state.epochs_done,
-            if state.batches_done > 0 {
-                format!(" and {} batch(es) of the next", state.batches_done)
-            } else {
-                String::new()
-            }
-        ));
+        on(Event::Resumed {
+            epochs_done: state.epochs_done,
+            batches_done: state.batches_done,
+        });
         let session = Session {
             run: run.clone(),
             config,
@@ -274,27 +266,25 @@ impl Session {
         Ok(session)
     }
 
-    fn run(&mut self, stop: &AtomicBool, log: &dyn Fn(&str)) -> Result<Outcome> {
+    fn run(&mut self, stop: &AtomicBool, on: OnEvent) -> Result<Outcome> {
         let s = self.config.settings.clone();
         if s.mode == Mode::Frozen {
             self.model = self.model.clone().freeze_backbone();
         } else if self.device.clone().without_autodiff() == Device::flex() {
             self.engine = Some(TrainNet::new(&self.model));
         }
-        let source = self.source(log)?;
+        let source = self.source(on)?;
         let ad = self.device.clone().autodiff();
         while self.state.epochs_done < s.epochs {
             let epoch = self.state.epochs_done;
             let started = Instant::now();
-            let (train, stopped) = self.train_epoch(&source, epoch, &ad, stop)?;
+            let (train, stopped) = self.train_epoch(&source, epoch, &ad, stop, on)?;
             if stopped {
                 self.save_last()?;
-                log(&format!(
-                    "stopped after batch {} of epoch {}; last/ saved. Resume with: catdog train --resume {}",
-                    self.state.batches_done,
-                    epoch + 1,
-                    self.run.root.display()
-                ));
+                on(Event::Stopped {
+                    epoch: epoch + 1,
+                    batches_done: self.state.batches_done,
+                });
                 return Ok(self.outcome(true));
             }
             let val = self.validate(&source)?;
@@ -306,17 +296,8 @@ impl Session {
                 val_acc: val.accuracy(),
                 seconds: started.elapsed().as_secs_f64(),
             };
-            log(&format!(
-                "epoch {}/{}: train loss {:.4} acc {:.2}% | val loss {:.4} acc {:.2}% | {:.1}s",
-                record.epoch,
-                s.epochs,
-                record.train_loss,
-                100.0 * record.train_acc,
-                record.val_loss,
-                100.0 * record.val_acc,
-                record.seconds
-            ));
-            if self.state.best.is_none_or(|b| b.beaten_by(&record)) {
+            let best = self.state.best.is_none_or(|b| b.beaten_by(&record));
+            if best {
                 self.state.best = Some(Best {
                     epoch: record.epoch,
                     val_acc: record.val_acc,
@@ -333,6 +314,11 @@ impl Session {
             self.state.partial = Running::default();
             self.save_last()?;
             self.write_metrics()?;
+            on(Event::Saved {
+                record: self.state.history.last().expect("just pushed"),
+                epochs: s.epochs,
+                best,
+            });
         }
         Ok(self.outcome(false))
     }
@@ -367,7 +353,7 @@ impl Session {
     }
 
     /// Photos, or in frozen mode without augmentation, their (cached) features.
-    fn source(&self, log: &dyn Fn(&str)) -> Result<Source> {
+    fn source(&self, on: OnEvent) -> Result<Source> {
         let s = &self.config.settings;
         let train: Arc<[Sample]> = self.manifest.samples(Split::Train).into();
         let val: Arc<[Sample]> = self.manifest.samples(Split::Val).into();
@@ -375,9 +361,7 @@ impl Session {
             return Ok(Source::Photos { train, val });
         }
         if s.augment {
-            log(
-                "frozen mode with --augment: every step runs the backbone on a new random crop, so features are not cached",
-            );
+            on(Event::Uncached);
             return Ok(Source::Photos { train, val });
         }
         let cache = match (&s.cache_dir, &self.config.weights_sha256) {
@@ -385,24 +369,24 @@ impl Session {
             _ => None,
         };
         let backbone = EvalNet::new(&self.model.clone().valid(), &self.device);
-        let extract = |samples: &[Sample], what: &str| -> Result<Vec<f32>> {
-            let bar = progress::bar(samples.len() as u64, what);
+        let extract = |samples: &[Sample], split: Split| -> Result<Vec<f32>> {
             let (features, stats) = features::extract(
                 &backbone,
                 samples,
                 cache.as_ref(),
                 &self.loader_config(false, false),
-                &bar,
+                &StepProgress::new(Step::Features(split), on),
             )?;
-            log(&format!(
-                "{what}: {} from the feature cache, {} computed",
-                stats.hits, stats.computed
-            ));
+            on(Event::Features {
+                split,
+                hits: stats.hits,
+                computed: stats.computed,
+            });
             Ok(features)
         };
         Ok(Source::Features {
-            train: extract(&train, "features (train)")?,
-            val: extract(&val, "features (val)")?,
+            train: extract(&train, Split::Train)?,
+            val: extract(&val, Split::Val)?,
             train_labels: train.iter().map(|s| s.label).collect(),
             val_labels: val.iter().map(|s| s.label).collect(),
         })
@@ -469,14 +453,13 @@ impl Session {
         epoch: usize,
         ad: &Device,
         stop: &AtomicBool,
+        on: OnEvent,
     ) -> Result<(Running, bool)> {
         let n = match source {
             Source::Photos { train, .. } => train.len(),
             Source::Features { train_labels, .. } => train_labels.len(),
         };
         let bs = self.config.settings.batch_size;
-        let bar = progress::bar(n as u64, &format!("epoch {}", epoch + 1));
-        bar.set_position((self.state.batches_done * bs).min(n) as u64);
         let loss_fn = CrossEntropyLossConfig::new().init(ad);
         let mut running = self.state.partial;
         let batches = self.batches(source, Split::Train, epoch, self.state.batches_done);
@@ -506,19 +489,18 @@ impl Session {
             running.add(loss_value, correct, labels.len());
             self.state.batches_done += 1;
             self.state.partial = running;
-            bar.inc(labels.len() as u64);
-            bar.set_message(format!(
-                "loss {:.4} acc {:.1}%",
-                running.loss(),
-                100.0 * running.accuracy()
-            ));
+            on(Event::Batch {
+                epoch: epoch + 1,
+                images: (self.state.batches_done * bs).min(n),
+                total: n,
+                loss: running.loss(),
+                accuracy: running.accuracy(),
+            });
             if stop.load(Ordering::SeqCst) && self.state.batches_done < batch_count(n, bs) {
-                bar.abandon();
                 self.sync_model();
                 return Ok((running, true));
             }
         }
-        bar.finish_and_clear();
         self.sync_model();
         Ok((running, false))
     }
@@ -579,20 +561,14 @@ impl Session {
 }
 
 /// The model a run starts from: seeded initialisation, the run's weights, a new head.
-fn initial_model(config: &RunConfig, device: &Device, log: &dyn Fn(&str)) -> Result<ResNet18> {
+fn initial_model(config: &RunConfig, device: &Device, on: OnEvent) -> Result<ResNet18> {
     let s = &config.settings;
     let ad = device.clone().autodiff();
     // Seeded, so that a run from random initialisation is reproducible too.
     ad.seed(s.seed);
     let classes = config.classes.len();
-    let mut model = ResNet18::new(classes, &ad);
-    match &config.weights_file {
-        Some(path) => {
-            weights::load_into(&mut model, path)?;
-            log(&format!("weights: {}", path.display()));
-        }
-        None => log("weights: none; training from random initialisation"),
-    }
+    let (model, origin) = weights::load_model(config.weights_file.as_deref(), classes, &ad)?;
+    on(Event::Weights(&origin));
     Ok(model.with_head(classes, s.seed, &ad))
 }
 
