@@ -7,6 +7,8 @@
 use std::path::{Path, PathBuf};
 use std::process::Command;
 
+use burn::prelude::Device;
+use catdog::device::DeviceChoice;
 use catdog::report::EpochRecord;
 use catdog::run::RunDir;
 
@@ -24,6 +26,23 @@ pub fn shared() -> PathBuf {
     shared_dir().expect(
         "this test needs ../shared beside the repository; run it only with ../shared present",
     )
+}
+
+/// Where the device-parameterised golden tests (tests/model_parity.rs) run: the device
+/// `CATDOG_TEST_DEVICE` names (`cpu`, `wgpu`, `cuda`, `cuda:N`), the CPU when it is unset. A
+/// device this build lacks fails the test, saying which feature to build with.
+pub fn test_device() -> (DeviceChoice, Device) {
+    let choice: DeviceChoice = match std::env::var("CATDOG_TEST_DEVICE") {
+        Ok(name) => name
+            .parse()
+            .unwrap_or_else(|e| panic!("CATDOG_TEST_DEVICE: {e}")),
+        Err(_) => DeviceChoice::Cpu,
+    };
+    let device = choice
+        .device()
+        .unwrap_or_else(|e| panic!("CATDOG_TEST_DEVICE={choice}: {e}"));
+    eprintln!("test device: {choice}");
+    (choice, device)
 }
 
 /// A little-endian f32 array in NumPy's .npy format (C order): shape and data.
