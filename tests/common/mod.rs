@@ -13,9 +13,12 @@ use catdog::report::EpochRecord;
 use catdog::run::RunDir;
 
 /// `../shared` beside the repository (the real photos and torchvision's golden outputs), or
-/// `None`: a user's fresh clone does not have it.
+/// `None`: a user's fresh clone does not have it. `CATDOG_SHARED` names another place, for a
+/// test binary carried to a machine where the repository sits elsewhere (bench/gpu-check.sh).
 pub fn shared_dir() -> Option<PathBuf> {
-    let dir = PathBuf::from(concat!(env!("CARGO_MANIFEST_DIR"), "/../shared"));
+    let dir = std::env::var_os("CATDOG_SHARED")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| PathBuf::from(concat!(env!("CARGO_MANIFEST_DIR"), "/../shared")));
     dir.is_dir().then_some(dir)
 }
 
