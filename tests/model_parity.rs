@@ -202,12 +202,24 @@ fn reduction_along_a_long_dimension() {
         let (mean, var) = &mut stats[channel_of(i)];
         *var += (f64::from(v) - *mean).powi(2) / n;
     }
-    let training = device.autodiff();
-    let bn = BatchNorm2d::new(2, &training);
-    let output = values(bn.forward(Tensor::from_data(
-        TensorData::new(data.clone(), shape),
-        &training,
-    )));
+    // Output and input gradient (of an uneven weighting of the output) on `device`, with the
+    // layer whose running statistics it updated.
+    let forward_backward = |device: &Device| {
+        let training = device.clone().autodiff();
+        let bn = BatchNorm2d::new(2, &training);
+        let x =
+            Tensor::<4>::from_data(TensorData::new(data.clone(), shape), &training).require_grad();
+        let output = bn.forward(x.clone());
+        let weights: Vec<f32> = (0..data.len()).map(|i| (i % 5) as f32).collect();
+        let weights = Tensor::<4>::from_data(TensorData::new(weights, shape), &training);
+        let grads = output.clone().mul(weights).sum().backward();
+        (values(output), values(x.grad(&grads).unwrap()), bn)
+    };
+    let (output, grad, bn) = forward_backward(&device);
+    let (_, cpu_grad, _) = forward_backward(&Device::flex());
+    let grad_error = relative_l2(&grad, &cpu_grad);
+    eprintln!("{choice}: batch norm's input gradient vs the CPU's: relative L2 {grad_error:.1e}");
+    assert!(grad_error < 1e-4, "input gradient off by {grad_error:.1e}");
     let worst_output = data
         .iter()
         .zip(&output)
