@@ -101,16 +101,25 @@ pub fn inference(batch: usize, size: usize) -> Figure {
     Figure::new(&format!("inference {size} px, batch {batch}"), batch, t)
 }
 
-/// The same through burn's generic operations, the reference the fused kernels are measured
-/// against (PERFORMANCE.md).
-pub fn inference_burn(batch: usize, size: usize) -> Figure {
-    let device = Device::flex();
-    let model = ResNet18::new(2, &device);
-    let x = random_images(batch, size, &device);
+/// The same through burn's generic operations on `device`: on the CPU the reference the fused
+/// kernels are measured against (PERFORMANCE.md), elsewhere how inference runs there.
+pub fn inference_burn(batch: usize, size: usize, device: &Device) -> Figure {
+    let model = ResNet18::new(2, device);
+    let x = random_images(batch, size, device);
     let t = median_seconds(1, 3, || {
         let _ = model.features(x.clone()).into_data();
     });
-    Figure::new("  same, burn operations (reference)", batch, t)
+    Figure::new(&burn_label("inference", batch, size, device), batch, t)
+}
+
+/// A row's name for burn's operations: a reference row under catdog's own on the CPU, the
+/// figure itself on another device.
+fn burn_label(what: &str, batch: usize, size: usize, device: &Device) -> String {
+    if device.clone().without_autodiff() == Device::flex() {
+        "  same, burn operations (reference)".to_owned()
+    } else {
+        format!("{what} {size} px, batch {batch} (burn)")
+    }
 }
 
 /// The median time of an Adam step (forward by `logits`, cross-entropy,
@@ -161,19 +170,24 @@ pub fn train_step(batch: usize, size: usize) -> Figure {
     )
 }
 
-/// The same through burn's autodiff over its generic operations (the reference).
-pub fn train_step_burn(batch: usize, size: usize) -> Figure {
-    let device = Device::flex().autodiff();
+/// The same through burn's autodiff over its generic operations on `device`: the reference on
+/// the CPU, how `catdog train` fine-tunes elsewhere.
+pub fn train_step_burn(batch: usize, size: usize, device: &Device) -> Figure {
+    let device = device.clone().autodiff();
     let x = random_images(batch, size, &device);
     let t = adam_step_seconds(ResNet18::new(2, &device), batch, 1, 3, |m| {
         m.forward(x.clone())
     });
-    Figure::new("  same, burn operations (reference)", batch, t)
+    Figure::new(
+        &burn_label("fine-tuning step", batch, size, &device),
+        batch,
+        t,
+    )
 }
 
-/// A step of frozen mode's head on cached features, img/s.
-pub fn head_step(batch: usize) -> Figure {
-    let device = Device::flex().autodiff();
+/// A step of frozen mode's head on cached features on `device`, img/s.
+pub fn head_step(batch: usize, device: &Device) -> Figure {
+    let device = device.clone().autodiff();
     device.seed(0);
     let f = Tensor::<2>::random(
         [batch, FEATURES],

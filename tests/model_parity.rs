@@ -4,19 +4,61 @@
 use std::path::{Path, PathBuf};
 use std::time::Instant;
 
-use crate::common::{read_npy_f32, relative_l2, shared};
-use burn::module::{Module, Param};
+use crate::common::{read_npy_f32, relative_l2, shared, test_device};
+use burn::module::{Module, ModuleMapper, Param};
 use burn::nn::Linear;
 use burn::nn::loss::CrossEntropyLossConfig;
 use burn::optim::GradientsParams;
 use burn::prelude::*;
 use burn::store::{BurnToPyTorchAdapter, ModuleSnapshot};
 use burn::tensor::Distribution;
+use burn::tensor::Gradients;
+use catdog::device::DeviceChoice;
 use catdog::model::fused::{FusedResNet18, Slot, TrainNet};
 use catdog::model::weights::{HeadWeights, load_into};
-use catdog::model::{FEATURES, ResNet18};
+use catdog::model::{BatchNorm2d, FEATURES, ResNet18};
 use catdog::preprocess::eval_tensor_from_path;
 use catdog::train::adam::Adam;
+
+/// How close burn's path gets to torchvision on each device the golden tests run on
+/// (`CATDOG_TEST_DEVICE`, see `common::test_device`).
+struct Tolerance {
+    /// Relative L2 of the logits and pooled features.
+    forward: f64,
+    /// Absolute error of the loss before the Adam step.
+    loss: f64,
+    /// Relative error of each batch-norm running statistic's sum after the step.
+    running: f64,
+    /// Relative error of each gradient's norm (train_golden.json).
+    grad_norm: f64,
+    /// Relative L2 of each gradient's 256 sampled values.
+    grad_sample: f64,
+}
+
+impl Tolerance {
+    fn of(device: DeviceChoice) -> Self {
+        match device {
+            // Measured on the CPU (Flex); wgpu is held to the same until a lavapipe run says
+            // otherwise (PERFORMANCE.md, "The GPU path").
+            DeviceChoice::Cpu | DeviceChoice::Wgpu => Tolerance {
+                forward: 1e-4,
+                loss: 1e-5,
+                running: 1e-5,
+                grad_norm: 2e-3,
+                grad_sample: 1e-2,
+            },
+            // Unmeasured: no GPU has run these yet. Looser because cubecl's CUDA matrix
+            // products may round through TF32 (10-bit mantissa).
+            DeviceChoice::Cuda(_) => Tolerance {
+                forward: 1e-2,
+                loss: 1e-3,
+                running: 1e-3,
+                grad_norm: 2e-2,
+                grad_sample: 3e-2,
+            },
+        }
+    }
+}
 
 fn golden() -> PathBuf {
     shared().join("golden/resnet18")
@@ -49,7 +91,8 @@ fn pretrained(dir: &Path, device: &Device) -> ResNet18 {
 #[ignore = "needs ../shared"]
 fn pretrained_logits_and_features_match_torchvision() {
     let dir = golden();
-    let device = Device::flex();
+    let (choice, device) = test_device();
+    let tolerance = Tolerance::of(choice).forward;
     let model = pretrained(&dir, &device);
     let input = tensor4(read_npy_f32(&dir.join("input.npy")), &device);
 
@@ -63,11 +106,11 @@ fn pretrained_logits_and_features_match_torchvision() {
     let features_error = relative_l2(&features, &expected_features);
     eprintln!("relative L2 error: logits {logits_error:.3e}, features {features_error:.3e}");
     assert!(
-        logits_error < 1e-4,
+        logits_error < tolerance,
         "logits differ from torchvision's: {logits_error:.3e}"
     );
     assert!(
-        features_error < 1e-4,
+        features_error < tolerance,
         "features differ from torchvision's: {features_error:.3e}"
     );
 }
@@ -109,6 +152,99 @@ fn fused_forward_matches_burn_at_other_sizes_and_heads() {
         let error = relative_l2(&logits, &burn_logits);
         eprintln!("{size} px: relative L2 {error:.3e}");
         assert!(error < 1e-4, "{size} px: {error:.3e}");
+    }
+}
+
+/// burn's `sum_dim` along one dimension of 98,304 elements on the test device, and catdog's
+/// train-mode batch norm reducing 98,304 values per channel. On wgpu over Mesa's lavapipe
+/// (burn 0.22.1, cubecl 0.11.3) `sum_dim` loses values past 65,536 (relative error 0.53
+/// here) while a whole-tensor `sum` is right; burn's fused `batch_norm_train` reduces over
+/// such a dimension, which is why `BatchNorm2d` reduces one axis at a time off the CPU.
+#[test]
+fn reduction_along_a_long_dimension() {
+    const LEN: usize = 98_304;
+    let (choice, device) = test_device();
+    let data: Vec<f32> = (0..LEN).map(|i| (i % 7) as f32 - 3.0).collect();
+    let exact: f64 = data.iter().map(|&v| f64::from(v)).sum::<f64>() + LEN as f64;
+    // Shifted by one so the exact sum is far from zero: 98,304 + sum((i % 7) - 3).
+    let x =
+        Tensor::<2>::from_data(TensorData::new(data.clone(), [1, LEN]), &device).add_scalar(1.0);
+    let along = f64::from(values(x.clone().sum_dim(1))[0]);
+    let whole = f64::from(values(x.sum())[0]);
+    let along_error = (along - exact).abs() / exact;
+    eprintln!(
+        "{choice}: sum_dim along {LEN} off by {along_error:.1e} (relative), whole sum off by {:.1e}",
+        (whole - exact).abs() / exact
+    );
+    assert!((whole - exact).abs() / exact < 1e-6);
+    match choice {
+        DeviceChoice::Cpu => assert!(along_error < 1e-6, "{along_error:.1e}"),
+        _ if along_error < 1e-6 => eprintln!(
+            "{choice}: the long-dimension fault is not there (fixed upstream, or this adapter \
+             lacks it): BatchNorm2d's per-axis reduction may no longer be needed"
+        ),
+        _ => {}
+    }
+
+    // Train-mode batch norm over 4 images of 2 channels at 192 x 128: 98,304 values a channel.
+    let shape = [4, 2, 192, 128];
+    let plane = 192 * 128;
+    let data: Vec<f32> = (0..4 * 2 * plane)
+        .map(|i| ((i * 31) % 97) as f32 / 10.0 - 4.0)
+        .collect();
+    let channel_of = |i: usize| (i / plane) % 2;
+    let n = LEN as f64;
+    let mut stats = [(0.0f64, 0.0f64); 2];
+    for (i, &v) in data.iter().enumerate() {
+        stats[channel_of(i)].0 += f64::from(v) / n;
+    }
+    for (i, &v) in data.iter().enumerate() {
+        let (mean, var) = &mut stats[channel_of(i)];
+        *var += (f64::from(v) - *mean).powi(2) / n;
+    }
+    // Output and input gradient (of an uneven weighting of the output) on `device`, with the
+    // layer whose running statistics it updated.
+    let forward_backward = |device: &Device| {
+        let training = device.clone().autodiff();
+        let bn = BatchNorm2d::new(2, &training);
+        let x =
+            Tensor::<4>::from_data(TensorData::new(data.clone(), shape), &training).require_grad();
+        let output = bn.forward(x.clone());
+        let weights: Vec<f32> = (0..data.len()).map(|i| (i % 5) as f32).collect();
+        let weights = Tensor::<4>::from_data(TensorData::new(weights, shape), &training);
+        let grads = output.clone().mul(weights).sum().backward();
+        (values(output), values(x.grad(&grads).unwrap()), bn)
+    };
+    let (output, grad, bn) = forward_backward(&device);
+    let (_, cpu_grad, _) = forward_backward(&Device::flex());
+    let grad_error = relative_l2(&grad, &cpu_grad);
+    eprintln!("{choice}: batch norm's input gradient vs the CPU's: relative L2 {grad_error:.1e}");
+    assert!(grad_error < 1e-4, "input gradient off by {grad_error:.1e}");
+    let worst_output = data
+        .iter()
+        .zip(&output)
+        .enumerate()
+        .map(|(i, (&x, &y))| {
+            let (mean, var) = stats[channel_of(i)];
+            ((f64::from(x) - mean) / (var + 1e-5).sqrt() - f64::from(y)).abs()
+        })
+        .fold(0.0, f64::max);
+    let running_mean = values(bn.running_mean.value_sync());
+    let running_var = values(bn.running_var.value_sync());
+    eprintln!("{choice}: batch norm over {LEN} values a channel: output off by {worst_output:.1e}");
+    assert!(worst_output < 1e-4, "output off by {worst_output:.1e}");
+    for (c, (mean, var)) in stats.iter().enumerate() {
+        // PyTorch's update from 0 and 1, with the sample variance.
+        let expected_mean = 0.1 * mean;
+        let expected_var = 0.9 + 0.1 * var * n / (n - 1.0);
+        let mean_error = (f64::from(running_mean[c]) - expected_mean).abs();
+        let var_error = (f64::from(running_var[c]) - expected_var).abs() / expected_var;
+        assert!(
+            mean_error < 1e-5 && var_error < 1e-5,
+            "channel {c}: running mean {} (exact {expected_mean}), variance {} (exact {expected_var})",
+            running_mean[c],
+            running_var[c]
+        );
     }
 }
 
@@ -178,11 +314,27 @@ fn golden_head(dir: &Path, device: &Device) -> Linear {
     }
 }
 
+/// Replaces every parameter of a module by its gradient (zeros where it has none), so that
+/// `collect` names the gradients as torchvision names the parameters.
+struct GradientsOf<'a>(&'a Gradients);
+
+impl ModuleMapper for GradientsOf<'_> {
+    fn map_float<const D: usize>(&mut self, param: Param<Tensor<D>>) -> Param<Tensor<D>> {
+        param.map(|t| t.grad(self.0).unwrap_or_else(|| t.zeros_like().inner()))
+    }
+}
+
+/// burn's autodiff path (the one `catdog train` takes off the CPU) on the device
+/// `CATDOG_TEST_DEVICE` selects: the loss before one Adam step and every gradient against
+/// PyTorch's (`train_step.json`, `train_golden.json`), then the head, the weights and the
+/// batch-norm running statistics after the step.
 #[test]
 #[ignore = "needs ../shared"]
 fn one_adam_step_matches_pytorch() {
     let dir = golden();
-    let device = Device::flex().autodiff();
+    let (choice, device) = test_device();
+    let tolerance = Tolerance::of(choice);
+    let device = device.autodiff();
     let mut model = pretrained(&dir, &device);
     let step: serde_json::Value =
         serde_json::from_slice(&std::fs::read(dir.join("train_step.json")).unwrap()).unwrap();
@@ -205,13 +357,16 @@ fn one_adam_step_matches_pytorch() {
     let expected_loss = step["loss_before_step"].as_f64().unwrap();
     eprintln!("loss before the step: {loss_value:.7} (PyTorch {expected_loss:.7})");
     assert!(
-        (loss_value - expected_loss).abs() < 1e-5,
+        (loss_value - expected_loss).abs() < tolerance.loss,
         "loss {loss_value} vs PyTorch {expected_loss}"
     );
 
+    let grads = loss.backward();
+    check_gradients(&dir, &model, &grads, &tolerance);
+
     // catdog's own Adam, the one `catdog train` uses (torch.optim.Adam's defaults).
     let mut adam = Adam::new(1e-3);
-    let grads = GradientsParams::from_grads(loss.backward(), &model);
+    let grads = GradientsParams::from_grads(grads, &model);
     let model = adam.step(model, grads).valid();
 
     let (_, head_after) = read_npy_f32(&dir.join("head_after.npy"));
@@ -260,7 +415,11 @@ fn one_adam_step_matches_pytorch() {
         let theirs = expected[&t.name].as_f64().unwrap();
         if t.name.contains(".running_") {
             let error = (ours - theirs).abs() / theirs.abs().max(1.0);
-            assert!(error < 1e-5, "{}: sum {ours} vs PyTorch {theirs}", t.name);
+            assert!(
+                error < tolerance.running,
+                "{}: sum {ours} vs PyTorch {theirs}",
+                t.name
+            );
             worst_stat = worst_stat.max(error);
         } else {
             sign_steps += (ours - theirs).abs() / (2.0 * LR);
@@ -273,6 +432,61 @@ fn one_adam_step_matches_pytorch() {
     assert!(
         sign_steps < 400.0,
         "parameter sums after the step differ by {sign_steps:.0} sign steps"
+    );
+}
+
+/// Every parameter's gradient of the golden step against PyTorch's in `train_golden.json`:
+/// its norm and its 256 sampled values. On the CPU burn's autodiff, summing in another order
+/// than PyTorch, is at worst 1.1e-3 on a norm (conv1.weight) and 5.7e-3 on the samples
+/// (layer3.1.bn1.bias).
+fn check_gradients(dir: &Path, model: &ResNet18, grads: &Gradients, tolerance: &Tolerance) {
+    let golden: serde_json::Value =
+        serde_json::from_slice(&std::fs::read(dir.join("train_golden.json")).unwrap()).unwrap();
+    let as_grads = model.clone().map(&mut GradientsOf(grads));
+    let tensors = as_grads.collect(None, Some(Box::new(BurnToPyTorchAdapter)), true);
+    let norms = golden["fp32"]["grad_norm"].as_object().unwrap();
+    let mut worst = (0.0f64, String::new());
+    for (name, expected) in norms {
+        let t = tensors.iter().find(|t| &t.name == name).unwrap();
+        let grad: Vec<f32> = t
+            .to_bytes()
+            .unwrap()
+            .chunks_exact(4)
+            .map(|c| f32::from_le_bytes(c.try_into().unwrap()))
+            .collect();
+        let norm = grad
+            .iter()
+            .map(|&g| f64::from(g).powi(2))
+            .sum::<f64>()
+            .sqrt();
+        let expected = expected.as_f64().unwrap();
+        let ours: Vec<f32> = golden["sample_indices"][name]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|i| grad[i.as_u64().unwrap() as usize])
+            .collect();
+        let theirs: Vec<f32> = golden_f64s(&golden["fp32"]["grad_sample"][name])
+            .iter()
+            .map(|&v| v as f32)
+            .collect();
+        let norm_error = (norm - expected).abs() / expected;
+        let sample_error = relative_l2(&ours, &theirs);
+        for error in [norm_error, sample_error] {
+            if error > worst.0 {
+                worst = (error, name.clone());
+            }
+        }
+        assert!(
+            norm_error < tolerance.grad_norm && sample_error < tolerance.grad_sample,
+            "{name}: gradient norm {norm} vs PyTorch {expected} ({norm_error:.1e}), sampled values off by {sample_error:.1e}"
+        );
+    }
+    eprintln!(
+        "burn's autodiff: all {} gradients within {:.1e} of PyTorch's (worst: {})",
+        norms.len(),
+        worst.0,
+        worst.1
     );
 }
 

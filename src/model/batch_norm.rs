@@ -63,22 +63,50 @@ impl BatchNorm2d {
     fn forward_train(&self, input: Tensor<4>) -> Tensor<4> {
         let [batch, _, height, width] = input.dims();
         let device = input.device();
-        let out = batch_norm_train(input, self.weight.val(), self.bias.val(), EPSILON);
+        let (output, batch_mean, batch_var) = if device.clone().without_autodiff() == Device::flex()
+        {
+            let out = batch_norm_train(input, self.weight.val(), self.bias.val(), EPSILON);
+            (out.output, out.mean, out.variance)
+        } else {
+            self.forward_train_by_axes(input)
+        };
 
-        // Bessel's correction turns burn's population variance into PyTorch's sample variance.
+        // Bessel's correction turns the population variance into PyTorch's sample variance.
         let n = (batch * height * width) as f64;
         let correction = if n > 1.0 { n / (n - 1.0) } else { 1.0 };
         let mean = self.running_mean.value_sync().to_device(&device);
         let var = self.running_var.value_sync().to_device(&device);
         let mean = mean
             .mul_scalar(1.0 - MOMENTUM)
-            .add(out.mean.detach().mul_scalar(MOMENTUM));
+            .add(batch_mean.detach().mul_scalar(MOMENTUM));
         let var = var
             .mul_scalar(1.0 - MOMENTUM)
-            .add(out.variance.detach().mul_scalar(MOMENTUM * correction));
+            .add(batch_var.detach().mul_scalar(MOMENTUM * correction));
         self.running_mean.update(mean.detach());
         self.running_var.update(var.detach());
-        out.output
+        output
+    }
+
+    /// Train-mode batch norm out of tensor operations, for GPU backends. burn's fused
+    /// `batch_norm_train` (forward and backward) reduces each channel over one flattened
+    /// dimension of N*H*W elements, and on wgpu (cubecl 0.11, seen on Mesa's lavapipe) a
+    /// reduction along a dimension longer than 65,536 loses values: 401,408 for bn1 at 224 px
+    /// and batch 32 (see `gpu_reduction_of_a_long_dimension` in tests/model_parity.rs). Here
+    /// every reduction runs along one axis at a time (width, height, batch), and autodiff's
+    /// gradient of the broadcasts sums over batch and the folded H*W: all far below that size
+    /// for the images catdog trains on (H*W is 12,544 for conv1's output at 224 px).
+    /// Returns the output, the batch mean and the population variance, as `batch_norm_train`.
+    fn forward_train_by_axes(&self, input: Tensor<4>) -> (Tensor<4>, Tensor<1>, Tensor<1>) {
+        let channels = input.dims()[1];
+        let mean_by_axes = |x: Tensor<4>| x.mean_dim(3).mean_dim(2).mean_dim(0);
+        let mean = mean_by_axes(input.clone());
+        let centered = input.sub(mean.clone());
+        let var = mean_by_axes(centered.clone().powi_scalar(2));
+        let output = centered.div(var.clone().add_scalar(EPSILON).sqrt());
+        let output = output
+            .mul(self.weight.val().reshape([1, channels, 1, 1]))
+            .add(self.bias.val().reshape([1, channels, 1, 1]));
+        (output, mean.reshape([channels]), var.reshape([channels]))
     }
 }
 
@@ -117,6 +145,60 @@ mod tests {
         assert!((mean[0] - 0.3).abs() < 1e-6, "{mean:?}");
         // 0.9 * 1 + 0.1 * 14/3 (burn's BatchNorm would give 0.9 + 0.1 * 3.5 = 1.25).
         assert!((var[0] - (0.9 + 0.1 * 14.0 / 3.0)).abs() < 1e-6, "{var:?}");
+    }
+
+    /// The GPU path (reductions one axis at a time, autodiff through tensor operations) agrees
+    /// with burn's fused kernel, output and gradients, on the CPU where both are right.
+    #[test]
+    fn per_axis_statistics_match_burns_fused_kernel() {
+        let device = Device::flex().autodiff();
+        let mut bn = BatchNorm2d::new(3, &device);
+        bn.weight = Param::from_tensor(Tensor::from_floats([0.5, 1.5, -2.0], &device));
+        bn.bias = Param::from_tensor(Tensor::from_floats([0.1, -0.3, 0.7], &device));
+        let x: Tensor<4> = Tensor::random(
+            [4, 3, 5, 7],
+            burn::tensor::Distribution::Normal(1.0, 2.0),
+            &device,
+        );
+        // A loss that weighs outputs unevenly, so the input gradient is not trivially zero.
+        let weights: Tensor<4> =
+            Tensor::random([4, 3, 5, 7], burn::tensor::Distribution::Default, &device);
+        let run = |by_axes: bool| {
+            let x = x.clone().detach().require_grad();
+            let (out, mean, var) = if by_axes {
+                bn.forward_train_by_axes(x.clone())
+            } else {
+                let o = batch_norm_train(x.clone(), bn.weight.val(), bn.bias.val(), EPSILON);
+                (o.output, o.mean, o.variance)
+            };
+            let grads = out.clone().mul(weights.clone()).sum().backward();
+            let vec = |t: Tensor<4>| -> Vec<f32> { t.into_data().try_into_vec().unwrap() };
+            let vec1 = |t: Tensor<1>| -> Vec<f32> { t.into_data().try_into_vec().unwrap() };
+            [
+                vec(out),
+                vec1(mean),
+                vec1(var),
+                vec(x.grad(&grads).unwrap()),
+                vec1(bn.weight.val().grad(&grads).unwrap()),
+                vec1(bn.bias.val().grad(&grads).unwrap()),
+            ]
+        };
+        let names = [
+            "output",
+            "mean",
+            "variance",
+            "x grad",
+            "weight grad",
+            "bias grad",
+        ];
+        for ((name, a), b) in names.iter().zip(run(true)).zip(run(false)) {
+            for (a, b) in a.iter().zip(&b) {
+                assert!(
+                    (a - b).abs() <= 1e-4 * (1.0 + b.abs()),
+                    "{name}: {a} vs {b}"
+                );
+            }
+        }
     }
 
     #[test]

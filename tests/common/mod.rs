@@ -7,13 +7,18 @@
 use std::path::{Path, PathBuf};
 use std::process::Command;
 
+use burn::prelude::Device;
+use catdog::device::DeviceChoice;
 use catdog::report::EpochRecord;
 use catdog::run::RunDir;
 
 /// `../shared` beside the repository (the real photos and torchvision's golden outputs), or
-/// `None`: a user's fresh clone does not have it.
+/// `None`: a user's fresh clone does not have it. `CATDOG_SHARED` names another place, for a
+/// test binary carried to a machine where the repository sits elsewhere (bench/gpu-check.sh).
 pub fn shared_dir() -> Option<PathBuf> {
-    let dir = PathBuf::from(concat!(env!("CARGO_MANIFEST_DIR"), "/../shared"));
+    let dir = std::env::var_os("CATDOG_SHARED")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| PathBuf::from(concat!(env!("CARGO_MANIFEST_DIR"), "/../shared")));
     dir.is_dir().then_some(dir)
 }
 
@@ -24,6 +29,23 @@ pub fn shared() -> PathBuf {
     shared_dir().expect(
         "this test needs ../shared beside the repository; run it only with ../shared present",
     )
+}
+
+/// Where the device-parameterised golden tests (tests/model_parity.rs) run: the device
+/// `CATDOG_TEST_DEVICE` names (`cpu`, `wgpu`, `cuda`, `cuda:N`), the CPU when it is unset. A
+/// device this build lacks fails the test, saying which feature to build with.
+pub fn test_device() -> (DeviceChoice, Device) {
+    let choice: DeviceChoice = match std::env::var("CATDOG_TEST_DEVICE") {
+        Ok(name) => name
+            .parse()
+            .unwrap_or_else(|e| panic!("CATDOG_TEST_DEVICE: {e}")),
+        Err(_) => DeviceChoice::Cpu,
+    };
+    let device = choice
+        .device()
+        .unwrap_or_else(|e| panic!("CATDOG_TEST_DEVICE={choice}: {e}"));
+    eprintln!("test device: {choice}");
+    (choice, device)
 }
 
 /// A little-endian f32 array in NumPy's .npy format (C order): shape and data.

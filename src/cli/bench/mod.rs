@@ -9,8 +9,10 @@ mod peer;
 mod process;
 
 use anyhow::{Context, Result, bail};
+use burn::prelude::Device;
 use catdog::bench::{self, Figure};
 use catdog::data::{Manifest, Split, synthetic};
+use catdog::device::DeviceChoice;
 use catdog::evaluate::Metrics;
 use catdog::model::checkpoint::{self, CheckpointMeta};
 use catdog::model::weights::WeightsChoice;
@@ -56,6 +58,10 @@ pub struct BenchArgs {
     /// Print the figures as JSON
     #[arg(long)]
     pub json: bool,
+    /// Where the network parts run: on the CPU catdog's own kernels (with burn's operations
+    /// as reference rows), elsewhere burn's operations on that device
+    #[command(flatten)]
+    pub device: super::DeviceArgs,
     /// Measure one part in this process and print it as JSON (how `catdog bench` runs its parts)
     #[arg(long, value_enum, hide = true)]
     pub part: Option<Part>,
@@ -175,9 +181,18 @@ fn measure_all(
             .find(|l| l.contains("channels_last"))
             .map(str::to_owned)
     });
+    let cpu = args.device.device.is_cpu();
+    if !cpu && torch_line.is_some() {
+        eprintln!(
+            "PyTorch's figures are its CPU's; not put beside {} (bench/gpu-check.sh measures PyTorch on a GPU)",
+            args.device.device
+        );
+    }
+    // The peer measures PyTorch on the CPU: a ratio to a GPU figure would mean nothing.
     let torch = |label: &str| {
         torch_line
             .as_deref()
+            .filter(|_| cpu)
             .and_then(|l| peer::figure_after(l, label))
     };
     let mut rows = Vec::new();
@@ -193,7 +208,11 @@ fn measure_all(
         (Part::TrainStep, torch("train-step")),
         (Part::TrainStepBurn, torch("train-step")),
         (Part::HeadStep, None),
-    ] {
+    ]
+    .into_iter()
+    // burn's operations on the CPU are references for catdog's kernels, which only run there.
+    .filter(|(part, _)| cpu || !matches!(part, Part::InferenceBurn | Part::TrainStepBurn))
+    {
         let exe = std::env::current_exe()?;
         let mut cmd = Command::new(exe);
         cmd.args([
@@ -210,6 +229,8 @@ fn measure_all(
             &args.batch_size.to_string(),
             "--image-size",
             &size,
+            "--device",
+            &args.device.device.to_string(),
         ]);
         let (out, _, rss) = process::run_measured(&mut cmd).map_err(anyhow::Error::msg)?;
         let figure: Figure =
@@ -223,19 +244,24 @@ fn measure_all(
         }
         None => (Vec::new(), None),
     };
-    rows.push(predict_cold(data, trained, tmp)?);
+    rows.push(predict_cold(data, trained, tmp, args.device.device)?);
     rows.extend(e2e_rows);
     Ok(rows)
 }
 
 fn measure(part: Part, args: &BenchArgs, data: &Path) -> Result<Figure> {
+    let (batch, size) = (args.batch_size, args.image_size);
+    let device = args.device.device()?;
+    let cpu = args.device.device.is_cpu();
     Ok(match part {
         Part::Preprocess => bench::preprocess_throughput(&photos(data)?)?,
-        Part::Inference => bench::inference(args.batch_size, args.image_size),
-        Part::InferenceBurn => bench::inference_burn(args.batch_size, args.image_size),
-        Part::TrainStep => bench::train_step(args.batch_size, args.image_size),
-        Part::TrainStepBurn => bench::train_step_burn(args.batch_size, args.image_size),
-        Part::HeadStep => bench::head_step(args.batch_size),
+        Part::Inference if cpu => bench::inference(batch, size),
+        Part::Inference => bench::inference_burn(batch, size, &device),
+        Part::InferenceBurn => bench::inference_burn(batch, size, &Device::flex()),
+        Part::TrainStep if cpu => bench::train_step(batch, size),
+        Part::TrainStep => bench::train_step_burn(batch, size, &device),
+        Part::TrainStepBurn => bench::train_step_burn(batch, size, &Device::flex()),
+        Part::HeadStep => bench::head_step(batch, &device),
     })
 }
 
@@ -268,7 +294,10 @@ fn end_to_end(
         .collect();
     let mut catdog = Vec::new();
     for &mode in &modes {
-        catdog.push((mode, train_catdog(data, weights, mode, tmp)?));
+        catdog.push((
+            mode,
+            train_catdog(data, weights, mode, tmp, args.device.device)?,
+        ));
     }
     let Some(first) = modes.first().map(|&m| run_dir(tmp, m)) else {
         bail!("--e2e-modes names no mode: give frozen, finetune or both");
@@ -317,7 +346,13 @@ fn run_dir(tmp: &Path, mode: Mode) -> RunDir {
 
 /// `catdog train` with the seed's defaults, a cold feature cache and its own
 /// run folder; the test accuracy is the one it wrote to `eval-test.json`.
-fn train_catdog(data: &Path, weights: &str, mode: Mode, tmp: &Path) -> Result<Trained> {
+fn train_catdog(
+    data: &Path,
+    weights: &str,
+    mode: Mode,
+    tmp: &Path,
+    device: DeviceChoice,
+) -> Result<Trained> {
     let run = run_dir(tmp, mode);
     let mode = mode.to_string();
     eprintln!("end to end: catdog train --mode {mode} ...");
@@ -326,6 +361,7 @@ fn train_catdog(data: &Path, weights: &str, mode: Mode, tmp: &Path) -> Result<Tr
     cmd.arg("--out").arg(&run.root);
     cmd.args(["--weights", weights, "--mode", &mode]);
     cmd.arg("--cache-dir").arg(tmp.join("cache"));
+    cmd.args(["--device", &device.to_string()]);
     let (_, seconds, rss) = process::run_measured(&mut cmd).map_err(anyhow::Error::msg)?;
     let test: Metrics = catdog::fsio::read_json(&run.eval(Split::Test), "test evaluation")?;
     Ok(Trained {
@@ -395,7 +431,12 @@ fn e2e_row(mode: Mode, ours: &Trained, peer: Option<&(Mode, Trained)>) -> Row {
 /// time, the median of [`PREDICT_RUNS`] after one uncounted run (which leaves
 /// the binary, the model and the photo in the page cache). MODEL is the e2e
 /// run's, else random weights, which cost the same to load and run.
-fn predict_cold(data: &Path, model: Option<PathBuf>, tmp: &Path) -> Result<Row> {
+fn predict_cold(
+    data: &Path,
+    model: Option<PathBuf>,
+    tmp: &Path,
+    device: DeviceChoice,
+) -> Result<Row> {
     let model = match model {
         Some(run) => run,
         None => random_model(tmp)?,
@@ -406,6 +447,7 @@ fn predict_cold(data: &Path, model: Option<PathBuf>, tmp: &Path) -> Result<Row> 
         .with_context(|| format!("no .jpg in {} to predict", data.display()))?;
     let mut cmd = Command::new(std::env::current_exe()?);
     cmd.arg("predict").arg(&model).arg(&photo);
+    cmd.args(["--device", &device.to_string()]);
     let (seconds, rss) =
         process::run_repeated(&mut cmd, 1, PREDICT_RUNS).map_err(anyhow::Error::msg)?;
     Ok(row(
