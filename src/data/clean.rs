@@ -114,7 +114,7 @@ fn check_file(root: &Path, rel: &str, class: Option<String>, limits: &Limits) ->
         class,
         ..FileReport::new(rel.to_owned(), FileStatus::Rejected)
     };
-    let decoded = decode::read_file(&path, limits).and_then(|bytes| {
+    let decoded = decode::read_listed_file(&path, limits).and_then(|bytes| {
         let decoded = decode::decode(&bytes, decode::extension(&path).as_deref(), limits)?;
         Ok((fsio::sha256_hex(&bytes), decoded))
     });
