@@ -34,6 +34,10 @@ pub struct Manifest {
     pub files: Vec<ManifestFile>,
     /// Groups of files with identical content; each group shares one split.
     pub duplicates: Vec<DuplicateGroup>,
+    /// Groups of files with identical content but different labels: left out
+    /// of every split, since one of each group would always be scored wrong.
+    #[serde(default)]
+    pub conflicts: Vec<Conflict>,
     pub rejected: Vec<RejectedFile>,
     pub ignored: Vec<Ignored>,
 }
@@ -53,8 +57,23 @@ pub struct DuplicateGroup {
     pub hash: String,
     pub paths: Vec<String>,
     pub split: Split,
-    /// False when the same photo carries different labels: a data error to look at.
+    /// False when the same photo carries different labels (manifests from
+    /// before such groups were set aside as [`Conflict`]s).
     pub labels_agree: bool,
+}
+
+/// Identical files labelled differently (`Cat/x.png` = `Dog/x.png`): a data
+/// error to fix by deleting the wrong copy.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Conflict {
+    pub hash: String,
+    pub files: Vec<LabelledFile>,
+}
+
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct LabelledFile {
+    pub path: String,
+    pub label: String,
 }
 
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
@@ -95,7 +114,7 @@ pub fn prepare(p: &Prepare<'_>, progress: &ProgressBar) -> Result<(Manifest, Cle
 impl Manifest {
     /// Splits the usable files of a clean report.
     pub fn from_report(report: &CleanReport, ratios: Ratios, seed: u64) -> Result<Manifest> {
-        let usable: Vec<&clean::FileReport> = report.usable().collect();
+        let (usable, conflicts) = set_conflicts_aside(report.usable().collect());
         let class_index = |name: &str| {
             report
                 .classes
@@ -156,6 +175,7 @@ impl Manifest {
             ratios,
             counts,
             duplicates: duplicate_groups(&files),
+            conflicts,
             rejected: report
                 .rejected()
                 .map(|f| {
@@ -255,6 +275,36 @@ impl Manifest {
         Ok(())
     }
 
+    /// The splits that hold no file (too few photos, or `--ratios` gave them nothing).
+    pub fn empty_splits(&self) -> Vec<Split> {
+        Split::ALL
+            .into_iter()
+            .filter(|s| self.files.iter().all(|f| f.split != *s))
+            .collect()
+    }
+
+    /// The groups of identical files with different labels, one line each, and
+    /// what was done with them; empty when there are none.
+    pub fn conflicts_text(&self) -> String {
+        if self.conflicts.is_empty() {
+            return String::new();
+        }
+        let mut text = format!(
+            "{} group(s) of identical files with different labels, left out of every split \
+             (delete the wrong copy):\n",
+            self.conflicts.len()
+        );
+        for conflict in &self.conflicts {
+            let files: Vec<String> = conflict
+                .files
+                .iter()
+                .map(|f| format!("{} ({})", f.path, f.label))
+                .collect();
+            text += &format!("  {}\n", files.join(" = "));
+        }
+        text
+    }
+
     /// The counts as a text table: one row per class, one column per split.
     pub fn table(&self) -> String {
         let mut rows = vec![vec![
@@ -281,6 +331,45 @@ impl Manifest {
         rows.push(row);
         clean::render_table(&rows)
     }
+}
+
+/// Splits the usable files into those to assign and the groups of identical
+/// files whose labels disagree.
+fn set_conflicts_aside(
+    usable: Vec<&clean::FileReport>,
+) -> (Vec<&clean::FileReport>, Vec<Conflict>) {
+    let hash = |f: &clean::FileReport| f.hash.clone().expect("usable files have a hash");
+    let label = |f: &clean::FileReport| f.class.clone().expect("usable files have a class");
+    let mut labels: BTreeMap<String, Vec<String>> = BTreeMap::new();
+    for f in &usable {
+        labels.entry(hash(f)).or_default().push(label(f));
+    }
+    labels.retain(|_, l| l.iter().any(|x| x != &l[0]));
+    let mut conflicts: BTreeMap<String, Vec<LabelledFile>> = BTreeMap::new();
+    let mut kept = Vec::with_capacity(usable.len());
+    for f in usable {
+        match conflicts.get_mut(&hash(f)) {
+            Some(group) => group.push(LabelledFile {
+                path: f.path.clone(),
+                label: label(f),
+            }),
+            None if labels.contains_key(&hash(f)) => {
+                conflicts.insert(
+                    hash(f),
+                    vec![LabelledFile {
+                        path: f.path.clone(),
+                        label: label(f),
+                    }],
+                );
+            }
+            None => kept.push(f),
+        }
+    }
+    let conflicts = conflicts
+        .into_iter()
+        .map(|(hash, files)| Conflict { hash, files })
+        .collect();
+    (kept, conflicts)
 }
 
 fn duplicate_groups(files: &[ManifestFile]) -> Vec<DuplicateGroup> {
