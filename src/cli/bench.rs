@@ -328,7 +328,10 @@ fn train_catdog(data: &Path, weights: &str, mode: Mode, tmp: &Path) -> Result<Tr
     cmd.args(["--weights", weights, "--mode", &mode]);
     cmd.arg("--cache-dir").arg(tmp.join("cache"));
     let (_, seconds, rss) = bench::run_measured(&mut cmd).map_err(anyhow::Error::msg)?;
-    let test: Metrics = catdog::fsio::read_json(&run.eval(Split::Test), "test evaluation")?;
+    let test: Metrics = catdog::fsio::read_json(
+        &run.eval(catdog::run::Which::Best, Split::Test),
+        "test evaluation",
+    )?;
     Ok(Trained {
         images: Manifest::load(&run.manifest())?.files.len(),
         seconds,

@@ -20,7 +20,7 @@ pub struct EvaluateArgs {
     /// The checkpoint: best (highest validation accuracy) or last
     #[arg(long, value_enum, default_value_t = Which::Best)]
     pub checkpoint: Which,
-    /// Print the metrics as JSON on stdout (what eval-SPLIT.json holds) instead of a table
+    /// Print the metrics as JSON on stdout (what the evaluation file holds) instead of a table
     #[arg(long)]
     pub json: bool,
     /// Photos per forward pass
@@ -48,7 +48,10 @@ pub fn evaluate(args: EvaluateArgs) -> Result<()> {
     bar.finish_and_clear();
     if args.json {
         println!("{}", serde_json::to_string_pretty(&metrics)?);
-        eprintln!("metrics: {}", run.eval(args.split).display());
+        eprintln!(
+            "metrics: {}",
+            run.eval(args.checkpoint, args.split).display()
+        );
     } else {
         print_metrics(&run, args.checkpoint, args.split, &metrics);
     }
@@ -66,7 +69,7 @@ pub fn report(args: ReportArgs) -> Result<()> {
         &bar,
     )?;
     bar.finish_and_clear();
-    let metrics: Metrics = fsio::read_json(&run.eval(Split::Test), "evaluation")?;
+    let metrics: Metrics = fsio::read_json(&run.eval(args.checkpoint, Split::Test), "evaluation")?;
     print_metrics(&run, args.checkpoint, Split::Test, &metrics);
     println!("report: {}", index.display());
     Ok(())
@@ -76,5 +79,5 @@ pub fn report(args: ReportArgs) -> Result<()> {
 fn print_metrics(run: &RunDir, which: Which, split: Split, metrics: &Metrics) {
     println!("{} on the {split} split\n", run.checkpoint(which).display());
     print!("{metrics}");
-    println!("\nmetrics: {}", run.eval(split).display());
+    println!("\nmetrics: {}", run.eval(which, split).display());
 }

@@ -20,11 +20,16 @@ pub struct TrainArgs {
     /// Where the run's files go (config, metrics, checkpoints, report)
     #[arg(long, required_unless_present = "resume")]
     pub out: Option<PathBuf>,
-    /// Continue the run in this folder after its last saved batch
-    #[arg(long, value_name = "RUN", conflicts_with_all = ["data", "out", "manifest"])]
+    /// Continue the run in this folder after its last saved batch, with its own settings
+    /// (only --epochs may be given: train on until that many epochs in all)
+    #[arg(long, value_name = "RUN", conflicts_with_all = [
+        "data", "out", "manifest", "weights", "mode", "batch_size", "lr", "image_size",
+        "augment", "seed", "ratios", "device", "cache_dir",
+    ])]
     pub resume: Option<PathBuf>,
-    /// Use this manifest (from `catdog split`) instead of preparing the data
-    #[arg(long)]
+    /// Use this manifest (from `catdog split`) instead of preparing the data; the data
+    /// folder is the one the manifest names
+    #[arg(long, conflicts_with = "data")]
     pub manifest: Option<PathBuf>,
     /// auto (our cache, then PyTorch's), none (random initialisation) or a .pth/.safetensors file
     #[arg(long, default_value = "auto")]
@@ -33,11 +38,14 @@ pub struct TrainArgs {
     /// default: frozen on CPU, finetune on GPU
     #[arg(long, value_enum)]
     pub mode: Option<Mode>,
-    #[arg(long, default_value_t = 5)]
-    pub epochs: usize,
+    /// Passes over the training photos [default: 5]; with --resume, the total to reach
+    #[arg(long, value_name = "N")]
+    pub epochs: Option<usize>,
+    /// Photos per training step
     #[arg(long, default_value_t = 32)]
     pub batch_size: usize,
-    #[arg(long, default_value_t = 1e-3)]
+    /// Adam's learning rate
+    #[arg(long, default_value_t = 1e-3, allow_negative_numbers = true)]
     pub lr: f64,
     /// Side of the square model input; the resize before the crop keeps torchvision's 256:224
     #[arg(long, default_value_t = 224)]
@@ -45,6 +53,7 @@ pub struct TrainArgs {
     /// Random resized crops and horizontal flips while training
     #[arg(long)]
     pub augment: bool,
+    /// Seed of the split, the initial head, the shuffling and the augmentation
     #[arg(long, default_value_t = 42)]
     pub seed: u64,
     /// Split fractions when preparing the data
@@ -70,7 +79,10 @@ pub fn run(args: TrainArgs) -> Result<()> {
     })?;
     let log = |line: &str| println!("{}", line.trim_end());
     let (run, start) = match args.resume {
-        Some(run) => (RunDir::new(run), Start::Resume),
+        Some(run) => (
+            RunDir::new(run),
+            args.epochs.map_or(Start::Resume, Start::ResumeUntil),
+        ),
         None => {
             let Some(out) = args.out else {
                 bail!("--out RUN is required")
@@ -82,7 +94,7 @@ pub fn run(args: TrainArgs) -> Result<()> {
                 ratios: args.ratios,
                 weights: args.weights,
                 mode: args.mode.unwrap_or(Mode::default_for(args.device)),
-                epochs: args.epochs,
+                epochs: args.epochs.unwrap_or(DEFAULT_EPOCHS),
                 batch_size: args.batch_size,
                 lr: args.lr,
                 augment: args.augment,
@@ -95,14 +107,23 @@ pub fn run(args: TrainArgs) -> Result<()> {
         }
     };
     let outcome = train::train(&run, start, &stop, &log)?;
+    if outcome.stopped {
+        // As after SIGINT, so that a script can tell a stopped run from a finished one.
+        return Err(Stopped.into());
+    }
     finish(&run, &outcome)
 }
 
+/// The seed recipe's epochs.
+const DEFAULT_EPOCHS: usize = 5;
+
+/// Training stopped on Ctrl-C, with `last/` saved: the process exits with 130.
+#[derive(Debug, thiserror::Error)]
+#[error("stopped on request")]
+pub struct Stopped;
+
 /// What a person needs after training: where things are.
 fn finish(run: &RunDir, outcome: &Outcome) -> Result<()> {
-    if outcome.stopped {
-        return Ok(());
-    }
     if let Some(best) = outcome.best {
         println!(
             "best: epoch {} (val acc {:.2}%, loss {:.4}); model in {}",

@@ -34,7 +34,7 @@ use crate::model::checkpoint::{self, CheckpointMeta};
 use crate::model::weights::{self, WeightsChoice};
 use crate::model::{EvalNet, FEATURES, ResNet18};
 use crate::progress;
-use crate::run::{EpochRecord, RunDir, Which};
+use crate::run::{EpochRecord, RunDir, RunLock, Which};
 use adam::Adam;
 use features::FeatureCache;
 
@@ -43,6 +43,9 @@ pub enum Start {
     New(Box<TrainConfig>),
     /// Continue the run in the folder from its `last/` checkpoint.
     Resume,
+    /// Continue the run, training on until it has this many epochs in all: a
+    /// finished run is extended (its config.json records the new total).
+    ResumeUntil(usize),
 }
 
 /// Where a call to [`train`] left the run.
@@ -61,7 +64,8 @@ pub struct Outcome {
 pub fn train(run: &RunDir, start: Start, stop: &AtomicBool, log: &dyn Fn(&str)) -> Result<Outcome> {
     let mut session = match start {
         Start::New(config) => Session::begin(run, *config, log)?,
-        Start::Resume => Session::resume(run, log)?,
+        Start::Resume => Session::resume(run, None, log)?,
+        Start::ResumeUntil(epochs) => Session::resume(run, Some(epochs), log)?,
     };
     session.run(stop, log)
 }
@@ -104,10 +108,17 @@ struct Session {
     state: TrainState,
     device: Device,
     manifest: Manifest,
+    /// Held while the session lives: no other process trains in the same folder.
+    _lock: RunLock,
 }
 
 impl Session {
-    fn begin(run: &RunDir, settings: TrainConfig, log: &dyn Fn(&str)) -> Result<Session> {
+    fn begin(run: &RunDir, mut settings: TrainConfig, log: &dyn Fn(&str)) -> Result<Session> {
+        check_settings(&settings)?;
+        let device = settings.device.device()?;
+        std::fs::create_dir_all(&run.root)
+            .map_err(|e| Error::io("cannot create the run folder", &run.root, e))?;
+        let lock = RunLock::acquire(run)?;
         if run.config().exists() {
             return Err(Error::data(
                 &run.root,
@@ -118,14 +129,22 @@ impl Session {
                 ),
             ));
         }
-        check_settings(&settings)?;
-        let device = settings.device.device()?;
-        std::fs::create_dir_all(&run.root)
-            .map_err(|e| Error::io("cannot create the run folder", &run.root, e))?;
+        // A wrong weights file is refused before minutes of decoding, leaving no manifest behind.
+        let weights_file = settings
+            .weights
+            .parse::<WeightsChoice>()
+            .unwrap_or_else(|never| match never {})
+            .resolve()?;
+        if let Some(path) = &weights_file {
+            weights::load_into(&mut ResNet18::zeroed(2, &device), path)?;
+        }
         let manifest = match &settings.manifest {
             Some(path) => {
                 let m = Manifest::load(path)?;
                 m.verify(path)?;
+                // Record the data the manifest describes, not what the command line defaulted to.
+                settings.data = m.root.clone();
+                settings.ratios = m.ratios;
                 m
             }
             None => {
@@ -142,9 +161,13 @@ impl Session {
                     &bar,
                 )?;
                 log(&report.table());
+                if !m.conflicts.is_empty() {
+                    log(m.conflicts_text().trim_end());
+                }
                 m
             }
         };
+        settings.layout = Some(manifest.layout);
         manifest.save(&run.manifest())?;
         for split in [Split::Train, Split::Val] {
             if manifest.files.iter().all(|f| f.split != split) {
@@ -156,11 +179,6 @@ impl Session {
             }
         }
 
-        let weights_file = settings
-            .weights
-            .parse::<WeightsChoice>()
-            .unwrap_or_else(|never| match never {})
-            .resolve()?;
         let weights_sha256 = weights_file.as_deref().map(fsio::sha256_file).transpose()?;
         let config = RunConfig {
             catdog_version: env!("CARGO_PKG_VERSION").to_owned(),
@@ -180,10 +198,11 @@ impl Session {
             device,
             manifest,
             config,
+            _lock: lock,
         })
     }
 
-    fn resume(run: &RunDir, log: &dyn Fn(&str)) -> Result<Session> {
+    fn resume(run: &RunDir, epochs: Option<usize>, log: &dyn Fn(&str)) -> Result<Session> {
         let hint = "start a new run with `catdog train --data DIR --out RUN`";
         if !run.config().is_file() {
             return Err(Error::data(
@@ -192,7 +211,8 @@ impl Session {
                 hint,
             ));
         }
-        let config: RunConfig = fsio::read_json(&run.config(), "run configuration")?;
+        let lock = RunLock::acquire(run)?;
+        let mut config: RunConfig = fsio::read_json(&run.config(), "run configuration")?;
         let last = run.checkpoint(Which::Last);
         fsio::recover_dir(&last)?;
         fsio::recover_dir(&run.checkpoint(Which::Best))?;
@@ -218,6 +238,7 @@ impl Session {
                     "put the original file back, or start a new run",
                 ));
             }
+            set_epochs(run, &mut config, epochs, 0, log)?;
             return Ok(Session {
                 run: run.clone(),
                 model: initial_model(&config, &device, log)?,
@@ -226,12 +247,14 @@ impl Session {
                 device,
                 manifest,
                 config,
+                _lock: lock,
             });
         }
         let ad = device.clone().autodiff();
         let (model, _) = checkpoint::load(&last, &ad)?;
         let adam = Adam::load(&last.join(OPTIMIZER_FILE), &device)?;
         let state = TrainState::load(&last)?;
+        set_epochs(run, &mut config, epochs, state.epochs_done, log)?;
         log(&format!(
             "resuming {} after epoch {}{}",
             run.root.display(),
@@ -250,6 +273,7 @@ impl Session {
             state,
             device,
             manifest,
+            _lock: lock,
         };
         // A kill between saving last/ and writing the metrics leaves them an epoch behind.
         session.write_metrics()?;
@@ -261,7 +285,15 @@ impl Session {
         if s.mode == Mode::Frozen {
             self.model = self.model.clone().freeze_backbone();
         }
-        let source = self.source(log)?;
+        let Some(source) = self.source(stop, log)? else {
+            // Nothing of the model changed since last/ (if any) was saved; the
+            // features computed so far are in the cache.
+            log(&format!(
+                "stopped during feature extraction; the features computed are cached. Resume with: catdog train --resume {}",
+                self.run.root.display()
+            ));
+            return Ok(self.outcome(true));
+        };
         let ad = self.device.clone().autodiff();
         while self.state.epochs_done < s.epochs {
             let epoch = self.state.epochs_done;
@@ -346,46 +378,57 @@ impl Session {
         }
     }
 
-    /// Photos, or in frozen mode without augmentation, their (cached) features.
-    fn source(&self, log: &dyn Fn(&str)) -> Result<Source> {
+    /// Photos, or in frozen mode without augmentation, their (cached) features;
+    /// `None` when stopped while extracting them.
+    fn source(&self, stop: &AtomicBool, log: &dyn Fn(&str)) -> Result<Option<Source>> {
         let s = &self.config.settings;
         let train: Arc<[Sample]> = self.manifest.samples(Split::Train).into();
         let val: Arc<[Sample]> = self.manifest.samples(Split::Val).into();
         if s.mode == Mode::Finetune {
-            return Ok(Source::Photos { train, val });
+            return Ok(Some(Source::Photos { train, val }));
         }
         if s.augment {
             log(
                 "frozen mode with --augment: every step runs the backbone on a new random crop, so features are not cached",
             );
-            return Ok(Source::Photos { train, val });
+            return Ok(Some(Source::Photos { train, val }));
         }
         let cache = match (&s.cache_dir, &self.config.weights_sha256) {
             (Some(dir), Some(sha)) => Some(FeatureCache::new(dir, sha, &s.preprocessing)),
             _ => None,
         };
         let backbone = EvalNet::new(&self.model.clone().valid(), &self.device);
-        let extract = |samples: &[Sample], what: &str| -> Result<Vec<f32>> {
+        let extract = |samples: &[Sample], what: &str| -> Result<Option<Vec<f32>>> {
             let bar = progress::bar(samples.len() as u64, what);
-            let (features, stats) = features::extract(
+            let Some((features, stats)) = features::extract(
                 &backbone,
                 samples,
                 cache.as_ref(),
                 &self.loader_config(false, false),
                 &bar,
-            )?;
+                stop,
+            )?
+            else {
+                return Ok(None);
+            };
             log(&format!(
                 "{what}: {} from the feature cache, {} computed",
                 stats.hits, stats.computed
             ));
-            Ok(features)
+            Ok(Some(features))
         };
-        Ok(Source::Features {
-            train: extract(&train, "features (train)")?,
-            val: extract(&val, "features (val)")?,
+        let Some(train_features) = extract(&train, "features (train)")? else {
+            return Ok(None);
+        };
+        let Some(val_features) = extract(&val, "features (val)")? else {
+            return Ok(None);
+        };
+        Ok(Some(Source::Features {
+            train: train_features,
+            val: val_features,
             train_labels: train.iter().map(|s| s.label).collect(),
             val_labels: val.iter().map(|s| s.label).collect(),
-        })
+        }))
     }
 
     /// Batches of one epoch, as model inputs on `device` with their labels.
@@ -456,7 +499,8 @@ impl Session {
             Source::Features { train_labels, .. } => train_labels.len(),
         };
         let bs = self.config.settings.batch_size;
-        let bar = progress::bar(n as u64, &format!("epoch {}", epoch + 1));
+        let epochs = self.config.settings.epochs;
+        let bar = progress::bar(n as u64, &format!("epoch {}/{epochs}", epoch + 1));
         bar.set_position((self.state.batches_done * bs).min(n) as u64);
         let loss_fn = CrossEntropyLossConfig::new().init(ad);
         let mut running = self.state.partial;
@@ -527,6 +571,40 @@ impl Session {
         fsio::write_atomic(&self.run.metrics_jsonl(), jsonl.as_bytes())?;
         fsio::write_atomic(&self.run.metrics_csv(), csv.as_bytes())
     }
+}
+
+/// A resumed run's new total of epochs, if one was asked for: it may extend a
+/// run (recorded in config.json, which says how the run was trained), never cut
+/// off epochs already done.
+fn set_epochs(
+    run: &RunDir,
+    config: &mut RunConfig,
+    epochs: Option<usize>,
+    done: usize,
+    log: &dyn Fn(&str),
+) -> Result<()> {
+    let Some(epochs) = epochs else {
+        return Ok(());
+    };
+    if epochs < done.max(1) {
+        return Err(Error::setting(
+            "--epochs",
+            format!(
+                "{epochs} is fewer than the {done} epoch(s) {} has done already; give {} or more",
+                run.root.display(),
+                done.max(1)
+            ),
+        ));
+    }
+    if epochs != config.settings.epochs {
+        log(&format!(
+            "epochs: {} -> {epochs} (config.json updated)",
+            config.settings.epochs
+        ));
+        config.settings.epochs = epochs;
+        fsio::write_json(&run.config(), config)?;
+    }
+    Ok(())
 }
 
 /// The model a run starts from: seeded initialisation, the run's weights, a new head.
