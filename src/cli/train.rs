@@ -14,10 +14,12 @@ use catdog::train::{self, Mode, Outcome, Start, TrainConfig};
 
 #[derive(clap::Args)]
 pub struct TrainArgs {
-    /// The data folder (one folder per class, or files named like cat.0.jpg)
+    /// The data folder (one folder per class, or files named like cat.0.jpg);
+    /// required unless --manifest or --resume is given
     #[arg(long, required_unless_present_any = ["resume", "manifest"])]
     pub data: Option<PathBuf>,
-    /// Where the run's files go (config, metrics, checkpoints, report)
+    /// Where the run's files go (config, metrics, checkpoints, report); required
+    /// unless --resume is given
     #[arg(long, required_unless_present = "resume")]
     pub out: Option<PathBuf>,
     /// Continue the run in this folder after its last saved batch, with its own settings
