@@ -439,6 +439,15 @@ fn report_writes_every_picture_and_the_page_that_shows_them() {
         page.contains(&accuracy),
         "the page shows the test accuracy {accuracy}"
     );
+    // Named after the run, with the checkpoint's epoch (the fixture's validation
+    // accuracy rises, so best/ is epoch 3) and the split the figures are on.
+    for part in [
+        "<title>catdog report: run</title>",
+        "model <code>best/</code>, from epoch 3",
+        "<h2>Metrics on the test split</h2>",
+    ] {
+        assert!(page.contains(part), "{part} is missing");
+    }
 
     // Without a training history there are no curves, not the old picture.
     fs::remove_file(f.run.metrics_jsonl()).unwrap();
