@@ -88,6 +88,14 @@ fn learns_the_classes_and_repeats_itself_exactly() {
         false,
     );
     assert_eq!(history(&a), history(&b), "same seed, different numbers");
+    // The same weights make the same file, so its SHA-256 (serve's weights_sha256) names them.
+    for which in [catdog::run::Which::Best, catdog::run::Which::Last] {
+        let file = |run: &Path| {
+            let path = RunDir::new(run).checkpoint(which).join("model.safetensors");
+            catdog::fsio::sha256_file(&path).unwrap()
+        };
+        assert_eq!(file(&a), file(&b), "{which:?}/model.safetensors differs");
+    }
 }
 
 #[test]
