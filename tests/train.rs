@@ -333,6 +333,25 @@ fn a_bad_weights_file_is_refused_before_the_data_is_read() {
     assert!(!RunDir::new(&run).manifest().exists());
 }
 
+#[test]
+fn a_negative_learning_rate_is_refused_with_the_reason() {
+    let dir = tempfile::tempdir().unwrap();
+    let (ok, _, stderr) = common::run_catdog(&[
+        "train",
+        "--data",
+        dir.path().to_str().unwrap(),
+        "--out",
+        dir.path().join("run").to_str().unwrap(),
+        "--lr",
+        "-1",
+    ]);
+    // Not "unexpected argument '-1'": the value is read, then refused.
+    assert!(
+        !ok && stderr.contains("invalid --lr: -1 is not a positive number"),
+        "{stderr}"
+    );
+}
+
 /// On real photos. Without ImageNet weights (they cannot be downloaded here)
 /// validation stays near chance, so this shows what can be shown: fine-tuning
 /// from torchvision-format weights fits the training photos.
