@@ -273,6 +273,22 @@ fn identical_files_with_different_labels_are_listed_and_left_out() {
     assert_eq!(listed, [("Cat/x.png", "Cat"), ("Dog/x.png", "Dog")]);
     assert_eq!(m.files.len(), 8);
     assert!(m.files.iter().all(|f| !f.path.ends_with("x.png")));
+    let report = clean(&root);
+    assert_eq!(
+        report.conflicts, m.conflicts,
+        "the clean report lists them too"
+    );
+    let (ok, stdout, stderr) = run_catdog(&[
+        "clean",
+        root.to_str().unwrap(),
+        "--report",
+        dir.path().join("r.json").to_str().unwrap(),
+    ]);
+    assert!(ok, "{stderr}");
+    assert!(
+        stdout.contains("Cat/x.png (Cat) = Dog/x.png (Dog)"),
+        "{stdout}"
+    );
 
     let out = dir.path().join("m.json");
     let (ok, stdout, stderr) = run_catdog(&[

@@ -3,6 +3,7 @@
 use std::path::{Path, PathBuf};
 
 use anyhow::{Context, Result};
+use catdog::data::manifest::conflicts_text;
 use catdog::data::{self, Layout, Limits, Manifest, Prepare, Ratios, Split};
 use catdog::{fsio, progress};
 
@@ -66,6 +67,7 @@ pub fn clean(args: CleanArgs) -> Result<()> {
     let bar = progress::bar(scan.candidates.len() as u64, "decoding");
     let mut report = data::clean::clean(&scan, &args.data.limits(), &bar);
     print!("{}", report.table());
+    print!("{}", conflicts_text(&report.conflicts));
     let moved = args
         .quarantine
         .as_ref()
@@ -124,7 +126,7 @@ pub fn print_split(manifest: &Manifest, path: &Path) {
             manifest.duplicates.len()
         );
     }
-    print!("{}", manifest.conflicts_text());
+    print!("{}", conflicts_text(&manifest.conflicts));
     println!("seed {}; manifest: {}", manifest.seed, path.display());
     for split in manifest.empty_splits() {
         let consequence = match split {

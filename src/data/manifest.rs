@@ -3,7 +3,7 @@
 //! seed, the duplicates and what was rejected or ignored and why, so that
 //! `catdog split` alone is a complete, reproducible preparation.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, BTreeSet};
 use std::path::{Path, PathBuf};
 
 use indicatif::ProgressBar;
@@ -114,7 +114,16 @@ pub fn prepare(p: &Prepare<'_>, progress: &ProgressBar) -> Result<(Manifest, Cle
 impl Manifest {
     /// Splits the usable files of a clean report.
     pub fn from_report(report: &CleanReport, ratios: Ratios, seed: u64) -> Result<Manifest> {
-        let (usable, conflicts) = set_conflicts_aside(report.usable().collect());
+        // One of each conflicting group would always be scored wrong.
+        let conflicted: BTreeSet<&str> = report
+            .conflicts
+            .iter()
+            .flat_map(|c| c.files.iter().map(|f| f.path.as_str()))
+            .collect();
+        let usable: Vec<&clean::FileReport> = report
+            .usable()
+            .filter(|f| !conflicted.contains(f.path.as_str()))
+            .collect();
         let class_index = |name: &str| {
             report
                 .classes
@@ -175,7 +184,7 @@ impl Manifest {
             ratios,
             counts,
             duplicates: duplicate_groups(&files),
-            conflicts,
+            conflicts: report.conflicts.clone(),
             rejected: report
                 .rejected()
                 .map(|f| {
@@ -283,28 +292,6 @@ impl Manifest {
             .collect()
     }
 
-    /// The groups of identical files with different labels, one line each, and
-    /// what was done with them; empty when there are none.
-    pub fn conflicts_text(&self) -> String {
-        if self.conflicts.is_empty() {
-            return String::new();
-        }
-        let mut text = format!(
-            "{} group(s) of identical files with different labels, left out of every split \
-             (delete the wrong copy):\n",
-            self.conflicts.len()
-        );
-        for conflict in &self.conflicts {
-            let files: Vec<String> = conflict
-                .files
-                .iter()
-                .map(|f| format!("{} ({})", f.path, f.label))
-                .collect();
-            text += &format!("  {}\n", files.join(" = "));
-        }
-        text
-    }
-
     /// The counts as a text table: one row per class, one column per split.
     pub fn table(&self) -> String {
         let mut rows = vec![vec![
@@ -333,43 +320,26 @@ impl Manifest {
     }
 }
 
-/// Splits the usable files into those to assign and the groups of identical
-/// files whose labels disagree.
-fn set_conflicts_aside(
-    usable: Vec<&clean::FileReport>,
-) -> (Vec<&clean::FileReport>, Vec<Conflict>) {
-    let hash = |f: &clean::FileReport| f.hash.clone().expect("usable files have a hash");
-    let label = |f: &clean::FileReport| f.class.clone().expect("usable files have a class");
-    let mut labels: BTreeMap<String, Vec<String>> = BTreeMap::new();
-    for f in &usable {
-        labels.entry(hash(f)).or_default().push(label(f));
+/// The groups of identical files with different labels, one line each, and
+/// what is done with them; empty when there are none.
+pub fn conflicts_text(conflicts: &[Conflict]) -> String {
+    if conflicts.is_empty() {
+        return String::new();
     }
-    labels.retain(|_, l| l.iter().any(|x| x != &l[0]));
-    let mut conflicts: BTreeMap<String, Vec<LabelledFile>> = BTreeMap::new();
-    let mut kept = Vec::with_capacity(usable.len());
-    for f in usable {
-        match conflicts.get_mut(&hash(f)) {
-            Some(group) => group.push(LabelledFile {
-                path: f.path.clone(),
-                label: label(f),
-            }),
-            None if labels.contains_key(&hash(f)) => {
-                conflicts.insert(
-                    hash(f),
-                    vec![LabelledFile {
-                        path: f.path.clone(),
-                        label: label(f),
-                    }],
-                );
-            }
-            None => kept.push(f),
-        }
+    let mut text = format!(
+        "{} group(s) of identical files with different labels, left out of every split \
+         (delete the wrong copy):\n",
+        conflicts.len()
+    );
+    for conflict in conflicts {
+        let files: Vec<String> = conflict
+            .files
+            .iter()
+            .map(|f| format!("{} ({})", f.path, f.label))
+            .collect();
+        text += &format!("  {}\n", files.join(" = "));
     }
-    let conflicts = conflicts
-        .into_iter()
-        .map(|(hash, files)| Conflict { hash, files })
-        .collect();
-    (kept, conflicts)
+    text
 }
 
 fn duplicate_groups(files: &[ManifestFile]) -> Vec<DuplicateGroup> {

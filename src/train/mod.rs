@@ -162,7 +162,7 @@ impl Session {
                 )?;
                 log(&report.table());
                 if !m.conflicts.is_empty() {
-                    log(m.conflicts_text().trim_end());
+                    log(data::manifest::conflicts_text(&m.conflicts).trim_end());
                 }
                 m
             }
