@@ -10,9 +10,10 @@ use serde::{Deserialize, Serialize};
 use crate::error::Error;
 
 /// A `--device` value: `cpu`, `cuda`, `cuda:N` or `wgpu`.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(try_from = "String", into = "String")]
 pub enum DeviceChoice {
+    #[default]
     Cpu,
     Cuda(usize),
     Wgpu,

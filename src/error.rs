@@ -108,6 +108,50 @@ impl Error {
     }
 }
 
+/// The one of `choices` whose name (`Display`) is `name`, or an error for `setting` that says
+/// what is accepted.
+pub(crate) fn parse_choice<T: Copy + std::fmt::Display>(
+    setting: &'static str,
+    name: &str,
+    choices: &[T],
+) -> Result<T> {
+    choices
+        .iter()
+        .copied()
+        .find(|c| c.to_string() == name)
+        .ok_or_else(|| {
+            let names: Vec<String> = choices.iter().map(ToString::to_string).collect();
+            Error::setting(
+                setting,
+                format!("'{name}' is not one of {}", names.join(", ")),
+            )
+        })
+}
+
+/// `Display` and `FromStr` for a choice between named variants (a split, a checkpoint, a
+/// mode, a layout), as the command line takes it: `named_choice!(Which, "--checkpoint",
+/// Which::Best => "best", Which::Last => "last")`.
+macro_rules! named_choice {
+    ($ty:ty, $setting:literal, $($variant:path => $name:literal),+ $(,)?) => {
+        impl std::fmt::Display for $ty {
+            fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+                f.write_str(match self {
+                    $($variant => $name),+
+                })
+            }
+        }
+
+        impl std::str::FromStr for $ty {
+            type Err = $crate::error::Error;
+
+            fn from_str(s: &str) -> $crate::error::Result<Self> {
+                $crate::error::parse_choice($setting, s, &[$($variant),+])
+            }
+        }
+    };
+}
+pub(crate) use named_choice;
+
 #[cfg(test)]
 mod tests {
     use super::*;

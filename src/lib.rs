@@ -11,17 +11,19 @@
 //! | batching       | [`loader`]      | parallel, prefetched, shuffled batches from a manifest    |
 //! | training       | [`train`]       | the epoch loop, Adam, frozen-feature cache, checkpoints, resume |
 //! | evaluation     | [`evaluate`]    | a checkpoint over a split or files; accuracy, loss, confusion matrix, per-class scores, ROC AUC |
-//! | reporting      | [`report`]      | curves, confusion, photo grids, Grad-CAM, `index.html`; a run's whole report |
+//! | reporting      | [`report`]      | curves, confusion, photo grids, Grad-CAM overlays, `index.html`; a run's whole report |
 //! | serving        | [`serve`]       | HTTP API and web page, batched inference, Grad-CAM        |
 //!
 //! The network, its weight files and checkpoints live in [`model`]; what a
 //! training run leaves behind, and where, in [`run`].
 //!
-//! Shared plumbing: [`error`] (the library's error type) and [`fsio`] (atomic writes, hashing).
+//! Shared plumbing: [`error`] (the library's error type), [`fsio`] (atomic writes, hashing),
+//! [`device`] (`--device`) and [`progress`] (counts of long work, which the command line draws).
+//! [`bench`] holds the in-process measurements `catdog bench` runs, [`data::synthetic`] the
+//! generated photos of `catdog demo`, the bench and the tests.
 
 pub mod bench;
 pub mod data;
-pub mod demo;
 pub mod device;
 pub mod error;
 pub mod evaluate;

@@ -26,6 +26,10 @@ use crate::error::{Error, Result};
 use crate::model::checkpoint;
 use crate::train::state::Best;
 
+/// What a finished run folder holds, as a person reads it.
+pub const CONTENTS: &str =
+    "config.json, manifest.json, metrics.jsonl, metrics.csv, best/, last/, eval-test.json, report/";
+
 /// One epoch of training: a line of `metrics.jsonl` and a row of
 /// `metrics.csv`, written by training and plotted by the report.
 /// Accuracies are shares in [0, 1].
@@ -58,21 +62,13 @@ pub fn best_epoch(history: &[EpochRecord]) -> Option<&EpochRecord> {
 }
 
 /// Which checkpoint of a run to use.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Which {
     Best,
     Last,
 }
 
-impl Which {
-    /// The checkpoint's folder name in a run.
-    pub fn name(self) -> &'static str {
-        match self {
-            Which::Best => "best",
-            Which::Last => "last",
-        }
-    }
-}
+crate::error::named_choice!(Which, "--checkpoint", Which::Best => "best", Which::Last => "last");
 
 /// Paths inside a run folder.
 #[derive(Clone, Debug)]
@@ -102,7 +98,7 @@ impl RunDir {
     }
 
     pub fn checkpoint(&self, which: Which) -> PathBuf {
-        self.root.join(which.name())
+        self.root.join(which.to_string())
     }
 
     /// The evaluation of checkpoint `which` on `split`: `eval-SPLIT.json` for

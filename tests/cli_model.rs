@@ -1,15 +1,13 @@
 //! The `catdog imagenet` command end to end.
 
-mod common;
+use crate::common;
 
-use common::catdog;
+use crate::common::catdog;
 
 #[test]
+#[ignore = "needs ../shared"]
 fn imagenet_json_gives_torchvisions_top_class_per_photo() {
-    let Some(shared) = common::shared("imagenet_json_gives_torchvisions_top_class_per_photo")
-    else {
-        return;
-    };
+    let shared = common::shared();
     let golden = shared.join("golden/resnet18");
     let photos = shared.join("data/kaggle-sample");
     // images.txt lists cat.0, cat.1, cat.10, cat.100, dog.0, ...: take the first and the fifth.
@@ -56,10 +54,9 @@ fn imagenet_json_gives_torchvisions_top_class_per_photo() {
 }
 
 #[test]
+#[ignore = "needs ../shared"]
 fn imagenet_searches_folders_as_predict_does() {
-    let Some(shared) = common::shared("imagenet_searches_folders_as_predict_does") else {
-        return;
-    };
+    let shared = common::shared();
     let dir = tempfile::tempdir().unwrap();
     let photos = dir.path().join("photos");
     std::fs::create_dir_all(photos.join("more")).unwrap();

@@ -3,7 +3,7 @@
 //! ones otherwise), a manifest from the data stage, and a ResNet-18 saved as
 //! the run's best checkpoint at a small image size, so that the tests stay fast.
 
-mod common;
+use crate::common;
 
 use std::collections::BTreeSet;
 use std::fs;
@@ -12,18 +12,15 @@ use std::process::{Command, Output};
 
 use burn::prelude::Device;
 use catdog::data::{self, Limits, Manifest, Prepare, Ratios, Split};
-use catdog::evaluate::{Metrics, Predictions, evaluate_run};
+use catdog::evaluate::{BATCH_SIZE, Metrics, Predictions, RunModel};
 use catdog::model::ResNet18;
 use catdog::model::checkpoint::{self, CheckpointMeta};
 use catdog::model::weights::load_into;
 use catdog::preprocess::Preprocessing;
+use catdog::progress::Quiet;
 use catdog::report::{self, EpochRecord};
 use catdog::run::{RunDir, Which};
-use indicatif::ProgressBar;
 use serde_json::Value;
-
-/// Real photos and torchvision's weight layout, beside the repository when present.
-const SHARED: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/../shared");
 
 /// Photos per class in the fixture's data.
 const PER_CLASS: usize = 10;
@@ -47,22 +44,19 @@ impl Fixture {
 /// A run folder: manifest.json, best/ (64-pixel inputs), metrics.jsonl, config.json.
 /// The run's best checkpoint evaluated on its test split, through the library.
 fn best_on_test(f: &Fixture) -> (Metrics, Predictions) {
-    evaluate_run(
-        &f.run,
-        Split::Test,
-        Which::Best,
-        &Device::flex(),
-        &ProgressBar::hidden(),
-    )
-    .unwrap()
+    evaluate_test(f).unwrap()
+}
+
+fn evaluate_test(f: &Fixture) -> catdog::Result<(Metrics, Predictions)> {
+    RunModel::load(&f.run, Which::Best, &Device::flex())?.evaluate(Split::Test, BATCH_SIZE, &Quiet)
 }
 
 fn fixture(test: &str) -> Fixture {
     let tmp = tempfile::tempdir().unwrap();
     let data = tmp.path().join("data");
-    let shared = Path::new(SHARED);
-    let shared = shared.is_dir().then_some(shared);
-    match shared {
+    // Real photos and torchvision's weight layout when present.
+    let shared = common::shared_dir();
+    match &shared {
         Some(shared) => {
             fs::create_dir_all(&data).unwrap();
             for class in ["cat", "dog"] {
@@ -77,8 +71,10 @@ fn fixture(test: &str) -> Fixture {
             }
         }
         None => {
-            println!("{test}: {SHARED} is absent, so the photos are generated ones");
-            let set = catdog::demo::write_dataset(&tmp.path().join("demo"), PER_CLASS, 3).unwrap();
+            println!("{test}: ../shared is absent, so the photos are generated ones");
+            let set =
+                catdog::data::synthetic::write_dataset(&tmp.path().join("demo"), PER_CLASS, 3)
+                    .unwrap();
             fs::rename(set.data, &data).unwrap();
         }
     }
@@ -95,7 +91,7 @@ fn fixture(test: &str) -> Fixture {
             limits: Limits::default(),
             exclude: None,
         },
-        &ProgressBar::hidden(),
+        &Quiet,
     )
     .unwrap();
     let run = RunDir::new(tmp.path().join("run"));
@@ -266,15 +262,7 @@ fn an_empty_split_or_a_folder_that_is_no_run_is_refused() {
         }
     }
     manifest.save(&f.run.manifest()).unwrap();
-    let err = evaluate_run(
-        &f.run,
-        Split::Test,
-        Which::Best,
-        &Device::flex(),
-        &ProgressBar::hidden(),
-    )
-    .unwrap_err()
-    .to_string();
+    let err = evaluate_test(&f).unwrap_err().to_string();
     assert!(
         err.contains("test split") && err.contains(arg(&f.run.manifest())),
         "{err}"

@@ -5,19 +5,17 @@
 
 #![cfg(unix)]
 
-mod common;
-
 use std::collections::BTreeMap;
 use std::fs;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Stdio};
 use std::time::{Duration, Instant};
 
+use crate::common::{Mount, catdog, demo_data, fill, history, random_weights};
 use catdog::model::checkpoint::{self, CheckpointMeta};
 use catdog::report::EpochRecord;
 use catdog::run::{RunDir, RunLock, Which};
 use catdog::train::state::TrainState;
-use common::{Mount, catdog, demo_data, fill, history, random_weights};
 use rand::{Rng, SeedableRng};
 use rand_chacha::ChaCha8Rng;
 

@@ -1,11 +1,10 @@
 //! catdog's ResNet-18 against torchvision's, on the golden outputs in
 //! `../shared/golden/resnet18` (made by `../shared/golden/make_golden.py`).
 
-mod common;
-
 use std::path::{Path, PathBuf};
 use std::time::Instant;
 
+use crate::common::{read_npy_f32, relative_l2, shared};
 use burn::module::{Module, Param};
 use burn::nn::Linear;
 use burn::nn::loss::CrossEntropyLossConfig;
@@ -13,15 +12,14 @@ use burn::optim::GradientsParams;
 use burn::prelude::*;
 use burn::store::{BurnToPyTorchAdapter, ModuleSnapshot};
 use burn::tensor::Distribution;
-use catdog::model::fused::FusedResNet18;
+use catdog::model::fused::{FusedResNet18, Slot, TrainNet};
 use catdog::model::weights::{HeadWeights, load_into};
 use catdog::model::{FEATURES, ResNet18};
 use catdog::preprocess::eval_tensor_from_path;
 use catdog::train::adam::Adam;
-use common::{read_npy_f32, relative_l2, shared};
 
-fn golden(test: &str) -> Option<PathBuf> {
-    shared(test).map(|dir| dir.join("golden/resnet18"))
+fn golden() -> PathBuf {
+    shared().join("golden/resnet18")
 }
 
 fn values<const D: usize>(t: Tensor<D>) -> Vec<f32> {
@@ -48,10 +46,9 @@ fn pretrained(dir: &Path, device: &Device) -> ResNet18 {
 }
 
 #[test]
+#[ignore = "needs ../shared"]
 fn pretrained_logits_and_features_match_torchvision() {
-    let Some(dir) = golden("pretrained_logits_and_features_match_torchvision") else {
-        return;
-    };
+    let dir = golden();
     let device = Device::flex();
     let model = pretrained(&dir, &device);
     let input = tensor4(read_npy_f32(&dir.join("input.npy")), &device);
@@ -76,10 +73,9 @@ fn pretrained_logits_and_features_match_torchvision() {
 }
 
 #[test]
+#[ignore = "needs ../shared"]
 fn fused_cpu_forward_matches_torchvision() {
-    let Some(dir) = golden("fused_cpu_forward_matches_torchvision") else {
-        return;
-    };
+    let dir = golden();
     let device = Device::flex();
     let fused = FusedResNet18::new(&pretrained(&dir, &device));
     let (shape, input) = read_npy_f32(&dir.join("input.npy"));
@@ -117,11 +113,9 @@ fn fused_forward_matches_burn_at_other_sizes_and_heads() {
 }
 
 #[test]
+#[ignore = "needs ../shared"]
 fn jpegs_through_catdog_preprocessing_give_torchvision_predictions() {
-    let Some(dir) = golden("jpegs_through_catdog_preprocessing_give_torchvision_predictions")
-    else {
-        return;
-    };
+    let dir = golden();
     let device = Device::flex();
     let model = pretrained(&dir, &device);
     let photos = dir.join("../../data/kaggle-sample");
@@ -158,16 +152,8 @@ fn jpegs_through_catdog_preprocessing_give_torchvision_predictions() {
     );
 }
 
-#[test]
-fn one_adam_step_matches_pytorch() {
-    let Some(dir) = golden("one_adam_step_matches_pytorch") else {
-        return;
-    };
-    let device = Device::flex().autodiff();
-    let mut model = pretrained(&dir, &device);
-    let step: serde_json::Value =
-        serde_json::from_slice(&std::fs::read(dir.join("train_step.json")).unwrap()).unwrap();
-
+/// The fresh 2-class head of the golden training step (`head_init.npy`), in burn's layout.
+fn golden_head(dir: &Path, device: &Device) -> Linear {
     // head_init.npy is [2, 513]: each row is a class's 512 weights then its bias.
     let (head_shape, head) = read_npy_f32(&dir.join("head_init.npy"));
     assert_eq!(head_shape, [2, FEATURES + 1]);
@@ -180,16 +166,28 @@ fn one_adam_step_matches_pytorch() {
     let bias: Vec<f32> = (0..2)
         .map(|class| head[class * (FEATURES + 1) + FEATURES])
         .collect();
-    model.fc = Linear {
+    Linear {
         weight: Param::from_tensor(Tensor::from_data(
             TensorData::new(weight, [FEATURES, 2]),
-            &device,
+            device,
         )),
         bias: Some(Param::from_tensor(Tensor::from_data(
             TensorData::new(bias, [2]),
-            &device,
+            device,
         ))),
-    };
+    }
+}
+
+#[test]
+#[ignore = "needs ../shared"]
+fn one_adam_step_matches_pytorch() {
+    let dir = golden();
+    let device = Device::flex().autodiff();
+    let mut model = pretrained(&dir, &device);
+    let step: serde_json::Value =
+        serde_json::from_slice(&std::fs::read(dir.join("train_step.json")).unwrap()).unwrap();
+
+    model.fc = golden_head(&dir, &device);
 
     let input = tensor4(read_npy_f32(&dir.join("input.npy")), &device);
     let labels: Vec<i64> = step["labels"]
@@ -278,12 +276,139 @@ fn one_adam_step_matches_pytorch() {
     );
 }
 
+/// A gradient in torch's layout from a [`Slot`]'s (burn's): only the head's weight differs,
+/// `[512, classes]` in burn, `[classes, 512]` in torch.
+fn torch_layout(slot: &Slot) -> Vec<f32> {
+    if slot.name != "fc.weight" {
+        return slot.grad.clone();
+    }
+    let classes = slot.grad.len() / FEATURES;
+    (0..classes * FEATURES)
+        .map(|i| slot.grad[(i % FEATURES) * classes + i / FEATURES])
+        .collect()
+}
+
+fn golden_f64s(v: &serde_json::Value) -> Vec<f64> {
+    v.as_array()
+        .unwrap()
+        .iter()
+        .map(|x| x.as_f64().unwrap())
+        .collect()
+}
+
+/// catdog's CPU training pass (`model::fused::TrainNet`) and its Adam against PyTorch's
+/// `train_golden.json`: the step-1 loss and every parameter's step-1 gradient, the losses of
+/// three Adam steps on the batch, and the batch-norm running statistics after them.
+///
+/// The tolerances are measured, not wished for (PERFORMANCE.md, "Exactness of the training
+/// pass"): every gradient's norm is within 1e-3 (seen: 1.9e-4) and its 256 sampled values
+/// within 3e-3 relative L2 (seen: 2.4e-3; burn's autodiff, summing in another order, is at
+/// 3.2e-3 on conv1.weight). Adam's first step moves nearly every weight by lr * sign(grad),
+/// so the later losses of this random-weight network amplify rounding: the number of
+/// threads alone moves step 3 by 1%, and burn's path lands 0.3% and 11% from PyTorch at
+/// steps 2 and 3.
 #[test]
+#[ignore = "needs ../shared"]
+fn training_pass_matches_pytorch_gradients_and_three_adam_steps() {
+    const SAMPLE_TOLERANCE: f64 = 3e-3;
+    const LOSS_TOLERANCE: [f64; 3] = [1e-5, 2e-2, 0.35];
+    let dir = golden();
+    let golden: serde_json::Value =
+        serde_json::from_slice(&std::fs::read(dir.join("train_golden.json")).unwrap()).unwrap();
+    let fp32 = &golden["fp32"];
+    let device = Device::flex();
+    let mut model = pretrained(&dir, &device);
+    model.fc = golden_head(&dir, &device);
+    let mut net = TrainNet::new(&model);
+    let (_, input) = read_npy_f32(&dir.join("input.npy"));
+    let labels: Vec<usize> = [0, 0, 0, 0, 1, 1, 1, 1].into();
+    let mut adam = Adam::new(1e-3);
+    let expected_losses = golden_f64s(&fp32["loss"]);
+    for (step, expected_loss) in expected_losses.iter().enumerate() {
+        let result = net.step(&input, 224, &labels);
+        let error = (result.loss - expected_loss).abs() / expected_loss;
+        eprintln!(
+            "step {}: loss {:.7} (PyTorch {expected_loss:.7}), relative error {error:.1e}",
+            step + 1,
+            result.loss
+        );
+        assert!(
+            error < LOSS_TOLERANCE[step],
+            "step {}: loss {} vs PyTorch {expected_loss}",
+            step + 1,
+            result.loss
+        );
+        let mut slots = net.slots_mut();
+        if step == 0 {
+            assert_eq!(slots.len(), fp32["grad_norm"].as_object().unwrap().len());
+            let mut worst = (0.0f64, String::new());
+            for slot in &slots {
+                let grad = torch_layout(slot);
+                let norm = grad
+                    .iter()
+                    .map(|&g| f64::from(g).powi(2))
+                    .sum::<f64>()
+                    .sqrt();
+                let expected = fp32["grad_norm"][&slot.name].as_f64().unwrap();
+                let indices = golden["sample_indices"][&slot.name].as_array().unwrap();
+                let ours: Vec<f32> = indices
+                    .iter()
+                    .map(|i| grad[i.as_u64().unwrap() as usize])
+                    .collect();
+                let theirs: Vec<f32> = golden_f64s(&fp32["grad_sample"][&slot.name])
+                    .iter()
+                    .map(|&v| v as f32)
+                    .collect();
+                let norm_error = (norm - expected).abs() / expected;
+                let sample_error = f64::from(relative_l2(&ours, &theirs));
+                for error in [norm_error, sample_error] {
+                    if error > worst.0 {
+                        worst = (error, slot.name.clone());
+                    }
+                }
+                assert!(
+                    norm_error < 1e-3 && sample_error < SAMPLE_TOLERANCE,
+                    "{}: gradient norm {norm} vs PyTorch {expected} ({norm_error:.1e}), sampled values off by {sample_error:.1e}",
+                    slot.name
+                );
+            }
+            eprintln!(
+                "step 1: every gradient within {:.1e} of PyTorch's (worst: {})",
+                worst.0, worst.1
+            );
+        }
+        adam.step_slices(
+            slots
+                .iter_mut()
+                .map(|s| (s.name.as_str(), &mut s.value[..], &s.grad[..])),
+        );
+    }
+    let model = net.write_to(model);
+    let tensors = model.collect(None, Some(Box::new(BurnToPyTorchAdapter)), true);
+    let mut worst = 0.0f64;
+    for (name, expected) in fp32["running_after3"].as_object().unwrap() {
+        let t = tensors.iter().find(|t| &t.name == name).unwrap();
+        let ours: f64 = t
+            .to_bytes()
+            .unwrap()
+            .chunks_exact(4)
+            .map(|c| f64::from(f32::from_le_bytes(c.try_into().unwrap())))
+            .sum();
+        let expected = expected.as_f64().unwrap();
+        let error = (ours - expected).abs() / expected.abs().max(1.0);
+        assert!(
+            error < 1e-2,
+            "{name} after 3 steps: sum {ours} vs PyTorch {expected}"
+        );
+        worst = worst.max(error);
+    }
+    eprintln!("after 3 steps: running statistics within {worst:.1e} of PyTorch's");
+}
+
+#[test]
+#[ignore = "needs ../shared"]
 fn golden_pth_feeds_a_two_class_model_and_a_truncated_copy_is_refused() {
-    let Some(dir) = golden("golden_pth_feeds_a_two_class_model_and_a_truncated_copy_is_refused")
-    else {
-        return;
-    };
+    let dir = golden();
     let device = Device::flex();
     let pth = dir.join("resnet18.pth");
     let full = pretrained(&dir, &device);

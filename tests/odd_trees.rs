@@ -5,8 +5,6 @@
 
 #![cfg(unix)]
 
-mod common;
-
 use std::ffi::OsStr;
 use std::fs;
 use std::io::Cursor;
@@ -17,11 +15,11 @@ use std::path::Path;
 use std::sync::mpsc;
 use std::time::{Duration, Instant};
 
+use crate::common::{Mount, catdog, fill, run_catdog};
 use catdog::data::decode::RejectReason;
 use catdog::data::{self, CleanReport, FileStatus, Limits};
-use common::{Mount, catdog, fill, run_catdog};
+use catdog::progress::Quiet;
 use image::{ImageFormat, RgbImage};
-use indicatif::ProgressBar;
 
 fn jpeg(seed: u8) -> Vec<u8> {
     let img = RgbImage::from_fn(16, 12, |x, y| image::Rgb([x as u8 * 9, y as u8 * 13, seed]));
@@ -56,11 +54,7 @@ fn clean_within_a_minute(root: &Path) -> CleanReport {
     let root = root.to_owned();
     std::thread::spawn(move || {
         let scan = data::scan::scan(&root, None, None).unwrap();
-        let _ = tx.send(data::clean::clean(
-            &scan,
-            &Limits::default(),
-            &ProgressBar::hidden(),
-        ));
+        let _ = tx.send(data::clean::clean(&scan, &Limits::default(), &Quiet));
     });
     rx.recv_timeout(Duration::from_secs(60))
         .expect("the clean step hung")
@@ -124,7 +118,7 @@ fn a_file_that_vanishes_after_the_scan_is_rejected_and_nothing_else_is_lost() {
     photos(&root, 4);
     let scan = data::scan::scan(&root, None, None).unwrap();
     fs::remove_file(root.join("Dog/2.jpg")).unwrap();
-    let mut report = data::clean::clean(&scan, &Limits::default(), &ProgressBar::hidden());
+    let mut report = data::clean::clean(&scan, &Limits::default(), &Quiet);
     let gone = file(&report, "Dog/2.jpg");
     let rejection = gone.rejection.as_ref().unwrap();
     assert_eq!(rejection.reason, RejectReason::Unreadable);
@@ -214,7 +208,7 @@ fn a_hundred_thousand_files_in_one_folder_are_scanned_in_seconds() {
     let report = dir.path().join("report.json");
     let mut cmd = catdog();
     cmd.arg("clean").arg(&root).arg("--report").arg(&report);
-    let (stdout, secs, peak) = catdog::bench::run_measured(&mut cmd).unwrap();
+    let (stdout, secs, peak) = crate::process::run_measured(&mut cmd).unwrap();
     eprintln!(
         "{N} files in one folder: scan {scan_secs:.1} s; `catdog clean` {secs:.1} s, peak memory {} MiB",
         peak >> 20

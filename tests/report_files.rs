@@ -4,16 +4,15 @@
 //! To look at the pictures, keep them in a folder of your choice:
 //! `CATDOG_REPORT_OUT=/tmp/report cargo test --test report_files`.
 
-mod common;
+use crate::common;
 
 use std::fs;
 use std::path::{Path, PathBuf};
 
 use catdog::evaluate::{Metrics, top_losses};
-use catdog::report::{self, EpochRecord, Tile, gradcam_map, overlay};
+use catdog::model::gradcam::gradcam_map;
+use catdog::report::{self, EpochRecord, Tile, overlay};
 use image::{Rgb, RgbImage};
-
-const SAMPLE: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/../shared/data/kaggle-sample");
 
 /// The folder to write into: `$CATDOG_REPORT_OUT/name` when set, kept after
 /// the test; a temporary folder otherwise.
@@ -35,9 +34,9 @@ fn out_dir(name: &str) -> (PathBuf, Option<tempfile::TempDir>) {
 /// 16 photos, 8 cats then 8 dogs: real ones from ../shared when present,
 /// generated gradients otherwise.
 fn photos() -> Vec<RgbImage> {
-    let dir = Path::new(SAMPLE);
-    if !dir.is_dir() {
-        println!("{SAMPLE} is absent: the grids use generated images instead of photos");
+    let sample = common::shared_dir().map(|dir| dir.join("data/kaggle-sample"));
+    let Some(dir) = sample.filter(|dir| dir.is_dir()) else {
+        println!("../shared is absent: the grids use generated images instead of photos");
         return (0..16u32)
             .map(|i| {
                 RgbImage::from_fn(320, 240, |x, y| {
@@ -45,10 +44,11 @@ fn photos() -> Vec<RgbImage> {
                 })
             })
             .collect();
-    }
+    };
     ["cat", "dog"]
         .iter()
-        .flat_map(|class| (0..8).map(move |i| dir.join(format!("{class}.{i}.jpg"))))
+        .flat_map(|class| (0..8).map(move |i| format!("{class}.{i}.jpg")))
+        .map(|name| dir.join(name))
         .map(|path| {
             image::open(&path)
                 .unwrap_or_else(|e| panic!("{}: {e}", path.display()))

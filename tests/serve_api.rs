@@ -2,18 +2,16 @@
 //! predictions (raw and multipart, with and without Grad-CAM), the model's description, every
 //! kind of bad input, slow clients, and batching of concurrent requests.
 
-mod serve_common;
-
 use std::io::{Read, Write};
 use std::net::TcpStream;
 use std::sync::{Arc, Barrier};
 use std::time::{Duration, Instant};
 
+use crate::serve_common::*;
 use base64::Engine as _;
 use catdog::evaluate::Metrics;
 use catdog::fsio;
 use serde_json::{Value, json};
-use serve_common::*;
 
 /// Same probabilities, up to float rounding (batches of other sizes, or the autodiff path
 /// that Grad-CAM takes, may sum in another order).

@@ -6,16 +6,17 @@
 //! The WebDriver protocol is JSON over HTTP, and the few commands needed here are a handful of
 //! `ureq` calls: lighter than a WebDriver crate with its own async HTTP stack.
 //! Skips, saying so, without chromium and chromedriver (`apt-get install chromium
-//! chromium-driver`) or without `../shared` (the photo and the weights).
+//! chromium-driver`); needs `../shared` (the photo and the weights), so it is ignored unless
+//! asked for with `--include-ignored`.
 
-mod common;
-mod serve_common;
+use crate::common;
 
 use std::net::TcpListener;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
+use crate::serve_common::*;
 use base64::Engine as _;
 use burn::prelude::Device;
 use catdog::model::ResNet18;
@@ -23,13 +24,13 @@ use catdog::model::checkpoint::{self, CheckpointMeta};
 use catdog::model::weights::load_into;
 use catdog::preprocess::Preprocessing;
 use serde_json::{Value, json};
-use serve_common::*;
 
 /// The element key of the WebDriver protocol.
 const ELEMENT: &str = "element-6066-11e4-a52e-4f735466cecf";
 const PHOTO: &str = "data/kaggle-sample/cat.3.jpg";
 
 #[test]
+#[ignore = "needs ../shared"]
 fn a_person_picks_a_photo_and_sees_the_prediction() {
     let (Some(chromium), Some(chromedriver)) = (find("chromium"), find("chromedriver")) else {
         eprintln!(
@@ -38,9 +39,7 @@ fn a_person_picks_a_photo_and_sees_the_prediction() {
         );
         return;
     };
-    let Some(shared) = common::shared("serve_browser") else {
-        return;
-    };
+    let shared = common::shared();
     let photo = shared.join(PHOTO).canonicalize().unwrap();
     let model = tempfile::tempdir().unwrap();
     save_golden_model(&shared, model.path());

@@ -7,13 +7,12 @@
 //! and `CATDOG_LOAD_CLIENTS` (default 16) change the run; each client also stops after
 //! [`MAX_REQUESTS_PER_CLIENT`] requests, so the run ends by itself whatever the machine.
 
-mod common;
-mod serve_common;
+use crate::common;
 
 use std::sync::{Arc, Barrier};
 use std::time::{Duration, Instant};
 
-use serve_common::*;
+use crate::serve_common::*;
 
 const MAX_REQUESTS_PER_CLIENT: usize = 2_000;
 
@@ -26,7 +25,7 @@ fn setting(name: &str, default: u64) -> u64 {
 
 /// Up to 16 photos to send: ../shared's first cats and dogs, or generated pictures.
 fn photos() -> Vec<Vec<u8>> {
-    let sample = common::shared("serve_load (using generated pictures)")
+    let sample = common::shared_dir()
         .map(|dir| dir.join("data/kaggle-sample"))
         .filter(|dir| dir.is_dir());
     match sample {

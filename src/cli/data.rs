@@ -4,15 +4,18 @@ use std::path::{Path, PathBuf};
 
 use anyhow::{Context, Result};
 use catdog::data::manifest::conflicts_text;
+use catdog::data::split::DEFAULT_SEED;
 use catdog::data::{self, Layout, Limits, Manifest, Prepare, Ratios, Split};
-use catdog::{fsio, progress};
+use catdog::fsio;
+
+use super::progress::Bar;
 
 #[derive(clap::Args)]
 pub struct DataArgs {
     /// The data folder: one folder per class (Cat/, Dog/) or files named like cat.0.jpg
     pub data: PathBuf,
-    /// Force the layout instead of detecting it
-    #[arg(long, value_enum)]
+    /// Force the layout instead of detecting it: folders or flat
+    #[arg(long)]
     pub layout: Option<Layout>,
     /// Refuse images with more pixels than this (decompression bombs)
     #[arg(long, default_value_t = Limits::default().max_pixels)]
@@ -48,10 +51,10 @@ pub struct SplitArgs {
     #[command(flatten)]
     pub data: DataArgs,
     /// Seed of the split: the same seed and files give the same split
-    #[arg(long, default_value_t = 42)]
+    #[arg(long, default_value_t = DEFAULT_SEED)]
     pub seed: u64,
     /// Fractions for train, validation and test
-    #[arg(long, default_value = "0.8,0.1,0.1")]
+    #[arg(long, default_value_t = Ratios::default())]
     pub ratios: Ratios,
     /// Where to write the manifest (JSON)
     #[arg(long, default_value = "manifest.json")]
@@ -64,8 +67,9 @@ pub fn clean(args: CleanArgs) -> Result<()> {
         args.data.layout,
         args.quarantine.as_deref(),
     )?;
-    let bar = progress::bar(scan.candidates.len() as u64, "decoding");
+    let bar = Bar::new("decoding");
     let mut report = data::clean::clean(&scan, &args.data.limits(), &bar);
+    bar.finish();
     print!("{}", report.table());
     print!("{}", conflicts_text(&report.conflicts));
     let moved = args
@@ -97,7 +101,7 @@ pub fn prepare(
     out: &Path,
     report_path: Option<&Path>,
 ) -> Result<Manifest> {
-    let bar = progress::bar(0, "decoding");
+    let bar = Bar::new("decoding");
     let (manifest, report) = data::prepare(
         &Prepare {
             root: &args.data,
@@ -109,6 +113,7 @@ pub fn prepare(
         },
         &bar,
     )?;
+    bar.finish();
     print!("{}", report.table());
     if let Some(path) = report_path {
         fsio::write_json(path, &report)?;

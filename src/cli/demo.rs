@@ -4,12 +4,13 @@ use std::path::PathBuf;
 use std::sync::atomic::AtomicBool;
 
 use anyhow::Result;
-use catdog::data::{Limits, Ratios};
-use catdog::demo;
-use catdog::device::DeviceChoice;
+use burn::prelude::Device;
+use catdog::data::{Limits, Ratios, synthetic};
+use catdog::model::weights::WeightsChoice;
 use catdog::preprocess::Preprocessing;
-use catdog::run::{RunDir, Which};
-use catdog::train::{self, Mode, Start, TrainConfig};
+use catdog::report;
+use catdog::run::{self, RunDir, Which};
+use catdog::train::{self, DataSource, Mode, Start, TrainConfig};
 
 use super::data::{self, DataArgs};
 
@@ -24,12 +25,12 @@ pub struct DemoArgs {
     /// Training epochs
     #[arg(long, default_value_t = 3)]
     pub epochs: usize,
-    #[arg(long, default_value_t = 42)]
+    #[arg(long, default_value_t = TrainConfig::default().seed)]
     pub seed: u64,
 }
 
 pub fn run(args: DemoArgs) -> Result<()> {
-    let set = demo::write_dataset(&args.out, args.per_class, args.seed)?;
+    let set = synthetic::write_dataset(&args.out, args.per_class, args.seed)?;
     println!(
         "== data: {} synthetic photos in {}, with these odd files planted:",
         set.photos,
@@ -65,38 +66,24 @@ pub fn run(args: DemoArgs) -> Result<()> {
         std::fs::remove_dir_all(&run.root)?;
     }
     let config = TrainConfig {
-        data: set.data.clone(),
-        manifest: Some(manifest_path),
-        layout: None,
-        ratios: Ratios::default(),
-        weights: "none".into(),
+        source: DataSource::Manifest(manifest_path),
+        weights: WeightsChoice::None,
         mode: Mode::Finetune,
         epochs: args.epochs,
-        batch_size: 32,
-        lr: 1e-3,
-        augment: false,
         seed: args.seed,
-        device: DeviceChoice::Cpu,
         preprocessing: Preprocessing::imagenet(64),
-        cache_dir: None,
+        ..TrainConfig::default()
     };
-    let log = |line: &str| println!("{}", line.trim_end());
+    let show = super::train::Show::new(&run);
     train::train(
         &run,
         Start::New(Box::new(config)),
         &AtomicBool::new(false),
-        &log,
+        &|event| show.event(event),
     )?;
     println!("\n== evaluate on the test split + report");
-    super::evaluate::report(super::evaluate::ReportArgs {
-        run: run.root.clone(),
-        checkpoint: Which::Best,
-        samples: 16,
-    })?;
-    println!(
-        "\nrun folder: {} (config.json, metrics.jsonl/.csv, best/, last/, eval-test.json)",
-        run.root.display()
-    );
+    super::evaluate::write_report(&run, Which::Best, report::SAMPLES, &Device::flex())?;
+    println!("\nrun folder: {} ({})", run.root.display(), run::CONTENTS);
     println!(
         "open the report: {}",
         run.report_dir().join("index.html").display()

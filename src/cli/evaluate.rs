@@ -5,27 +5,31 @@ use std::path::PathBuf;
 use anyhow::Result;
 use burn::prelude::Device;
 use catdog::data::Split;
-use catdog::evaluate::{Metrics, RunModel};
-use catdog::report::write_run_report;
+use catdog::evaluate::{BATCH_SIZE, Metrics, RunModel};
+use catdog::fsio;
+use catdog::report::{self, write_run_report};
 use catdog::run::{RunDir, Which};
-use catdog::{fsio, progress};
+
+use super::progress::Bar;
 
 #[derive(clap::Args)]
 pub struct EvaluateArgs {
     /// The training run's folder (what `catdog train --out` wrote)
     pub run: PathBuf,
-    /// The split of the run's manifest to evaluate on
-    #[arg(long, value_enum, default_value_t = Split::Test)]
+    /// The split of the run's manifest to evaluate on: train, val or test
+    #[arg(long, default_value_t = Split::Test)]
     pub split: Split,
     /// The checkpoint: best (highest validation accuracy) or last
-    #[arg(long, value_enum, default_value_t = Which::Best)]
+    #[arg(long, default_value_t = Which::Best)]
     pub checkpoint: Which,
     /// Print the metrics as JSON on stdout (what the evaluation file holds) instead of a table
     #[arg(long)]
     pub json: bool,
     /// Photos per forward pass
-    #[arg(long, default_value_t = 32, value_parser = clap::value_parser!(u16).range(1..))]
+    #[arg(long, default_value_t = BATCH_SIZE as u16, value_parser = clap::value_parser!(u16).range(1..))]
     pub batch_size: u16,
+    #[command(flatten)]
+    pub device: super::DeviceArgs,
 }
 
 #[derive(clap::Args)]
@@ -33,19 +37,21 @@ pub struct ReportArgs {
     /// The training run's folder (what `catdog train --out` wrote)
     pub run: PathBuf,
     /// The checkpoint: best (highest validation accuracy) or last
-    #[arg(long, value_enum, default_value_t = Which::Best)]
+    #[arg(long, default_value_t = Which::Best)]
     pub checkpoint: Which,
     /// Test photos in each picture of photos (predictions, top losses, Grad-CAM)
-    #[arg(long, default_value_t = 16, value_parser = clap::value_parser!(u16).range(1..=256))]
+    #[arg(long, default_value_t = report::SAMPLES as u16, value_parser = clap::value_parser!(u16).range(1..=256))]
     pub samples: u16,
+    #[command(flatten)]
+    pub device: super::DeviceArgs,
 }
 
 pub fn evaluate(args: EvaluateArgs) -> Result<()> {
     let run = RunDir::new(&args.run);
-    let loaded = RunModel::load(&run, args.checkpoint, &Device::flex())?;
-    let bar = progress::bar(0, "evaluating");
+    let loaded = RunModel::load(&run, args.checkpoint, &args.device.device()?)?;
+    let bar = Bar::new("evaluating");
     let (metrics, _) = loaded.evaluate(args.split, usize::from(args.batch_size), &bar)?;
-    bar.finish_and_clear();
+    bar.finish();
     if args.json {
         println!("{}", serde_json::to_string_pretty(&metrics)?);
         eprintln!(
@@ -59,18 +65,23 @@ pub fn evaluate(args: EvaluateArgs) -> Result<()> {
 }
 
 pub fn report(args: ReportArgs) -> Result<()> {
-    let run = RunDir::new(&args.run);
-    let bar = progress::bar(0, "evaluating");
-    let index = write_run_report(
-        &run,
+    let device = args.device.device()?;
+    write_report(
+        &RunDir::new(&args.run),
         args.checkpoint,
         usize::from(args.samples),
-        &Device::flex(),
-        &bar,
-    )?;
-    bar.finish_and_clear();
-    let metrics: Metrics = fsio::read_json(&run.eval(args.checkpoint, Split::Test), "evaluation")?;
-    print_metrics(&run, args.checkpoint, Split::Test, &metrics);
+        &device,
+    )
+}
+
+/// Checkpoint `which` on the test split, the report, and what a person reads of them: `catdog
+/// report`, and the last step of `catdog train` and `catdog demo`.
+pub fn write_report(run: &RunDir, which: Which, samples: usize, device: &Device) -> Result<()> {
+    let bar = Bar::new("evaluating");
+    let index = write_run_report(run, which, samples, device, &bar)?;
+    bar.finish();
+    let metrics: Metrics = fsio::read_json(&run.eval(which, Split::Test), "evaluation")?;
+    print_metrics(run, which, Split::Test, &metrics);
     println!("report: {}", index.display());
     Ok(())
 }

@@ -3,12 +3,11 @@
 use std::path::PathBuf;
 
 use anyhow::{Result, bail};
-use burn::prelude::Device;
 use catdog::evaluate::image_files;
 use catdog::model::EvalNet;
 use catdog::model::imagenet_classes::NAMES;
 use catdog::model::predict::{Ranked, classify};
-use catdog::model::weights::{IMAGENET_NUM_CLASSES, WeightsChoice};
+use catdog::model::weights::{self, IMAGENET_NUM_CLASSES, WeightsChoice};
 use catdog::preprocess::eval_tensor_from_path;
 use rayon::prelude::*;
 use serde::Serialize;
@@ -33,6 +32,8 @@ pub struct ImagenetArgs {
     /// Photos per forward pass
     #[arg(long, default_value_t = 16, value_parser = clap::value_parser!(u16).range(1..))]
     pub batch_size: u16,
+    #[command(flatten)]
+    pub device: super::DeviceArgs,
 }
 
 #[derive(Serialize)]
@@ -53,8 +54,11 @@ pub fn run(args: ImagenetArgs) -> Result<()> {
     if files.is_empty() {
         bail!("no files to classify: the folders given hold none");
     }
-    let device = Device::flex();
-    let model = super::weights::load_model(&args.weights, IMAGENET_NUM_CLASSES, &device)?;
+    let device = args.device.device()?;
+    let file = args.weights.resolve()?;
+    let (model, origin) = weights::load_model(file.as_deref(), IMAGENET_NUM_CLASSES, &device)?;
+    // On stderr: stdout may be JSON.
+    eprintln!("weights: {origin}");
     let net = EvalNet::new(&model, &device);
     let mut unreadable = 0;
     for batch in files.chunks(usize::from(args.batch_size)) {

@@ -7,13 +7,29 @@ mod demo;
 mod evaluate;
 mod imagenet;
 mod predict;
+mod progress;
 mod serve;
 mod train;
 mod weights;
 
 use std::process::ExitCode;
 
+use catdog::device::DeviceChoice;
 use clap::{Parser, Subcommand};
+
+/// `--device`, as every command that runs the network takes it.
+#[derive(clap::Args)]
+pub struct DeviceArgs {
+    /// cpu, cuda, cuda:N or wgpu (GPUs need a build with that feature)
+    #[arg(long, default_value_t = DeviceChoice::default())]
+    pub device: DeviceChoice,
+}
+
+impl DeviceArgs {
+    pub fn device(&self) -> catdog::Result<burn::prelude::Device> {
+        self.device.device()
+    }
+}
 
 #[derive(Parser)]
 #[command(

@@ -3,7 +3,6 @@
 use std::path::{Path, PathBuf};
 
 use anyhow::{Result, bail};
-use burn::prelude::Device;
 use catdog::evaluate::{image_files, predict_files, predicted};
 use catdog::model::{EvalNet, checkpoint};
 use catdog::run::resolve_model;
@@ -23,6 +22,8 @@ pub struct PredictArgs {
     /// Photos per forward pass
     #[arg(long, default_value_t = 16, value_parser = clap::value_parser!(u16).range(1..))]
     pub batch_size: u16,
+    #[command(flatten)]
+    pub device: super::DeviceArgs,
 }
 
 #[derive(Serialize)]
@@ -49,7 +50,7 @@ struct JsonError {
 }
 
 pub fn run(args: PredictArgs) -> Result<()> {
-    let device = Device::flex();
+    let device = args.device.device()?;
     let dir = resolve_model(&args.model)?;
     let files = image_files(&args.images)?;
     if files.is_empty() {

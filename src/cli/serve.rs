@@ -5,7 +5,6 @@ use std::path::PathBuf;
 use std::time::Duration;
 
 use anyhow::{Context, Result};
-use catdog::device::DeviceChoice;
 use catdog::serve::{self, Config, Server};
 
 #[derive(clap::Args)]
@@ -15,9 +14,8 @@ pub struct ServeArgs {
     /// Address to listen on, HOST:PORT (0.0.0.0:8080 to be reachable from other machines)
     #[arg(long, default_value_t = Config::default().addr, value_parser = parse_addr)]
     pub addr: SocketAddr,
-    /// cpu, cuda, cuda:N or wgpu (GPUs need a build with that feature)
-    #[arg(long, default_value_t = Config::default().device)]
-    pub device: DeviceChoice,
+    #[command(flatten)]
+    pub device: super::DeviceArgs,
     /// Largest request body accepted, in bytes (413 above)
     #[arg(long, default_value_t = Config::default().max_upload_bytes)]
     pub max_upload_bytes: u64,
@@ -59,7 +57,7 @@ fn parse_addr(text: &str) -> Result<SocketAddr, String> {
 pub fn run(args: ServeArgs) -> Result<()> {
     let config = Config {
         addr: args.addr,
-        device: args.device,
+        device: args.device.device,
         max_upload_bytes: args.max_upload_bytes,
         max_pixels: args.max_pixels,
         max_batch: args.max_batch,

@@ -3,14 +3,20 @@
 
 use std::path::PathBuf;
 use std::sync::Arc;
+use std::sync::Mutex;
 use std::sync::atomic::{AtomicBool, Ordering};
 
 use anyhow::{Result, bail};
 use catdog::data::Ratios;
-use catdog::device::DeviceChoice;
+use catdog::data::Split;
+use catdog::data::manifest::conflicts_text;
+use catdog::model::weights::WeightsChoice;
 use catdog::preprocess::Preprocessing;
-use catdog::run::RunDir;
-use catdog::train::{self, Mode, Outcome, Start, TrainConfig};
+use catdog::report;
+use catdog::run::{self, RunDir, Which};
+use catdog::train::{self, DataSource, Event, Mode, Outcome, Start, Step, TrainConfig};
+
+use super::progress::Bar;
 
 #[derive(clap::Args)]
 pub struct TrainArgs {
@@ -34,36 +40,35 @@ pub struct TrainArgs {
     #[arg(long, conflicts_with = "data")]
     pub manifest: Option<PathBuf>,
     /// auto (our cache, then PyTorch's), none (random initialisation) or a .pth/.safetensors file
-    #[arg(long, default_value = "auto")]
-    pub weights: String,
+    #[arg(long, default_value_t = TrainConfig::default().weights)]
+    pub weights: WeightsChoice,
     /// finetune (every layer) or frozen (the head on cached backbone features);
     /// default: frozen on CPU, finetune on GPU
-    #[arg(long, value_enum)]
+    #[arg(long)]
     pub mode: Option<Mode>,
     /// Passes over the training photos [default: 5]; with --resume, the total to reach
     #[arg(long, value_name = "N")]
     pub epochs: Option<usize>,
     /// Photos per training step
-    #[arg(long, default_value_t = 32)]
+    #[arg(long, default_value_t = TrainConfig::default().batch_size)]
     pub batch_size: usize,
     /// Adam's learning rate
-    #[arg(long, default_value_t = 1e-3, allow_negative_numbers = true)]
+    #[arg(long, default_value_t = TrainConfig::default().lr, allow_negative_numbers = true)]
     pub lr: f64,
     /// Side of the square model input; the resize before the crop keeps torchvision's 256:224
-    #[arg(long, default_value_t = 224)]
+    #[arg(long, default_value_t = TrainConfig::default().preprocessing.image_size)]
     pub image_size: u32,
     /// Random resized crops and horizontal flips while training
     #[arg(long)]
     pub augment: bool,
     /// Seed of the split, the initial head, the shuffling and the augmentation
-    #[arg(long, default_value_t = 42)]
+    #[arg(long, default_value_t = TrainConfig::default().seed)]
     pub seed: u64,
     /// Split fractions when preparing the data
-    #[arg(long, default_value = "0.8,0.1,0.1")]
+    #[arg(long, default_value_t = Ratios::default())]
     pub ratios: Ratios,
-    /// cpu, cuda, cuda:N or wgpu (GPUs need a build with that feature)
-    #[arg(long, default_value = "cpu")]
-    pub device: DeviceChoice,
+    #[command(flatten)]
+    pub device: super::DeviceArgs,
     /// Folder for frozen mode's feature cache (default: the weights' cache folder)
     #[arg(long)]
     pub cache_dir: Option<PathBuf>,
@@ -79,7 +84,6 @@ pub fn run(args: TrainArgs) -> Result<()> {
         }
         eprintln!("\nstopping after this batch (Ctrl-C again to quit at once)");
     })?;
-    let log = |line: &str| println!("{}", line.trim_end());
     let (run, start) = match args.resume {
         Some(run) => (
             RunDir::new(run),
@@ -89,35 +93,38 @@ pub fn run(args: TrainArgs) -> Result<()> {
             let Some(out) = args.out else {
                 bail!("--out RUN is required")
             };
+            let source = match args.manifest {
+                Some(manifest) => DataSource::Manifest(manifest),
+                None => DataSource::Folder {
+                    root: args.data.unwrap_or_default(),
+                    layout: None,
+                    ratios: args.ratios,
+                },
+            };
             let config = TrainConfig {
-                data: args.data.unwrap_or_default(),
-                manifest: args.manifest,
-                layout: None,
-                ratios: args.ratios,
+                source,
                 weights: args.weights,
-                mode: args.mode.unwrap_or(Mode::default_for(args.device)),
-                epochs: args.epochs.unwrap_or(DEFAULT_EPOCHS),
+                mode: args.mode.unwrap_or(Mode::default_for(args.device.device)),
+                epochs: args.epochs.unwrap_or(TrainConfig::default().epochs),
                 batch_size: args.batch_size,
                 lr: args.lr,
                 augment: args.augment,
                 seed: args.seed,
-                device: args.device,
+                device: args.device.device,
                 preprocessing: Preprocessing::imagenet(args.image_size),
                 cache_dir: args.cache_dir.or_else(train::default_cache_dir),
             };
             (RunDir::new(out), Start::New(Box::new(config)))
         }
     };
-    let outcome = train::train(&run, start, &stop, &log)?;
+    let show = Show::new(&run);
+    let outcome = train::train(&run, start, &stop, &|event| show.event(event))?;
     if outcome.stopped {
         // As after SIGINT, so that a script can tell a stopped run from a finished one.
         return Err(Stopped.into());
     }
-    finish(&run, &outcome)
+    finish(&run, &outcome, &outcome.config.settings.device.device()?)
 }
-
-/// The seed recipe's epochs.
-const DEFAULT_EPOCHS: usize = 5;
 
 /// Training stopped on Ctrl-C, with `last/` saved: the process exits with 130.
 #[derive(Debug, thiserror::Error)]
@@ -125,35 +132,144 @@ const DEFAULT_EPOCHS: usize = 5;
 pub struct Stopped;
 
 /// What a person needs after training: where things are.
-fn finish(run: &RunDir, outcome: &Outcome) -> Result<()> {
+fn finish(run: &RunDir, outcome: &Outcome, device: &burn::prelude::Device) -> Result<()> {
     if let Some(best) = outcome.best {
         println!(
             "best: epoch {} (val acc {:.2}%, loss {:.4}); model in {}",
             best.epoch,
             100.0 * best.val_acc,
             best.val_loss,
-            run.checkpoint(catdog::run::Which::Best).display()
+            run.checkpoint(Which::Best).display()
         );
     }
     let manifest = catdog::data::Manifest::load(&run.manifest())?;
-    if manifest
-        .files
-        .iter()
-        .all(|f| f.split != catdog::data::Split::Test)
-    {
+    if manifest.count(Split::Test) == 0 {
         println!("no test split (--ratios gave it nothing): the best model was not evaluated");
     } else {
         // The seed's last step: the best checkpoint on the held-out test split, then the report.
         println!();
-        super::evaluate::report(super::evaluate::ReportArgs {
-            run: run.root.clone(),
-            checkpoint: catdog::run::Which::Best,
-            samples: 16,
-        })?;
+        super::evaluate::write_report(run, Which::Best, report::SAMPLES, device)?;
     }
-    println!(
-        "run: {} (config.json, metrics.jsonl, metrics.csv, best/, last/, eval-test.json, report/)",
-        run.root.display()
-    );
+    println!("run: {} ({})", run.root.display(), run::CONTENTS);
     Ok(())
+}
+
+/// What a bar shows.
+#[derive(Clone, Copy, PartialEq)]
+enum Showing {
+    Step(Step),
+    /// Epoch `.0` of `.1`.
+    Epoch(usize, usize),
+}
+
+/// Draws training's events for a person: a bar for each long step and each epoch, a line for
+/// everything else.
+pub struct Show {
+    run: PathBuf,
+    bar: Mutex<Option<(Showing, Bar)>>,
+}
+
+impl Show {
+    pub fn new(run: &RunDir) -> Show {
+        Show {
+            run: run.root.clone(),
+            bar: Mutex::new(None),
+        }
+    }
+
+    pub fn event(&self, event: Event<'_>) {
+        match event {
+            Event::Progress { step, done, total } => self.draw(Showing::Step(step), done, total),
+            Event::Batch {
+                epoch,
+                epochs,
+                images,
+                total,
+                loss,
+                accuracy,
+            } => {
+                self.draw(Showing::Epoch(epoch, epochs), images as u64, total as u64);
+                if let Some((_, bar)) = &*self.bar.lock().expect("not poisoned") {
+                    // Beside the label (`epoch 2/5`), which stays.
+                    bar.set_message(format!("loss {loss:.4} acc {:.1}%", 100.0 * accuracy));
+                }
+            }
+            other => {
+                if let Some((_, bar)) = self.bar.lock().expect("not poisoned").take() {
+                    bar.finish();
+                }
+                println!("{}", self.line(&other).trim_end());
+            }
+        }
+    }
+
+    /// Moves the bar of `showing` (a new one when something else was shown) to `done` of `total`.
+    fn draw(&self, showing: Showing, done: u64, total: u64) {
+        let mut current = self.bar.lock().expect("not poisoned");
+        if current.as_ref().is_none_or(|(s, _)| *s != showing) {
+            if let Some((_, bar)) = current.take() {
+                bar.finish();
+            }
+            let what = match showing {
+                Showing::Step(Step::Decoding) => "decoding".to_owned(),
+                Showing::Step(Step::Features(split)) => format!("features ({split})"),
+                Showing::Epoch(epoch, epochs) => format!("epoch {epoch}/{epochs}"),
+            };
+            *current = Some((showing, Bar::new(&what)));
+        }
+        let (_, bar) = current.as_ref().expect("just set");
+        bar.0.set_length(total);
+        bar.0.set_position(done);
+    }
+
+    fn line(&self, event: &Event<'_>) -> String {
+        let run = self.run.display();
+        match event {
+            Event::Prepared(report) => report.table(),
+            Event::Conflicts(conflicts) => conflicts_text(conflicts),
+            Event::Weights(origin) => format!("weights: {origin}"),
+            Event::EpochsChanged { from, to } => {
+                format!("epochs: {from} -> {to} (config.json updated)")
+            }
+            Event::Resumed {
+                epochs_done,
+                batches_done,
+            } => {
+                let batches = if *batches_done > 0 {
+                    format!(" and {batches_done} batch(es) of the next")
+                } else {
+                    String::new()
+                };
+                format!("resuming {run} after epoch {epochs_done}{batches}")
+            }
+            Event::Restarted => {
+                format!("resuming {run}: no epoch was complete, starting from the beginning")
+            }
+            Event::Uncached => "frozen mode with --augment: every step runs the backbone on a new random crop, so features are not cached".to_owned(),
+            Event::Features {
+                split,
+                hits,
+                computed,
+            } => format!("features ({split}): {hits} from the feature cache, {computed} computed"),
+            Event::Saved { record, epochs, .. } => format!(
+                "epoch {}/{epochs}: train loss {:.4} acc {:.2}% | val loss {:.4} acc {:.2}% | {:.1}s",
+                record.epoch,
+                record.train_loss,
+                100.0 * record.train_acc,
+                record.val_loss,
+                100.0 * record.val_acc,
+                record.seconds
+            ),
+            Event::Stopped {
+                epoch,
+                batches_done,
+            } => format!(
+                "stopped after batch {batches_done} of epoch {epoch}; last/ saved. Resume with: catdog train --resume {run}"
+            ),
+            Event::StoppedExtracting => format!(
+                "stopped during feature extraction; the features computed are cached. Resume with: catdog train --resume {run}"
+            ),
+            Event::Progress { .. } | Event::Batch { .. } => unreachable!("drawn as bars"),
+        }
+    }
 }

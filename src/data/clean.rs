@@ -8,7 +8,6 @@ use std::fmt::Write as _;
 use std::fs;
 use std::path::{Path, PathBuf};
 
-use indicatif::ProgressBar;
 use rayon::prelude::*;
 use serde::{Deserialize, Serialize};
 
@@ -17,6 +16,7 @@ use super::manifest::{Conflict, LabelledFile};
 use super::scan::{Layout, Scan};
 use crate::error::{Error, Result};
 use crate::fsio;
+use crate::progress::Progress;
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "lowercase")]
@@ -84,17 +84,17 @@ pub struct CleanReport {
 }
 
 /// Decodes every candidate of `scan` (in parallel) and reports on each.
-pub fn clean(scan: &Scan, limits: &Limits, progress: &ProgressBar) -> CleanReport {
+pub fn clean(scan: &Scan, limits: &Limits, progress: &dyn Progress) -> CleanReport {
+    progress.set_total(scan.candidates.len() as u64);
     let mut files: Vec<FileReport> = scan
         .candidates
         .par_iter()
         .map(|c| {
             let report = check_file(&scan.root, &c.path, Some(c.class.clone()), limits);
-            progress.inc(1);
+            progress.advance(1);
             report
         })
         .collect();
-    progress.finish_and_clear();
     files.extend(scan.ignored.iter().map(|i| FileReport {
         class: class_of(scan, &i.path),
         ignored_because: Some(i.reason.clone()),

@@ -6,7 +6,6 @@
 use std::collections::{BTreeMap, BTreeSet};
 use std::path::{Path, PathBuf};
 
-use indicatif::ProgressBar;
 use serde::{Deserialize, Serialize};
 
 use super::clean::{self, CleanReport};
@@ -15,6 +14,7 @@ use super::scan::{self, Ignored, Layout};
 use super::split::{self, Ratios, Split};
 use crate::error::{Error, Result};
 use crate::fsio;
+use crate::progress::Progress;
 
 /// Bumped when the format changes incompatibly.
 pub const MANIFEST_VERSION: u32 = 1;
@@ -103,9 +103,8 @@ pub struct Prepare<'a> {
 }
 
 /// Runs [`Prepare`]: returns the manifest and the clean step's full report.
-pub fn prepare(p: &Prepare<'_>, progress: &ProgressBar) -> Result<(Manifest, CleanReport)> {
+pub fn prepare(p: &Prepare<'_>, progress: &dyn Progress) -> Result<(Manifest, CleanReport)> {
     let scan = scan::scan(p.root, p.layout, p.exclude)?;
-    progress.set_length(scan.candidates.len() as u64);
     let report = clean::clean(&scan, &p.limits, progress);
     let manifest = Manifest::from_report(&report, p.ratios, p.seed)?;
     Ok((manifest, report))
@@ -230,6 +229,11 @@ impl Manifest {
             ));
         }
         Ok(m)
+    }
+
+    /// How many files `split` holds (from [`Manifest::counts`]).
+    pub fn count(&self, split: Split) -> usize {
+        self.counts.get(&split).map_or(0, |c| c.values().sum())
     }
 
     /// The files of one split, with class indices, in manifest order.

@@ -6,12 +6,14 @@
 //! - [`clean`]: decode every file and sort it into usable / rejected / ignored.
 //! - [`split`]: the stratified, seeded train/val/test assignment.
 //! - [`manifest`]: the prepared data set as one JSON file, and [`prepare`] to make it.
+//! - [`synthetic`]: generated photos (the demo's data set, the bench's and the tests' stand-ins).
 
 pub mod clean;
 pub mod decode;
 pub mod manifest;
 pub mod scan;
 pub mod split;
+pub mod synthetic;
 
 pub use clean::{CleanReport, FileStatus};
 pub use decode::Limits;

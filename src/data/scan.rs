@@ -17,7 +17,7 @@ use serde::{Deserialize, Serialize};
 use crate::error::{Error, Result};
 
 /// How labels are encoded in a data folder.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize, clap::ValueEnum)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "lowercase")]
 pub enum Layout {
     /// One folder per class: `Cat/1.jpg`, `Dog/2.jpg`.
@@ -25,6 +25,8 @@ pub enum Layout {
     /// Label in the file name: `cat.0.jpg`, `dog.12.jpg`.
     Flat,
 }
+
+crate::error::named_choice!(Layout, "--layout", Layout::Folders => "folders", Layout::Flat => "flat");
 
 /// A file that is meant as a photo of a class (it may still turn out broken).
 #[derive(Clone, Debug, PartialEq, Eq)]

@@ -14,19 +14,7 @@ use serde::{Deserialize, Serialize};
 
 use crate::error::{Error, Result};
 
-#[derive(
-    Clone,
-    Copy,
-    Debug,
-    PartialEq,
-    Eq,
-    PartialOrd,
-    Ord,
-    Hash,
-    Serialize,
-    Deserialize,
-    clap::ValueEnum,
-)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
 #[serde(rename_all = "lowercase")]
 pub enum Split {
     Train,
@@ -36,21 +24,12 @@ pub enum Split {
 
 impl Split {
     pub const ALL: [Split; 3] = [Split::Train, Split::Val, Split::Test];
-
-    pub fn name(self) -> &'static str {
-        match self {
-            Split::Train => "train",
-            Split::Val => "val",
-            Split::Test => "test",
-        }
-    }
 }
 
-impl fmt::Display for Split {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str(self.name())
-    }
-}
+crate::error::named_choice!(Split, "--split", Split::Train => "train", Split::Val => "val", Split::Test => "test");
+
+/// The seed of `catdog split` and of the training recipe by default.
+pub const DEFAULT_SEED: u64 = 42;
 
 /// The fractions of each class that go to train, val and test.
 #[derive(Clone, Copy, Debug, PartialEq, Serialize, Deserialize)]
@@ -67,6 +46,13 @@ impl Default for Ratios {
             val: 0.1,
             test: 0.1,
         }
+    }
+}
+
+/// As `--ratios` takes them: `0.8,0.1,0.1`.
+impl fmt::Display for Ratios {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{},{},{}", self.train, self.val, self.test)
     }
 }
 

@@ -4,7 +4,7 @@
 //! - [`metrics`]: accuracy, loss, confusion matrix, per-class scores, ROC AUC.
 //! - [`predict_samples`] and [`predict_files`]: a model's probabilities for a
 //!   manifest's photos, or for any files a user names.
-//! - [`evaluate_run`] and [`RunModel`]: a training run's checkpoint on one of its
+//! - [`RunModel`]: a training run's checkpoint on one of its
 //!   splits, written to `RUN/eval-SPLIT.json`.
 
 pub mod metrics;
@@ -13,4 +13,4 @@ mod run;
 
 pub use metrics::{Metrics, Verdict, image_loss, instructive, predicted, top_losses};
 pub use predictions::{Predictions, image_files, predict_files, predict_samples};
-pub use run::{BATCH_SIZE, RunModel, evaluate_run};
+pub use run::{BATCH_SIZE, RunModel};

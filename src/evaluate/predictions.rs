@@ -5,7 +5,6 @@ use std::fs;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
-use indicatif::ProgressBar;
 use rayon::prelude::*;
 
 use crate::data::Sample;
@@ -15,6 +14,7 @@ use crate::loader::{Loader, LoaderConfig};
 use crate::model::EvalNet;
 use crate::model::predict::probabilities;
 use crate::preprocess::Preprocessing;
+use crate::progress::Progress;
 
 /// What a model said about a list of labelled photos, one entry per photo in
 /// the order given.
@@ -45,9 +45,9 @@ pub fn predict_samples(
     samples: &[Sample],
     preprocessing: &Preprocessing,
     batch_size: usize,
-    progress: &ProgressBar,
+    progress: &dyn Progress,
 ) -> Result<Predictions> {
-    progress.set_length(samples.len() as u64);
+    progress.set_total(samples.len() as u64);
     let config = LoaderConfig {
         batch_size: batch_size.max(1),
         shuffle: false,
@@ -65,7 +65,7 @@ pub fn predict_samples(
             .extend(probabilities(net, batch.images, batch.image_size));
         out.labels.extend(batch.labels);
         out.paths.extend(batch.paths);
-        progress.inc(n as u64);
+        progress.advance(n as u64);
     }
     Ok(out)
 }

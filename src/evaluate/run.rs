@@ -2,7 +2,6 @@
 
 use burn::module::Module;
 use burn::prelude::Device;
-use indicatif::ProgressBar;
 
 use super::{Metrics, Predictions, predict_samples};
 use crate::data::{Manifest, Split};
@@ -10,6 +9,7 @@ use crate::error::{Error, Result};
 use crate::fsio;
 use crate::model::checkpoint::{self, CheckpointMeta};
 use crate::model::{EvalNet, ResNet18};
+use crate::progress::Progress;
 use crate::run::{RunDir, Which};
 
 /// Photos per forward pass when the caller does not choose.
@@ -74,7 +74,7 @@ impl RunModel {
         &self,
         split: Split,
         batch_size: usize,
-        progress: &ProgressBar,
+        progress: &dyn Progress,
     ) -> Result<(Metrics, Predictions)> {
         let samples = self.manifest.samples(split);
         if samples.is_empty() {
@@ -101,17 +101,4 @@ impl RunModel {
         fsio::write_json(&self.run.eval(self.which, split), &metrics)?;
         Ok((metrics, predictions))
     }
-}
-
-/// Evaluates checkpoint `which` of `run` on `split` ([`RunModel::load`] then
-/// [`RunModel::evaluate`], [`BATCH_SIZE`] photos at a time): returns the
-/// metrics and every photo's prediction, and writes `RUN/eval-SPLIT.json`.
-pub fn evaluate_run(
-    run: &RunDir,
-    split: Split,
-    which: Which,
-    device: &Device,
-    progress: &ProgressBar,
-) -> Result<(Metrics, Predictions)> {
-    RunModel::load(run, which, device)?.evaluate(split, BATCH_SIZE, progress)
 }

@@ -71,6 +71,16 @@ impl CheckpointMeta {
     }
 }
 
+/// Saves a ResNet-18 with random weights (seeded, on the CPU) as `meta` describes it: what a
+/// trained model costs to load and run, for the bench and the tests.
+pub fn save_random(dir: &Path, meta: &CheckpointMeta, seed: u64) -> Result<()> {
+    let device = Device::flex();
+    device.seed(seed);
+    let n = meta.class_names.len();
+    let model = ResNet18::new(n, &device).with_head(n, seed, &device);
+    save(dir, &model, meta)
+}
+
 /// Writes `model` and `meta` into `dir` (created if needed). Each file is written atomically;
 /// the weights go first, so a `model.json` never describes weights that are not there yet.
 pub fn save(dir: &Path, model: &ResNet18, meta: &CheckpointMeta) -> Result<()> {

@@ -7,12 +7,12 @@ use std::io::{Read, Write};
 use std::path::Path;
 use std::time::Duration;
 
-use indicatif::{ProgressBar, ProgressStyle};
 use sha2::{Digest, Sha256};
 
 use super::weights::{RESNET18_SHA256, RESNET18_SIZE, RESNET18_URL};
 use crate::error::{Error, Result};
 use crate::fsio;
+use crate::progress::Progress;
 
 /// What [`download_resnet18`] did.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -24,7 +24,7 @@ pub enum Downloaded {
 
 /// Makes sure torchvision's ImageNet ResNet-18 weights are at `dest`: keeps a copy already
 /// there if its checksum is right, downloads them otherwise.
-pub fn download_resnet18(dest: &Path, progress: bool) -> Result<Downloaded> {
+pub fn download_resnet18(dest: &Path, progress: &dyn Progress) -> Result<Downloaded> {
     if dest.is_file() && fsio::sha256_file(dest)? == RESNET18_SHA256 {
         return Ok(Downloaded::AlreadyThere);
     }
@@ -33,8 +33,14 @@ pub fn download_resnet18(dest: &Path, progress: bool) -> Result<Downloaded> {
 }
 
 /// Downloads `url` to `dest`, which must end up `size` bytes long with SHA-256 `sha256`
-/// (lower-case hex). Shows a progress bar on a terminal when `progress` is set.
-pub fn download(url: &str, sha256: &str, size: u64, dest: &Path, progress: bool) -> Result<()> {
+/// (lower-case hex). `progress` counts bytes.
+pub fn download(
+    url: &str,
+    sha256: &str,
+    size: u64,
+    dest: &Path,
+    progress: &dyn Progress,
+) -> Result<()> {
     let fail = |problem: String| {
         Error::weights(
             dest,
@@ -50,26 +56,13 @@ pub fn download(url: &str, sha256: &str, size: u64, dest: &Path, progress: bool)
         fs::create_dir_all(dir).map_err(|e| Error::io("cannot create folder", dir, e))?;
     }
     let tmp = fsio::temp_sibling(dest);
-    let bar = if progress {
-        ProgressBar::new(size)
-    } else {
-        ProgressBar::hidden()
-    };
-    bar.set_style(
-        ProgressStyle::with_template(
-            "{msg} [{bar:30}] {bytes}/{total_bytes} {bytes_per_sec} eta {eta}",
-        )
-        .expect("valid template")
-        .progress_chars("=> "),
-    );
-    bar.set_message(format!("downloading {url}"));
-    let result = fetch(url, sha256, size, &tmp, &bar)
+    progress.set_total(size);
+    let result = fetch(url, sha256, size, &tmp, progress)
         .map_err(fail)
         .and_then(|()| {
             fs::rename(&tmp, dest)
                 .map_err(|e| Error::io("cannot move the download into place at", dest, e))
         });
-    bar.finish_and_clear();
     if result.is_err() {
         let _ = fs::remove_file(&tmp);
     }
@@ -77,7 +70,13 @@ pub fn download(url: &str, sha256: &str, size: u64, dest: &Path, progress: bool)
 }
 
 /// Streams the body into `tmp`, checking length and checksum; the error says what went wrong.
-fn fetch(url: &str, sha256: &str, size: u64, tmp: &Path, bar: &ProgressBar) -> Result<(), String> {
+fn fetch(
+    url: &str,
+    sha256: &str,
+    size: u64,
+    tmp: &Path,
+    progress: &dyn Progress,
+) -> Result<(), String> {
     // Generous per-phase limits: a dead network fails in a minute, a slow one still finishes.
     let agent = ureq::Agent::config_builder()
         .timeout_connect(Some(Duration::from_secs(30)))
@@ -116,7 +115,7 @@ fn fetch(url: &str, sha256: &str, size: u64, tmp: &Path, bar: &ProgressBar) -> R
         hasher.update(&buf[..n]);
         file.write_all(&buf[..n])
             .map_err(|e| format!("cannot write {}: {e}", tmp.display()))?;
-        bar.set_position(received);
+        progress.advance(n as u64);
     }
     if received != size {
         return Err(format!(
@@ -136,6 +135,7 @@ fn fetch(url: &str, sha256: &str, size: u64, tmp: &Path, bar: &ProgressBar) -> R
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::progress::Quiet;
     use std::io::{BufRead, BufReader};
     use std::net::TcpListener;
     use std::thread;
@@ -194,7 +194,7 @@ mod tests {
             &fsio::sha256_hex(&data),
             data.len() as u64,
             &dest,
-            false,
+            &Quiet,
         );
         (result, dir, dest)
     }
@@ -255,7 +255,7 @@ mod tests {
             .unwrap();
         let dir = tempfile::tempdir().unwrap();
         let dest = dir.path().join("w.pth");
-        let err = download(&format!("http://{addr}/w.pth"), "00", 10, &dest, false)
+        let err = download(&format!("http://{addr}/w.pth"), "00", 10, &dest, &Quiet)
             .unwrap_err()
             .to_string();
         assert!(err.contains("cannot download"), "{err}");

@@ -10,6 +10,7 @@
 //! - [`fused`]: the eval-mode forward pass on the CPU with batch norm folded in, catdog's own
 //!   kernels (faster than the same network through burn's generic operations).
 //! - [`predict`]: ranked class probabilities for preprocessed images.
+//! - [`gradcam`]: Grad-CAM heat maps, which parts of an image drove a class's score.
 //! - [`imagenet_classes`]: the 1000 ImageNet class names.
 
 mod batch_norm;
@@ -17,6 +18,7 @@ pub mod checkpoint;
 pub mod download;
 pub mod eval_net;
 pub mod fused;
+pub mod gradcam;
 pub mod imagenet_classes;
 pub mod predict;
 mod resnet;

@@ -35,14 +35,39 @@ pub const RESNET18_SIZE: u64 = 46_830_571;
 pub const IMAGENET_NUM_CLASSES: usize = 1000;
 
 /// What `--weights` asks for.
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, Default, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+#[serde(from = "String", into = "String")]
 pub enum WeightsChoice {
     /// The ImageNet weights from our cache, else from PyTorch's.
+    #[default]
     Auto,
     /// This file (`.pth` or `.safetensors`).
     File(PathBuf),
     /// No weights: random initialisation.
     None,
+}
+
+/// As `--weights` takes it, and as `config.json` records it.
+impl std::fmt::Display for WeightsChoice {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            WeightsChoice::Auto => f.write_str("auto"),
+            WeightsChoice::None => f.write_str("none"),
+            WeightsChoice::File(path) => write!(f, "{}", path.display()),
+        }
+    }
+}
+
+impl From<String> for WeightsChoice {
+    fn from(s: String) -> Self {
+        s.parse().unwrap_or_else(|never| match never {})
+    }
+}
+
+impl From<WeightsChoice> for String {
+    fn from(choice: WeightsChoice) -> Self {
+        choice.to_string()
+    }
 }
 
 impl FromStr for WeightsChoice {
@@ -174,6 +199,46 @@ pub struct LoadReport {
     /// Tensors copied into the model.
     pub tensors: usize,
     pub head: HeadWeights,
+}
+
+/// Where a new model's weights came from, as a person reads it (after "weights: ").
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Origin {
+    Random,
+    File { path: PathBuf, report: LoadReport },
+}
+
+impl std::fmt::Display for Origin {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Origin::Random => write!(f, "none, random initialisation"),
+            Origin::File { path, report } => {
+                write!(f, "{} ({} tensors", path.display(), report.tensors)?;
+                if let HeadWeights::Kept { file_classes } = report.head {
+                    write!(f, "; its {file_classes}-class head is not used")?;
+                }
+                write!(f, ")")
+            }
+        }
+    }
+}
+
+/// The one way a new model gets its starting weights: a ResNet-18 with a `num_classes` head,
+/// loaded from `file` by [`load_into`], or randomly initialised (by `device`'s seed) when `None`.
+pub fn load_model(
+    file: Option<&Path>,
+    num_classes: usize,
+    device: &burn::prelude::Device,
+) -> Result<(ResNet18, Origin)> {
+    let mut model = ResNet18::new(num_classes, device);
+    let origin = match file {
+        None => Origin::Random,
+        Some(path) => Origin::File {
+            report: load_into(&mut model, path)?,
+            path: path.to_owned(),
+        },
+    };
+    Ok((model, origin))
 }
 
 /// Loads a torchvision ResNet-18 state dict (`.pth`, PyTorch's zip or legacy format) or a

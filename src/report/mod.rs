@@ -5,8 +5,9 @@
 //! training and evaluation code can call it whatever framework computed them,
 //! and writes one file atomically. Write the pictures first and
 //! [`write_index`] last: the page shows the pictures it finds beside it.
-//! [`write_run_report`] does all of that for a training run's folder, and
-//! [`gradcam_maps`] runs the model for Grad-CAM.
+//! [`write_run_report`] does all of that for a training run's folder: it is the
+//! one function here that runs the model (evaluation, and Grad-CAM from
+//! [`crate::model::gradcam`]) to get those numbers.
 
 mod confusion;
 mod curves;
@@ -19,7 +20,7 @@ mod text;
 
 pub use confusion::write_confusion;
 pub use curves::write_curves;
-pub use gradcam::{HeatMap, gradcam_map, gradcam_maps, overlay};
+pub use gradcam::overlay;
 pub use grid::{Tile, write_grid};
 pub use html::write_index;
 pub use run::write_run_report;
@@ -31,6 +32,9 @@ pub const PREDICTIONS: &str = "predictions.png";
 pub const TOP_LOSSES: &str = "top-losses.png";
 pub const GRADCAM: &str = "gradcam.png";
 pub const INDEX: &str = "index.html";
+
+/// Test photos in each picture of photos (predictions, top losses, Grad-CAM) by default.
+pub const SAMPLES: usize = 16;
 
 // A line of the run folder's metrics.jsonl; defined with the run folder's layout.
 pub use crate::run::EpochRecord;

@@ -6,13 +6,12 @@ use std::path::{Path, PathBuf};
 
 use burn::prelude::Device;
 use image::RgbImage;
-use indicatif::ProgressBar;
 use rayon::prelude::*;
 use serde_json::{Value, json};
 
 use super::{
-    CONFUSION, CURVES, EpochRecord, GRADCAM, INDEX, PREDICTIONS, TOP_LOSSES, Tile, gradcam_maps,
-    overlay, write_confusion, write_curves, write_grid, write_index,
+    CONFUSION, CURVES, EpochRecord, GRADCAM, INDEX, PREDICTIONS, TOP_LOSSES, Tile, overlay,
+    write_confusion, write_curves, write_grid, write_index,
 };
 use crate::data::Split;
 use crate::data::decode::{self, Limits};
@@ -21,6 +20,8 @@ use crate::evaluate::{
     BATCH_SIZE, Predictions, RunModel, Verdict, instructive, predicted, top_losses,
 };
 use crate::fsio;
+use crate::model::gradcam::gradcam_maps;
+use crate::progress::Progress;
 use crate::run::{RunDir, Which, best_epoch};
 use chrono::{DateTime, Utc};
 
@@ -35,7 +36,7 @@ pub fn write_run_report(
     which: Which,
     samples: usize,
     device: &Device,
-    progress: &ProgressBar,
+    progress: &dyn Progress,
 ) -> Result<PathBuf> {
     let loaded = RunModel::load(run, which, device)?;
     let (metrics, predictions) = loaded.evaluate(Split::Test, BATCH_SIZE, progress)?;
@@ -149,7 +150,7 @@ pub fn write_run_report(
         .and_then(|p| p.file_name().map(|n| n.to_string_lossy().into_owned()));
     let report = json!({
         "run": name,
-        "checkpoint": format!("{}/", which.name()),
+        "checkpoint": format!("{which}/"),
         "epoch": epoch,
         "trained": trained,
         "split": Split::Test,

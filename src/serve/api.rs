@@ -16,10 +16,13 @@ use image::RgbImage;
 use serde::{Deserialize, Serialize};
 use tokio::sync::oneshot;
 
+use super::error::ApiError;
 use super::inference::{Engine, Job, Refused, StatsSnapshot};
-use super::{Config, ModelInfo, upload};
+use super::upload::{self, ImageSummary};
+use super::{Config, ModelInfo};
+use crate::model::gradcam::HeatMap;
 use crate::model::predict::top_k;
-use crate::report::{HeatMap, overlay};
+use crate::report::overlay;
 
 /// The page at `/`: HTML, CSS and script in one file, in the binary.
 const PAGE: &str = include_str!("page.html");
@@ -49,38 +52,6 @@ pub(super) fn router(shared: Shared) -> Router {
         // Uploads are limited, with JSON answers, by upload::read_image.
         .layer(DefaultBodyLimit::disable())
         .with_state(shared)
-}
-
-/// An error answer: a status and a sentence for the person behind the client.
-#[derive(Debug)]
-pub(super) struct ApiError {
-    pub status: StatusCode,
-    pub message: String,
-}
-
-impl ApiError {
-    pub fn new(status: StatusCode, message: impl Into<String>) -> Self {
-        ApiError {
-            status,
-            message: message.into(),
-        }
-    }
-}
-
-impl IntoResponse for ApiError {
-    fn into_response(self) -> Response {
-        #[derive(Serialize)]
-        struct Body {
-            error: String,
-        }
-        (
-            self.status,
-            Json(Body {
-                error: self.message,
-            }),
-        )
-            .into_response()
-    }
 }
 
 async fn page() -> impl IntoResponse {
@@ -157,13 +128,6 @@ struct Prediction {
 struct ClassProbability {
     class: String,
     probability: f32,
-}
-
-#[derive(Serialize)]
-pub(super) struct ImageSummary {
-    pub width: u32,
-    pub height: u32,
-    pub format: String,
 }
 
 async fn predict(

@@ -17,9 +17,9 @@ use tokio::sync::oneshot;
 use super::Config;
 use crate::error::{Error, Result};
 use crate::model::checkpoint::{self, CheckpointMeta};
+use crate::model::gradcam::{HeatMap, gradcam_maps};
 use crate::model::predict::{probabilities, top_k};
 use crate::model::{EvalNet, ResNet18};
-use crate::report::{HeatMap, gradcam_maps};
 
 /// One image for the model.
 pub(super) struct Job {

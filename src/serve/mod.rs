@@ -17,6 +17,7 @@
 //! a client that sends its headers or body too slowly is cut off.
 
 mod api;
+mod error;
 mod inference;
 mod info;
 mod upload;
@@ -88,7 +89,7 @@ impl Default for Config {
     fn default() -> Self {
         Config {
             addr: SocketAddr::from(([127, 0, 0, 1], 8080)),
-            device: DeviceChoice::Cpu,
+            device: DeviceChoice::default(),
             max_upload_bytes: 16 << 20,
             max_pixels: crate::data::decode::Limits::default().max_pixels,
             max_batch: 16,

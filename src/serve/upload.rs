@@ -6,10 +6,11 @@ use axum::extract::{FromRequest, Multipart, Request};
 use axum::http::{StatusCode, header};
 use http_body_util::BodyExt;
 use image::RgbImage;
+use serde::Serialize;
 use tokio::time::Instant;
 
 use super::Config;
-use super::api::{ApiError, ImageSummary};
+use super::error::ApiError;
 use crate::data::decode::{self, Limits, RejectReason, Rejection};
 use crate::preprocess::Preprocessing;
 
@@ -155,6 +156,14 @@ async fn form_field(request: Request) -> Result<Bytes, ApiError> {
         }
     }
     Err(bad_form(format!("the form has no field `{FIELD}`")))
+}
+
+/// What the answer says about the uploaded image.
+#[derive(Serialize)]
+pub(super) struct ImageSummary {
+    pub width: u32,
+    pub height: u32,
+    pub format: String,
 }
 
 /// An upload ready for the model.

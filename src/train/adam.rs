@@ -10,6 +10,7 @@ use std::path::Path;
 use burn::module::{Module, ModuleMapper, Param};
 use burn::optim::GradientsParams;
 use burn::prelude::*;
+use rayon::prelude::*;
 use safetensors::{Dtype, SafeTensors, tensor::TensorView};
 
 use crate::error::{Error, Result};
@@ -24,7 +25,46 @@ pub struct Adam {
     /// one counter serves them all (PyTorch keeps one per parameter).
     pub step: u64,
     /// First and second moments, flattened, by parameter name.
-    moments: BTreeMap<String, (Tensor<1>, Tensor<1>)>,
+    moments: BTreeMap<String, Moments>,
+}
+
+/// A parameter's first and second moments: on the device of burn's path, or in memory for
+/// catdog's own CPU training pass. Each path takes them in the form it needs.
+enum Moments {
+    Device(Tensor<1>, Tensor<1>),
+    Host(Vec<f32>, Vec<f32>),
+}
+
+impl Moments {
+    fn into_device(self, device: &Device) -> (Tensor<1>, Tensor<1>) {
+        let tensor = |v: Vec<f32>| {
+            let n = v.len();
+            Tensor::from_data(TensorData::new(v, [n]), device)
+        };
+        match self {
+            Moments::Device(m, v) => (m.to_device(device), v.to_device(device)),
+            Moments::Host(m, v) => (tensor(m), tensor(v)),
+        }
+    }
+
+    fn into_host(self) -> (Vec<f32>, Vec<f32>) {
+        let values = |t: Tensor<1>| {
+            t.into_data()
+                .try_into_vec::<f32>()
+                .expect("Adam moments are f32")
+        };
+        match self {
+            Moments::Device(m, v) => (values(m), values(v)),
+            Moments::Host(m, v) => (m, v),
+        }
+    }
+
+    fn host(&self) -> (Vec<f32>, Vec<f32>) {
+        match self {
+            Moments::Device(m, v) => Moments::Device(m.clone(), v.clone()).into_host(),
+            Moments::Host(m, v) => (m.clone(), v.clone()),
+        }
+    }
 }
 
 impl Adam {
@@ -51,13 +91,48 @@ impl Adam {
         model.map(&mut mapper)
     }
 
+    /// One update of each slice `value` by its gradient `grad`, on the CPU, with the same
+    /// arithmetic as [`Adam::step`].
+    pub fn step_slices<'a>(
+        &mut self,
+        params: impl IntoIterator<Item = (&'a str, &'a mut [f32], &'a [f32])>,
+    ) {
+        self.step += 1;
+        let t = self.step as i32;
+        let b1 = self.beta1 as f32;
+        let b2 = self.beta2 as f32;
+        let bias2_sqrt = (1.0 - self.beta2.powi(t)).sqrt() as f32;
+        let step_size = (-self.lr / (1.0 - self.beta1.powi(t))) as f32;
+        let eps = self.eps as f32;
+        for (name, value, grad) in params {
+            let (mut m, mut v) = match self.moments.remove(name) {
+                Some(moments) => moments.into_host(),
+                None => (vec![0.0; grad.len()], vec![0.0; grad.len()]),
+            };
+            const CHUNK: usize = 1 << 14;
+            value
+                .par_chunks_mut(CHUNK)
+                .zip(grad.par_chunks(CHUNK))
+                .zip(m.par_chunks_mut(CHUNK).zip(v.par_chunks_mut(CHUNK)))
+                .for_each(|((p, g), (m, v))| {
+                    for i in 0..p.len() {
+                        let g = g[i];
+                        m[i] += (g - m[i]) * (1.0 - b1);
+                        v[i] = v[i] * b2 + g * g * (1.0 - b2);
+                        let denom = v[i].sqrt() / bias2_sqrt + eps;
+                        p[i] += m[i] / denom * step_size;
+                    }
+                });
+            self.moments.insert(name.to_owned(), Moments::Host(m, v));
+        }
+    }
+
     /// Writes the moments and the step count as safetensors (atomically).
     pub fn save(&self, path: &Path) -> Result<()> {
         let mut buffers: Vec<(String, Vec<usize>, Vec<u8>)> = Vec::new();
-        for (name, (m, v)) in &self.moments {
-            for (suffix, t) in [("exp_avg", m), ("exp_avg_sq", v)] {
-                let data = t.to_data();
-                let values = data.try_to_vec::<f32>().expect("Adam moments are f32");
+        for (name, moments) in &self.moments {
+            let (m, v) = moments.host();
+            for (suffix, values) in [("exp_avg", m), ("exp_avg_sq", v)] {
                 let bytes = values.iter().flat_map(|x| x.to_le_bytes()).collect();
                 buffers.push((format!("{name}.{suffix}"), vec![values.len()], bytes));
             }
@@ -81,8 +156,8 @@ impl Adam {
         fsio::write_atomic(path, &bytes)
     }
 
-    /// Reads a state written by [`Adam::save`], onto `device`.
-    pub fn load(path: &Path, device: &Device) -> Result<Adam> {
+    /// Reads a state written by [`Adam::save`].
+    pub fn load(path: &Path) -> Result<Adam> {
         let bad = |problem: String| {
             Error::data(
                 path,
@@ -115,7 +190,7 @@ impl Adam {
         };
         let tensors = SafeTensors::deserialize(&bytes)
             .map_err(|e| bad(format!("not a safetensors file ({e})")))?;
-        let mut halves: BTreeMap<String, [Option<Tensor<1>>; 2]> = BTreeMap::new();
+        let mut halves: BTreeMap<String, [Option<Vec<f32>>; 2]> = BTreeMap::new();
         for (name, view) in tensors.tensors() {
             let (param, slot) = if let Some(p) = name.strip_suffix(".exp_avg_sq") {
                 (p, 1)
@@ -129,16 +204,14 @@ impl Adam {
                 .chunks_exact(4)
                 .map(|c| f32::from_le_bytes(c.try_into().expect("4 bytes")))
                 .collect();
-            let n = values.len();
-            halves.entry(param.to_owned()).or_default()[slot] =
-                Some(Tensor::from_data(TensorData::new(values, [n]), device));
+            halves.entry(param.to_owned()).or_default()[slot] = Some(values);
         }
         let mut moments = BTreeMap::new();
         for (name, [m, v]) in halves {
             let (Some(m), Some(v)) = (m, v) else {
                 return Err(bad(format!("{name} lacks one of its two moments")));
             };
-            moments.insert(name, (m, v));
+            moments.insert(name, Moments::Host(m, v));
         }
         Ok(Adam {
             lr,
@@ -179,7 +252,7 @@ impl ModuleMapper for Mapper<'_> {
         let g = grad.reshape([n]);
         let name = self.path.join(".");
         let (m, v) = match a.moments.remove(&name) {
-            Some((m, v)) => (m.to_device(&g.device()), v.to_device(&g.device())),
+            Some(moments) => moments.into_device(&g.device()),
             None => (g.zeros_like(), g.zeros_like()),
         };
         // The same operations, in the same order, as torch.optim.Adam's single-tensor path.
@@ -193,11 +266,70 @@ impl ModuleMapper for Mapper<'_> {
         let denom = v.clone().sqrt().div_scalar(bias2.sqrt()).add_scalar(a.eps);
         let update = m.clone().div(denom).mul_scalar(-a.lr / bias1);
         let value = value.reshape([n]).add(update).reshape(shape);
-        a.moments.insert(name, (m, v));
+        a.moments.insert(name, Moments::Device(m, v));
         let mut updated = Tensor::from_inner(value);
         if require_grad {
             updated = updated.require_grad();
         }
         Param::from_mapped_value(id, updated, mapper)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use burn::nn::{Linear, LinearConfig};
+
+    fn values<const D: usize>(t: Tensor<D>) -> Vec<f32> {
+        t.into_data().try_into_vec().expect("f32")
+    }
+
+    /// The CPU pass's update and burn's, two steps each on the same gradients, agree to float
+    /// rounding (burn's scalar operations round in their own order: a unit in the last place).
+    #[test]
+    fn slice_updates_equal_burns() {
+        let device = Device::flex().autodiff();
+        device.seed(3);
+        let mut layer: Linear = LinearConfig::new(5, 3).init(&device);
+        let mut weight = values(layer.weight.val());
+        let mut bias = values(layer.bias.as_ref().expect("bias").val());
+        let (mut on_burn, mut on_slices) = (Adam::new(1e-3), Adam::new(1e-3));
+        for step in 0..2 {
+            let x = Tensor::<2>::from_data(
+                TensorData::new(
+                    (0..10)
+                        .map(|i| (i * (step + 2)) as f32 * 0.1 - 0.4)
+                        .collect::<Vec<_>>(),
+                    [2, 5],
+                ),
+                &device,
+            );
+            let grads = layer.forward(x).powi_scalar(2).sum().backward();
+            let gw = values(layer.weight.val().grad(&grads).expect("weight grad"));
+            let gb = values(
+                layer
+                    .bias
+                    .as_ref()
+                    .expect("bias")
+                    .val()
+                    .grad(&grads)
+                    .expect("bias grad"),
+            );
+            let grads = GradientsParams::from_grads(grads, &layer);
+            layer = on_burn.step(layer, grads);
+            on_slices.step_slices([
+                ("weight", &mut weight[..], &gw[..]),
+                ("bias", &mut bias[..], &gb[..]),
+            ]);
+            let burn_bias = values(layer.bias.as_ref().expect("bias").val());
+            for (theirs, ours) in [(values(layer.weight.val()), &weight), (burn_bias, &bias)] {
+                for (t, o) in theirs.iter().zip(ours.iter()) {
+                    assert!(
+                        (t - o).abs() <= 1e-6 * t.abs().max(1e-3),
+                        "step {step}: {t} vs {o}"
+                    );
+                }
+            }
+        }
     }
 }

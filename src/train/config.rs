@@ -4,12 +4,14 @@ use std::path::PathBuf;
 
 use serde::{Deserialize, Serialize};
 
+use crate::data::split::DEFAULT_SEED;
 use crate::data::{Layout, Ratios};
 use crate::device::DeviceChoice;
+use crate::model::weights::WeightsChoice;
 use crate::preprocess::Preprocessing;
 
 /// What is trained.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize, clap::ValueEnum)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "lowercase")]
 pub enum Mode {
     /// Every layer is trained (batch norm in training mode).
@@ -17,6 +19,8 @@ pub enum Mode {
     /// The pretrained backbone stays fixed; only the new head is trained.
     Frozen,
 }
+
+crate::error::named_choice!(Mode, "--mode", Mode::Finetune => "finetune", Mode::Frozen => "frozen");
 
 impl Mode {
     /// The default for a device: frozen on a CPU, where fine-tuning all of
@@ -30,17 +34,82 @@ impl Mode {
     }
 }
 
+/// Where a run's photos come from.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(into = "SourceFields", try_from = "SourceFields")]
+pub enum DataSource {
+    /// A data folder, which the run cleans and splits (`--data`).
+    Folder {
+        root: PathBuf,
+        /// `None`: detected.
+        layout: Option<Layout>,
+        ratios: Ratios,
+    },
+    /// A manifest made by `catdog split`, used as it is (`--manifest`).
+    Manifest(PathBuf),
+}
+
+/// How config.json holds a [`DataSource`]: `data`, `layout` and `ratios` for a folder, as
+/// before there was a choice; `manifest` alone for a manifest. Files of version 1 also wrote
+/// the unused folder fields beside a manifest, and read the same.
+#[derive(Serialize, Deserialize)]
+struct SourceFields {
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    data: Option<PathBuf>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    manifest: Option<PathBuf>,
+    #[serde(default)]
+    layout: Option<Layout>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    ratios: Option<Ratios>,
+}
+
+impl From<DataSource> for SourceFields {
+    fn from(source: DataSource) -> Self {
+        match source {
+            DataSource::Folder {
+                root,
+                layout,
+                ratios,
+            } => SourceFields {
+                data: Some(root),
+                manifest: None,
+                layout,
+                ratios: Some(ratios),
+            },
+            DataSource::Manifest(path) => SourceFields {
+                data: None,
+                manifest: Some(path),
+                layout: None,
+                ratios: None,
+            },
+        }
+    }
+}
+
+impl TryFrom<SourceFields> for DataSource {
+    type Error = &'static str;
+
+    fn try_from(fields: SourceFields) -> Result<Self, Self::Error> {
+        match (fields.manifest, fields.data) {
+            (Some(path), _) => Ok(DataSource::Manifest(path)),
+            (None, Some(root)) => Ok(DataSource::Folder {
+                root,
+                layout: fields.layout,
+                ratios: fields.ratios.unwrap_or_default(),
+            }),
+            (None, None) => Err("config.json names neither a data folder nor a manifest"),
+        }
+    }
+}
+
 /// Every setting of a run. With the seed, the data and the weights, it
-/// determines the run's results on CPU.
+/// determines the run's results on CPU. [`TrainConfig::default`] is the seed's recipe.
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 pub struct TrainConfig {
-    pub data: PathBuf,
-    /// The manifest given with `--manifest`; `None` when the run prepared the data itself.
-    pub manifest: Option<PathBuf>,
-    pub layout: Option<Layout>,
-    pub ratios: Ratios,
-    /// `auto`, `none` or a file (see `model::weights::WeightsChoice`).
-    pub weights: String,
+    #[serde(flatten)]
+    pub source: DataSource,
+    pub weights: WeightsChoice,
     pub mode: Mode,
     pub epochs: usize,
     pub batch_size: usize,
@@ -53,9 +122,42 @@ pub struct TrainConfig {
     pub cache_dir: Option<PathBuf>,
 }
 
+impl Default for TrainConfig {
+    /// The seed's recipe: ImageNet weights, cross-entropy and Adam (lr 1e-3), 5 epochs of
+    /// batches of 32, 224 px, seed 42, no augmentation, on the CPU (so frozen), no feature
+    /// cache. The data folder is empty: every caller names its own data.
+    fn default() -> Self {
+        let device = DeviceChoice::default();
+        TrainConfig {
+            source: DataSource::Folder {
+                root: PathBuf::new(),
+                layout: None,
+                ratios: Ratios::default(),
+            },
+            weights: WeightsChoice::default(),
+            mode: Mode::default_for(device),
+            epochs: 5,
+            batch_size: 32,
+            lr: 1e-3,
+            augment: false,
+            seed: DEFAULT_SEED,
+            device,
+            preprocessing: Preprocessing::default(),
+            cache_dir: None,
+        }
+    }
+}
+
+/// The shape of config.json this catdog writes. 2: a run from a manifest records only the
+/// manifest (version 1 also wrote the unused `data`, `layout` and `ratios`); both are read.
+pub const CONFIG_VERSION: u32 = 2;
+
 /// config.json: the settings plus what the run found out at its start.
 #[derive(Clone, Debug, Serialize, Deserialize)]
 pub struct RunConfig {
+    /// [`CONFIG_VERSION`] when written; 1 for files from before the field.
+    #[serde(default = "version_1")]
+    pub config_version: u32,
     pub catdog_version: String,
     #[serde(flatten)]
     pub settings: TrainConfig,
@@ -65,4 +167,66 @@ pub struct RunConfig {
     pub classes: Vec<String>,
     /// The device, in words.
     pub device_name: String,
+}
+
+fn version_1() -> u32 {
+    1
+}
+
+#[cfg(test)]
+mod tests {
+    use serde_json::{Value, json};
+
+    use super::*;
+
+    #[test]
+    fn writes_version_2_and_reads_version_1() {
+        let config = RunConfig {
+            config_version: CONFIG_VERSION,
+            catdog_version: "0.1.0".into(),
+            settings: TrainConfig {
+                source: DataSource::Manifest("m.json".into()),
+                ..TrainConfig::default()
+            },
+            weights_file: None,
+            weights_sha256: None,
+            classes: vec!["cat".into(), "dog".into()],
+            device_name: "Cpu".into(),
+        };
+        let mut json = serde_json::to_value(&config).unwrap();
+        assert_eq!(
+            (&json["manifest"], &json["weights"]),
+            (&json!("m.json"), &json!("auto"))
+        );
+        assert!(
+            json.get("data").is_none() && json.get("ratios").is_none(),
+            "{json}"
+        );
+        let back: RunConfig = serde_json::from_value(json.clone()).unwrap();
+        assert_eq!(back.settings, config.settings);
+
+        // Version 1: no config_version, and every source field, `data` empty beside a manifest.
+        let v1 = json.as_object_mut().unwrap();
+        v1.remove("config_version");
+        v1.insert("data".into(), json!(""));
+        v1.insert("layout".into(), Value::Null);
+        v1.insert(
+            "ratios".into(),
+            serde_json::to_value(Ratios::default()).unwrap(),
+        );
+        let old: RunConfig = serde_json::from_value(json.clone()).unwrap();
+        assert_eq!(old.config_version, 1);
+        assert_eq!(old.settings, config.settings);
+        json["manifest"] = Value::Null;
+        json["data"] = json!("photos");
+        let old: RunConfig = serde_json::from_value(json).unwrap();
+        assert_eq!(
+            old.settings.source,
+            DataSource::Folder {
+                root: "photos".into(),
+                layout: None,
+                ratios: Ratios::default()
+            }
+        );
+    }
 }

@@ -12,14 +12,13 @@ use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 
-use indicatif::ProgressBar;
-
 use crate::data::manifest::Sample;
 use crate::error::{Error, Result};
 use crate::fsio;
 use crate::loader::{Loader, LoaderConfig};
 use crate::model::{EvalNet, FEATURES};
 use crate::preprocess::Preprocessing;
+use crate::progress::Progress;
 
 const ENTRY_BYTES: usize = FEATURES * 4 + 8;
 
@@ -104,7 +103,7 @@ pub fn extract(
     samples: &[Sample],
     cache: Option<&FeatureCache>,
     loader: &LoaderConfig,
-    progress: &ProgressBar,
+    progress: &dyn Progress,
     stop: &AtomicBool,
 ) -> Result<Option<(Vec<f32>, CacheStats)>> {
     let mut out = vec![0.0f32; samples.len() * FEATURES];
@@ -119,7 +118,7 @@ pub fn extract(
         hits: samples.len() - missing.len(),
         computed: missing.len(),
     };
-    progress.set_length(missing.len() as u64);
+    progress.set_total(missing.len() as u64);
     let todo: Arc<[Sample]> = missing.iter().map(|&i| samples[i].clone()).collect();
     let config = LoaderConfig {
         shuffle: false,
@@ -137,13 +136,11 @@ pub fn extract(
                 c.put(&samples[i].hash, row)?;
             }
         }
-        progress.inc(n as u64);
+        progress.advance(n as u64);
         if stop.load(Ordering::SeqCst) {
-            progress.abandon();
             return Ok(None);
         }
     }
-    progress.finish_and_clear();
     Ok(Some((out, stats)))
 }
 

@@ -10,6 +10,7 @@
 
 pub mod adam;
 pub mod config;
+pub mod event;
 pub mod features;
 pub mod state;
 
@@ -22,7 +23,8 @@ use burn::nn::loss::CrossEntropyLossConfig;
 use burn::optim::GradientsParams;
 use burn::prelude::*;
 
-pub use config::{Mode, RunConfig, TrainConfig};
+pub use config::{CONFIG_VERSION, DataSource, Mode, RunConfig, TrainConfig};
+pub use event::{Event, OnEvent, Step};
 use state::{Best, OPTIMIZER_FILE, Running, TrainState};
 
 use crate::data::manifest::Sample;
@@ -31,11 +33,12 @@ use crate::error::{Error, Result};
 use crate::fsio;
 use crate::loader::{Loader, LoaderConfig, batch_count, epoch_order};
 use crate::model::checkpoint::{self, CheckpointMeta};
-use crate::model::weights::{self, WeightsChoice};
+use crate::model::fused::{TrainNet, cross_entropy};
+use crate::model::weights;
 use crate::model::{EvalNet, FEATURES, ResNet18};
-use crate::progress;
 use crate::run::{EpochRecord, RunDir, RunLock, Which};
 use adam::Adam;
+use event::StepProgress;
 use features::FeatureCache;
 
 /// How a run begins.
@@ -59,28 +62,38 @@ pub struct Outcome {
 }
 
 /// Trains in `run`. `stop` is checked after every batch; when it is set, the
-/// run saves `last/` and returns. `log` receives the lines a person reads
-/// (the clean summary, one line per epoch, what was saved).
-pub fn train(run: &RunDir, start: Start, stop: &AtomicBool, log: &dyn Fn(&str)) -> Result<Outcome> {
+/// run saves `last/` and returns. `on` receives what happens ([`Event`]).
+pub fn train(run: &RunDir, start: Start, stop: &AtomicBool, on: OnEvent) -> Result<Outcome> {
     let mut session = match start {
-        Start::New(config) => Session::begin(run, *config, log)?,
-        Start::Resume => Session::resume(run, None, log)?,
-        Start::ResumeUntil(epochs) => Session::resume(run, Some(epochs), log)?,
+        Start::New(config) => Session::begin(run, *config, on)?,
+        Start::Resume => Session::resume(run, None, on)?,
+        Start::ResumeUntil(epochs) => Session::resume(run, Some(epochs), on)?,
     };
-    session.run(stop, log)
+    session.run(stop, on)
 }
 
-/// One batch of model input: photos, or frozen mode's cached features.
+/// One batch of model input: NCHW photos of `3 x size x size` values, or frozen mode's cached
+/// features.
 enum Input {
-    Images(Tensor<4>),
-    Features(Tensor<2>),
+    Images { pixels: Vec<f32>, size: usize },
+    Features(Vec<f32>),
 }
 
 impl Input {
-    fn logits(self, model: &ResNet18) -> Tensor<2> {
+    /// The logits of burn's model on `device`.
+    fn logits(self, model: &ResNet18, device: &Device) -> Tensor<2> {
         match self {
-            Input::Images(x) => model.forward(x),
-            Input::Features(f) => model.head_forward(f),
+            Input::Images { pixels, size } => {
+                let n = pixels.len() / (3 * size * size);
+                model.forward(Tensor::from_data(
+                    TensorData::new(pixels, [n, 3, size, size]),
+                    device,
+                ))
+            }
+            Input::Features(f) => {
+                let n = f.len() / FEATURES;
+                model.head_forward(Tensor::from_data(TensorData::new(f, [n, FEATURES]), device))
+            }
         }
     }
 }
@@ -102,8 +115,11 @@ enum Source {
 struct Session {
     run: RunDir,
     config: RunConfig,
-    /// On the autodiff device.
+    /// On the autodiff device. While `engine` trains, it holds the model's values and this
+    /// is brought up to date after each epoch's training (see [`Session::sync_model`]).
     model: ResNet18,
+    /// catdog's own training pass, for full fine-tuning on the CPU.
+    engine: Option<TrainNet>,
     adam: Adam,
     state: TrainState,
     device: Device,
@@ -113,7 +129,7 @@ struct Session {
 }
 
 impl Session {
-    fn begin(run: &RunDir, mut settings: TrainConfig, log: &dyn Fn(&str)) -> Result<Session> {
+    fn begin(run: &RunDir, mut settings: TrainConfig, on: OnEvent) -> Result<Session> {
         check_settings(&settings)?;
         let device = settings.device.device()?;
         std::fs::create_dir_all(&run.root)
@@ -130,47 +146,46 @@ impl Session {
             ));
         }
         // A wrong weights file is refused before minutes of decoding, leaving no manifest behind.
-        let weights_file = settings
-            .weights
-            .parse::<WeightsChoice>()
-            .unwrap_or_else(|never| match never {})
-            .resolve()?;
+        let weights_file = settings.weights.resolve()?;
         if let Some(path) = &weights_file {
             weights::load_into(&mut ResNet18::zeroed(2, &device), path)?;
         }
-        let manifest = match &settings.manifest {
-            Some(path) => {
+        let manifest = match &settings.source {
+            DataSource::Manifest(path) => {
                 let m = Manifest::load(path)?;
                 m.verify(path)?;
-                // Record the data the manifest describes, not what the command line defaulted to.
-                settings.data = m.root.clone();
-                settings.ratios = m.ratios;
                 m
             }
-            None => {
-                let bar = progress::bar(0, "decoding");
+            DataSource::Folder {
+                root,
+                layout,
+                ratios,
+            } => {
                 let (m, report) = data::prepare(
                     &Prepare {
-                        root: &settings.data,
-                        layout: settings.layout,
-                        ratios: settings.ratios,
+                        root,
+                        layout: *layout,
+                        ratios: *ratios,
                         seed: settings.seed,
                         limits: Limits::default(),
                         exclude: Some(&run.root),
                     },
-                    &bar,
+                    &StepProgress::new(Step::Decoding, on),
                 )?;
-                log(&report.table());
+                on(Event::Prepared(&report));
                 if !m.conflicts.is_empty() {
-                    log(data::manifest::conflicts_text(&m.conflicts).trim_end());
+                    on(Event::Conflicts(&m.conflicts));
                 }
                 m
             }
         };
-        settings.layout = Some(manifest.layout);
+        // Record the layout found, not the `None` that asked for detection.
+        if let DataSource::Folder { layout, .. } = &mut settings.source {
+            *layout = Some(manifest.layout);
+        }
         manifest.save(&run.manifest())?;
         for split in [Split::Train, Split::Val] {
-            if manifest.files.iter().all(|f| f.split != split) {
+            if manifest.count(split) == 0 {
                 return Err(Error::data(
                     run.manifest(),
                     format!("the {split} split is empty"),
@@ -181,6 +196,7 @@ impl Session {
 
         let weights_sha256 = weights_file.as_deref().map(fsio::sha256_file).transpose()?;
         let config = RunConfig {
+            config_version: CONFIG_VERSION,
             catdog_version: env!("CARGO_PKG_VERSION").to_owned(),
             weights_file,
             weights_sha256,
@@ -188,12 +204,13 @@ impl Session {
             device_name: format!("{device:?}"),
             settings,
         };
-        let model = initial_model(&config, &device, log)?;
+        let model = initial_model(&config, &device, on)?;
         fsio::write_json(&run.config(), &config)?;
         Ok(Session {
             run: run.clone(),
             adam: Adam::new(config.settings.lr),
             model,
+            engine: None,
             state: TrainState::default(),
             device,
             manifest,
@@ -202,7 +219,7 @@ impl Session {
         })
     }
 
-    fn resume(run: &RunDir, epochs: Option<usize>, log: &dyn Fn(&str)) -> Result<Session> {
+    fn resume(run: &RunDir, epochs: Option<usize>, on: OnEvent) -> Result<Session> {
         let hint = "start a new run with `catdog train --data DIR --out RUN`";
         if !run.config().is_file() {
             return Err(Error::data(
@@ -225,10 +242,7 @@ impl Session {
         if !last.join(state::STATE_FILE).is_file() {
             // Stopped before the first epoch ended: start again from the saved settings,
             // which gives the model and the numbers a new run would have.
-            log(&format!(
-                "resuming {}: no epoch was complete, starting from the beginning",
-                run.root.display()
-            ));
+            on(Event::Restarted);
             if let (Some(path), Some(expected)) = (&config.weights_file, &config.weights_sha256)
                 && &fsio::sha256_file(path)? != expected
             {
@@ -238,10 +252,11 @@ impl Session {
                     "put the original file back, or start a new run",
                 ));
             }
-            set_epochs(run, &mut config, epochs, 0, log)?;
+            set_epochs(run, &mut config, epochs, 0, on)?;
             return Ok(Session {
                 run: run.clone(),
-                model: initial_model(&config, &device, log)?,
+                model: initial_model(&config, &device, on)?,
+                engine: None,
                 adam: Adam::new(config.settings.lr),
                 state: TrainState::default(),
                 device,
@@ -252,23 +267,18 @@ impl Session {
         }
         let ad = device.clone().autodiff();
         let (model, _) = checkpoint::load(&last, &ad)?;
-        let adam = Adam::load(&last.join(OPTIMIZER_FILE), &device)?;
+        let adam = Adam::load(&last.join(OPTIMIZER_FILE))?;
         let state = TrainState::load(&last)?;
-        set_epochs(run, &mut config, epochs, state.epochs_done, log)?;
-        log(&format!(
-            "resuming {} after epoch {}{}",
-            run.root.display(),
-            state.epochs_done,
-            if state.batches_done > 0 {
-                format!(" and {} batch(es) of the next", state.batches_done)
-            } else {
-                String::new()
-            }
-        ));
+        set_epochs(run, &mut config, epochs, state.epochs_done, on)?;
+        on(Event::Resumed {
+            epochs_done: state.epochs_done,
+            batches_done: state.batches_done,
+        });
         let session = Session {
             run: run.clone(),
             config,
             model,
+            engine: None,
             adam,
             state,
             device,
@@ -280,33 +290,30 @@ impl Session {
         Ok(session)
     }
 
-    fn run(&mut self, stop: &AtomicBool, log: &dyn Fn(&str)) -> Result<Outcome> {
+    fn run(&mut self, stop: &AtomicBool, on: OnEvent) -> Result<Outcome> {
         let s = self.config.settings.clone();
         if s.mode == Mode::Frozen {
             self.model = self.model.clone().freeze_backbone();
+        } else if self.device.clone().without_autodiff() == Device::flex() {
+            self.engine = Some(TrainNet::new(&self.model));
         }
-        let Some(source) = self.source(stop, log)? else {
+        let Some(source) = self.source(stop, on)? else {
             // Nothing of the model changed since last/ (if any) was saved; the
             // features computed so far are in the cache.
-            log(&format!(
-                "stopped during feature extraction; the features computed are cached. Resume with: catdog train --resume {}",
-                self.run.root.display()
-            ));
+            on(Event::StoppedExtracting);
             return Ok(self.outcome(true));
         };
         let ad = self.device.clone().autodiff();
         while self.state.epochs_done < s.epochs {
             let epoch = self.state.epochs_done;
             let started = Instant::now();
-            let (train, stopped) = self.train_epoch(&source, epoch, &ad, stop)?;
+            let (train, stopped) = self.train_epoch(&source, epoch, &ad, stop, on)?;
             if stopped {
                 self.save_last()?;
-                log(&format!(
-                    "stopped after batch {} of epoch {}; last/ saved. Resume with: catdog train --resume {}",
-                    self.state.batches_done,
-                    epoch + 1,
-                    self.run.root.display()
-                ));
+                on(Event::Stopped {
+                    epoch: epoch + 1,
+                    batches_done: self.state.batches_done,
+                });
                 return Ok(self.outcome(true));
             }
             let val = self.validate(&source)?;
@@ -318,17 +325,8 @@ impl Session {
                 val_acc: val.accuracy(),
                 seconds: started.elapsed().as_secs_f64(),
             };
-            log(&format!(
-                "epoch {}/{}: train loss {:.4} acc {:.2}% | val loss {:.4} acc {:.2}% | {:.1}s",
-                record.epoch,
-                s.epochs,
-                record.train_loss,
-                100.0 * record.train_acc,
-                record.val_loss,
-                100.0 * record.val_acc,
-                record.seconds
-            ));
-            if self.state.best.is_none_or(|b| b.beaten_by(&record)) {
+            let best = self.state.best.is_none_or(|b| b.beaten_by(&record));
+            if best {
                 self.state.best = Some(Best {
                     epoch: record.epoch,
                     val_acc: record.val_acc,
@@ -345,6 +343,11 @@ impl Session {
             self.state.partial = Running::default();
             self.save_last()?;
             self.write_metrics()?;
+            on(Event::Saved {
+                record: self.state.history.last().expect("just pushed"),
+                epochs: s.epochs,
+                best,
+            });
         }
         Ok(self.outcome(false))
     }
@@ -380,7 +383,7 @@ impl Session {
 
     /// Photos, or in frozen mode without augmentation, their (cached) features;
     /// `None` when stopped while extracting them.
-    fn source(&self, stop: &AtomicBool, log: &dyn Fn(&str)) -> Result<Option<Source>> {
+    fn source(&self, stop: &AtomicBool, on: OnEvent) -> Result<Option<Source>> {
         let s = &self.config.settings;
         let train: Arc<[Sample]> = self.manifest.samples(Split::Train).into();
         let val: Arc<[Sample]> = self.manifest.samples(Split::Val).into();
@@ -388,9 +391,7 @@ impl Session {
             return Ok(Some(Source::Photos { train, val }));
         }
         if s.augment {
-            log(
-                "frozen mode with --augment: every step runs the backbone on a new random crop, so features are not cached",
-            );
+            on(Event::Uncached);
             return Ok(Some(Source::Photos { train, val }));
         }
         let cache = match (&s.cache_dir, &self.config.weights_sha256) {
@@ -398,29 +399,29 @@ impl Session {
             _ => None,
         };
         let backbone = EvalNet::new(&self.model.clone().valid(), &self.device);
-        let extract = |samples: &[Sample], what: &str| -> Result<Option<Vec<f32>>> {
-            let bar = progress::bar(samples.len() as u64, what);
+        let extract = |samples: &[Sample], split: Split| -> Result<Option<Vec<f32>>> {
             let Some((features, stats)) = features::extract(
                 &backbone,
                 samples,
                 cache.as_ref(),
                 &self.loader_config(false, false),
-                &bar,
+                &StepProgress::new(Step::Features(split), on),
                 stop,
             )?
             else {
                 return Ok(None);
             };
-            log(&format!(
-                "{what}: {} from the feature cache, {} computed",
-                stats.hits, stats.computed
-            ));
+            on(Event::Features {
+                split,
+                hits: stats.hits,
+                computed: stats.computed,
+            });
             Ok(Some(features))
         };
-        let Some(train_features) = extract(&train, "features (train)")? else {
+        let Some(train_features) = extract(&train, Split::Train)? else {
             return Ok(None);
         };
-        let Some(val_features) = extract(&val, "features (val)")? else {
+        let Some(val_features) = extract(&val, Split::Val)? else {
             return Ok(None);
         };
         Ok(Some(Source::Features {
@@ -438,7 +439,6 @@ impl Session {
         split: Split,
         epoch: usize,
         start: usize,
-        device: &'a Device,
     ) -> Box<dyn Iterator<Item = Result<(Input, Vec<usize>)>> + 'a> {
         let train = split == Split::Train;
         match source {
@@ -447,10 +447,11 @@ impl Session {
                 let config = self.loader_config(train, train && self.config.settings.augment);
                 Box::new(Loader::new(samples, config, epoch, start).map(move |b| {
                     let b = b?;
-                    let (n, s) = (b.len(), b.image_size);
-                    let images =
-                        Tensor::<4>::from_data(TensorData::new(b.images, [n, 3, s, s]), device);
-                    Ok((Input::Images(images), b.labels))
+                    let input = Input::Images {
+                        pixels: b.images,
+                        size: b.image_size,
+                    };
+                    Ok((input, b.labels))
                 }))
             }
             Source::Features {
@@ -475,11 +476,10 @@ impl Session {
                     for &i in &idx {
                         rows.extend_from_slice(&feats[i * FEATURES..(i + 1) * FEATURES]);
                     }
-                    let x = Tensor::<2>::from_data(
-                        TensorData::new(rows, [idx.len(), FEATURES]),
-                        device,
-                    );
-                    Ok((Input::Features(x), idx.iter().map(|&i| labels[i]).collect()))
+                    Ok((
+                        Input::Features(rows),
+                        idx.iter().map(|&i| labels[i]).collect(),
+                    ))
                 }))
             }
         }
@@ -493,6 +493,7 @@ impl Session {
         epoch: usize,
         ad: &Device,
         stop: &AtomicBool,
+        on: OnEvent,
     ) -> Result<(Running, bool)> {
         let n = match source {
             Source::Photos { train, .. } => train.len(),
@@ -500,49 +501,77 @@ impl Session {
         };
         let bs = self.config.settings.batch_size;
         let epochs = self.config.settings.epochs;
-        let bar = progress::bar(n as u64, &format!("epoch {}/{epochs}", epoch + 1));
-        bar.set_position((self.state.batches_done * bs).min(n) as u64);
         let loss_fn = CrossEntropyLossConfig::new().init(ad);
         let mut running = self.state.partial;
-        let batches = self.batches(source, Split::Train, epoch, self.state.batches_done, ad);
+        let batches = self.batches(source, Split::Train, epoch, self.state.batches_done);
         for item in batches {
             let (input, labels) = item?;
-            let targets = targets(&labels, ad);
-            let logits = input.logits(&self.model);
-            let correct = count_correct(&logits, &labels);
-            let loss = loss_fn.forward(logits, targets);
-            let loss_value = f64::from(loss.clone().into_scalar::<f32>());
-            let grads = GradientsParams::from_grads(loss.backward(), &self.model);
-            self.model = self.adam.step(self.model.clone(), grads);
+            let (loss_value, correct) = match (&mut self.engine, input) {
+                (Some(engine), Input::Images { pixels, size }) => {
+                    let step = engine.step(&pixels, size, &labels);
+                    self.adam.step_slices(
+                        engine
+                            .slots_mut()
+                            .into_iter()
+                            .map(|s| (s.name.as_str(), &mut s.value[..], &s.grad[..])),
+                    );
+                    (step.loss, step.correct)
+                }
+                (_, input) => {
+                    let logits = input.logits(&self.model, ad);
+                    let correct = count_correct(&logits, &labels);
+                    let loss = loss_fn.forward(logits, targets(&labels, ad));
+                    let loss_value = f64::from(loss.clone().into_scalar::<f32>());
+                    let grads = GradientsParams::from_grads(loss.backward(), &self.model);
+                    self.model = self.adam.step(self.model.clone(), grads);
+                    (loss_value, correct)
+                }
+            };
             running.add(loss_value, correct, labels.len());
             self.state.batches_done += 1;
             self.state.partial = running;
-            bar.inc(labels.len() as u64);
-            bar.set_message(format!(
-                "loss {:.4} acc {:.1}%",
-                running.loss(),
-                100.0 * running.accuracy()
-            ));
+            on(Event::Batch {
+                epoch: epoch + 1,
+                epochs,
+                images: (self.state.batches_done * bs).min(n),
+                total: n,
+                loss: running.loss(),
+                accuracy: running.accuracy(),
+            });
             if stop.load(Ordering::SeqCst) && self.state.batches_done < batch_count(n, bs) {
-                bar.abandon();
+                self.sync_model();
                 return Ok((running, true));
             }
         }
-        bar.finish_and_clear();
+        self.sync_model();
         Ok((running, false))
+    }
+
+    /// Brings `model` up to date with the engine's parameters and batch-norm statistics.
+    fn sync_model(&mut self) {
+        if let Some(engine) = &self.engine {
+            self.model = engine.write_to(self.model.clone());
+        }
     }
 
     /// Loss and accuracy on the validation split, batch norm in eval mode.
     fn validate(&self, source: &Source) -> Result<Running> {
         let model = self.model.clone().valid();
-        let loss_fn = CrossEntropyLossConfig::new().init(&self.device);
+        let net = EvalNet::new(&model, &self.device);
+        let classes = self.config.classes.len();
         let mut running = Running::default();
-        for item in self.batches(source, Split::Val, 0, 0, &self.device) {
+        for item in self.batches(source, Split::Val, 0, 0) {
             let (input, labels) = item?;
-            let logits = input.logits(&model);
-            let correct = count_correct(&logits, &labels);
-            let loss = loss_fn.forward(logits, targets(&labels, &self.device));
-            running.add(f64::from(loss.into_scalar::<f32>()), correct, labels.len());
+            let logits = match input {
+                Input::Images { pixels, size } => net.logits(pixels, size),
+                features => features
+                    .logits(&model, &self.device)
+                    .into_data()
+                    .try_into_vec()
+                    .expect("the model computes in f32"),
+            };
+            let (step, _) = cross_entropy(&logits, &labels, classes);
+            running.add(step.loss, step.correct, labels.len());
         }
         Ok(running)
     }
@@ -581,7 +610,7 @@ fn set_epochs(
     config: &mut RunConfig,
     epochs: Option<usize>,
     done: usize,
-    log: &dyn Fn(&str),
+    on: OnEvent,
 ) -> Result<()> {
     let Some(epochs) = epochs else {
         return Ok(());
@@ -597,10 +626,10 @@ fn set_epochs(
         ));
     }
     if epochs != config.settings.epochs {
-        log(&format!(
-            "epochs: {} -> {epochs} (config.json updated)",
-            config.settings.epochs
-        ));
+        on(Event::EpochsChanged {
+            from: config.settings.epochs,
+            to: epochs,
+        });
         config.settings.epochs = epochs;
         fsio::write_json(&run.config(), config)?;
     }
@@ -608,20 +637,14 @@ fn set_epochs(
 }
 
 /// The model a run starts from: seeded initialisation, the run's weights, a new head.
-fn initial_model(config: &RunConfig, device: &Device, log: &dyn Fn(&str)) -> Result<ResNet18> {
+fn initial_model(config: &RunConfig, device: &Device, on: OnEvent) -> Result<ResNet18> {
     let s = &config.settings;
     let ad = device.clone().autodiff();
     // Seeded, so that a run from random initialisation is reproducible too.
     ad.seed(s.seed);
     let classes = config.classes.len();
-    let mut model = ResNet18::new(classes, &ad);
-    match &config.weights_file {
-        Some(path) => {
-            weights::load_into(&mut model, path)?;
-            log(&format!("weights: {}", path.display()));
-        }
-        None => log("weights: none; training from random initialisation"),
-    }
+    let (model, origin) = weights::load_model(config.weights_file.as_deref(), classes, &ad)?;
+    on(Event::Weights(&origin));
     Ok(model.with_head(classes, s.seed, &ad))
 }
 

@@ -10,18 +10,20 @@ use std::process::Command;
 use catdog::report::EpochRecord;
 use catdog::run::RunDir;
 
-/// `../shared` beside the repository, or `None` (after saying so) when absent:
-/// a user's fresh clone does not have it, and the tests that need it skip.
-pub fn shared(test: &str) -> Option<PathBuf> {
+/// `../shared` beside the repository (the real photos and torchvision's golden outputs), or
+/// `None`: a user's fresh clone does not have it.
+pub fn shared_dir() -> Option<PathBuf> {
     let dir = PathBuf::from(concat!(env!("CARGO_MANIFEST_DIR"), "/../shared"));
-    if dir.is_dir() {
-        Some(dir)
-    } else {
-        eprintln!(
-            "skipped {test}: ../shared not found (it holds the real photos and torchvision's golden outputs)"
-        );
-        None
-    }
+    dir.is_dir().then_some(dir)
+}
+
+/// `../shared`, for the tests that cannot run without it. They are marked
+/// `#[ignore = "needs ../shared"]`, so that a run lists them as ignored rather than passed;
+/// `cargo test -- --include-ignored` runs them (CI does where ../shared exists).
+pub fn shared() -> PathBuf {
+    shared_dir().expect(
+        "this test needs ../shared beside the repository; run it only with ../shared present",
+    )
 }
 
 /// A little-endian f32 array in NumPy's .npy format (C order): shape and data.
@@ -84,20 +86,17 @@ pub fn relative_l2(a: &[f32], b: &[f32]) -> f64 {
 /// A weights file with torchvision's names and seeded random weights (a saved checkpoint's
 /// `model.safetensors`): frozen mode caches features only for a weights file.
 pub fn random_weights(dir: &Path) -> PathBuf {
-    use catdog::model::ResNet18;
     use catdog::model::checkpoint::{self, CheckpointMeta};
     use catdog::preprocess::Preprocessing;
     let folder = dir.join("weights");
-    let device = burn::prelude::Device::flex();
-    device.seed(1);
     let meta = CheckpointMeta::new(vec!["a".into(), "b".into()], Preprocessing::imagenet(32));
-    checkpoint::save(&folder, &ResNet18::new(2, &device), &meta).unwrap();
+    checkpoint::save_random(&folder, &meta, 1).unwrap();
     folder.join(checkpoint::WEIGHTS_FILE)
 }
 
 /// A generated two-class photo set (`catdog demo`'s), `per_class` photos a class.
 pub fn demo_data(dir: &Path, per_class: usize) -> PathBuf {
-    catdog::demo::write_dataset(&dir.join("demo"), per_class, 7)
+    catdog::data::synthetic::write_dataset(&dir.join("demo"), per_class, 7)
         .unwrap()
         .data
 }

@@ -20,7 +20,10 @@ use rayon::prelude::*;
 
 use super::{BasicBlock, BatchNorm2d, FEATURES, ResNet18};
 
+mod train;
 mod winograd;
+
+pub use train::{Slot, StepResult, TrainNet, cross_entropy};
 
 /// What a convolution adds to its product before storing it: `act(product + bias [+ residual])`.
 struct Epilogue<'a> {
@@ -125,7 +128,8 @@ impl FoldedConv {
             } else {
                 &winograd::F2
             };
-            let transformed = tiling.weights(&weight, cin, cout);
+            let mut transformed = Vec::new();
+            tiling.weights(&weight, cin, cout, &mut transformed);
             weight = Vec::new();
             (tiling, transformed)
         });
@@ -159,6 +163,7 @@ impl FoldedConv {
         parallelism: Parallelism,
     ) -> (usize, usize) {
         if let Some((tiling, weights)) = &self.winograd {
+            out.resize(h * w * self.cout, 0.0);
             let epilogue = Epilogue {
                 bias: &self.bias,
                 residual,
@@ -166,6 +171,7 @@ impl FoldedConv {
             };
             tiling.conv(
                 x,
+                1,
                 (h, w),
                 self.cin,
                 self.cout,
@@ -195,7 +201,15 @@ impl FoldedConv {
         let lhs: &[f32] = if self.kernel == 1 && self.stride == 1 {
             x
         } else {
-            self.im2col(x, (h, w), (ho, wo), &mut scratch.input);
+            scratch.input.resize(rows * depth, 0.0);
+            im2col(
+                x,
+                (h, w),
+                self.cin,
+                (self.kernel, self.stride, self.pad),
+                (ho, wo),
+                &mut scratch.input,
+            );
             &scratch.input
         };
         // SAFETY: dst is rows x cout, lhs rows x depth and rhs depth x cout, all row-major and
@@ -228,36 +242,41 @@ impl FoldedConv {
         }
         (ho, wo)
     }
+}
 
-    /// One row per output pixel: the `k x k x cin` input values it sees, zero outside.
-    fn im2col(
-        &self,
-        x: &[f32],
-        (h, w): (usize, usize),
-        (ho, wo): (usize, usize),
-        out: &mut Vec<f32>,
-    ) {
-        let (k, c) = (self.kernel, self.cin);
-        out.clear();
-        out.resize(ho * wo * k * k * c, 0.0);
-        let mut row = out.chunks_exact_mut(k * k * c);
-        for oy in 0..ho {
-            for ox in 0..wo {
-                let dst = row.next().expect("sized for every pixel");
-                for ky in 0..k {
-                    let iy = (oy * self.stride + ky).wrapping_sub(self.pad);
-                    if iy >= h {
+/// One row per output pixel of a `kernel x kernel` convolution of NHWC `x` (`c` channels): the
+/// input values it sees, in (ky, kx, ci) order, zero outside.
+fn im2col(
+    x: &[f32],
+    (h, w): (usize, usize),
+    c: usize,
+    (k, stride, pad): (usize, usize, usize),
+    (ho, wo): (usize, usize),
+    out: &mut [f32],
+) {
+    assert_eq!(out.len(), ho * wo * k * k * c, "one row per output pixel");
+    let mut row = out.chunks_exact_mut(k * k * c);
+    for oy in 0..ho {
+        for ox in 0..wo {
+            let dst = row.next().expect("sized for every pixel");
+            // Windows that reach into the padding see zeros there.
+            let inside = |o: usize, n: usize| o * stride >= pad && o * stride + k <= n + pad;
+            if !(inside(oy, h) && inside(ox, w)) {
+                dst.fill(0.0);
+            }
+            for ky in 0..k {
+                let iy = (oy * stride + ky).wrapping_sub(pad);
+                if iy >= h {
+                    continue;
+                }
+                for kx in 0..k {
+                    let ix = (ox * stride + kx).wrapping_sub(pad);
+                    if ix >= w {
                         continue;
                     }
-                    for kx in 0..k {
-                        let ix = (ox * self.stride + kx).wrapping_sub(self.pad);
-                        if ix >= w {
-                            continue;
-                        }
-                        let src = (iy * w + ix) * c;
-                        let at = (ky * k + kx) * c;
-                        dst[at..at + c].copy_from_slice(&x[src..src + c]);
-                    }
+                    let src = (iy * w + ix) * c;
+                    let at = (ky * k + kx) * c;
+                    dst[at..at + c].copy_from_slice(&x[src..src + c]);
                 }
             }
         }

@@ -82,62 +82,71 @@ fn combine<'a>(dst: &mut [f32], coefs: &[f32], src: impl Fn(usize) -> &'a [f32])
     }
 }
 
+/// Every tile of `images` maps of `th x tw` tiles, numbered image by image, row by row.
+fn tiles_of(
+    images: usize,
+    th: usize,
+    tw: usize,
+) -> impl Iterator<Item = (usize, (usize, usize, usize))> {
+    (0..images)
+        .flat_map(move |i| (0..th).flat_map(move |ty| (0..tw).map(move |tx| (i, ty, tx))))
+        .enumerate()
+}
+
 impl Tiling {
+    /// The side of the output block each tile gives.
+    pub fn m(&self) -> usize {
+        self.m
+    }
+
     fn a(&self) -> usize {
         self.m + 2
     }
 
     /// Kernel transform `G g G^T`, for weights `[(ky, kx, ci)][cout]` as the folded
-    /// convolution keeps them; gives `[a * a][cin][cout]`.
-    pub fn weights(&self, weight: &[f32], cin: usize, cout: usize) -> Vec<f32> {
+    /// convolution keeps them; gives `[a * a][cin][cout]` in `out`. Each transform point is
+    /// a weighted sum of the nine taps, computed in parallel over the points.
+    pub fn weights(&self, weight: &[f32], cin: usize, cout: usize, out: &mut Vec<f32>) {
         let a = self.a();
-        let mut out = vec![0.0; a * a * cin * cout];
-        let mut gg = vec![0.0; a * 3 * cout];
-        for ci in 0..cin {
-            let g = |ky: usize, kx: usize| &weight[((ky * 3 + kx) * cin + ci) * cout..][..cout];
-            // gg[i][kx] = (G g)[i][kx], a row of output channels at a time.
-            for i in 0..a {
+        let n = cin * cout;
+        out.resize(a * a * n, 0.0);
+        out.par_chunks_mut(n).enumerate().for_each(|(point, u)| {
+            let (i, j) = (point / a, point % a);
+            u.fill(0.0);
+            for ky in 0..3 {
                 for kx in 0..3 {
-                    combine(
-                        &mut gg[(i * 3 + kx) * cout..][..cout],
-                        &self.g[i * 3..][..3],
-                        |ky| g(ky, kx),
-                    );
+                    let c = self.g[i * 3 + ky] * self.g[j * 3 + kx];
+                    if c != 0.0 {
+                        let tap = &weight[(ky * 3 + kx) * n..][..n];
+                        u.iter_mut().zip(tap).for_each(|(u, w)| *u += c * w);
+                    }
                 }
             }
-            // U[i][j] = ((G g) G^T)[i][j]
-            for i in 0..a {
-                for j in 0..a {
-                    combine(
-                        &mut out[((i * a + j) * cin + ci) * cout..][..cout],
-                        &self.g[j * 3..][..3],
-                        |kx| &gg[(i * 3 + kx) * cout..][..cout],
-                    );
-                }
-            }
-        }
-        out
+        });
     }
 
-    /// A 3x3 convolution, stride 1, padding 1, of NHWC `x` (`h x w x cin`) into `out`
-    /// (`h x w x cout`), with `weights` from [`Tiling::weights`].
+    /// A 3x3 convolution, stride 1, padding 1, of `images` NHWC images `x` (each `h x w x cin`)
+    /// into `out` (each `h x w x cout`), with `weights` from [`Tiling::weights`]. The tiles of
+    /// all the images go through the same products, which several small images make taller.
     #[allow(clippy::too_many_arguments)]
     pub fn conv(
         &self,
         x: &[f32],
+        images: usize,
         (h, w): (usize, usize),
         cin: usize,
         cout: usize,
         weights: &[f32],
         epilogue: Epilogue,
-        out: &mut Vec<f32>,
+        out: &mut [f32],
         scratch: &mut Scratch,
         parallelism: Parallelism,
     ) {
         let (m_, a) = (self.m, self.a());
         let points = a * a;
         let (th, tw) = (h.div_ceil(m_), w.div_ceil(m_));
-        let tiles = th * tw;
+        let per_image = th * tw;
+        let tiles = images * per_image;
         let zeros = vec![0.0; cin];
 
         // Input transform: V[point][tile][ci] = (B^T d B) of each tile.
@@ -145,36 +154,34 @@ impl Tiling {
         let v = &mut scratch.input;
         v.resize(points * tiles * cin, 0.0);
         let mut rows = vec![0.0; points * cin];
-        for ty in 0..th {
-            for tx in 0..tw {
-                let tile = ty * tw + tx;
-                let pixel = |k: usize, l: usize| -> &[f32] {
-                    let (iy, ix) = ((m_ * ty + k).wrapping_sub(1), (m_ * tx + l).wrapping_sub(1));
-                    if iy < h && ix < w {
-                        &x[(iy * w + ix) * cin..][..cin]
-                    } else {
-                        &zeros
-                    }
-                };
-                // Columns first: rows[k][j] = (d B)[k][j].
-                for k in 0..a {
-                    for j in 0..a {
-                        combine(
-                            &mut rows[(k * a + j) * cin..][..cin],
-                            &self.bt[j * a..][..a],
-                            |l| pixel(k, l),
-                        );
-                    }
+        for (tile, (image, ty, tx)) in tiles_of(images, th, tw) {
+            let x = &x[image * h * w * cin..][..h * w * cin];
+            let pixel = |k: usize, l: usize| -> &[f32] {
+                let (iy, ix) = ((m_ * ty + k).wrapping_sub(1), (m_ * tx + l).wrapping_sub(1));
+                if iy < h && ix < w {
+                    &x[(iy * w + ix) * cin..][..cin]
+                } else {
+                    &zeros
                 }
-                // Then rows: V[i][j] = (B^T (d B))[i][j], into each point's matrix.
-                for i in 0..a {
-                    for j in 0..a {
-                        combine(
-                            &mut v[((i * a + j) * tiles + tile) * cin..][..cin],
-                            &self.bt[i * a..][..a],
-                            |k| &rows[(k * a + j) * cin..][..cin],
-                        );
-                    }
+            };
+            // Columns first: rows[k][j] = (d B)[k][j].
+            for k in 0..a {
+                for j in 0..a {
+                    combine(
+                        &mut rows[(k * a + j) * cin..][..cin],
+                        &self.bt[j * a..][..a],
+                        |l| pixel(k, l),
+                    );
+                }
+            }
+            // Then rows: V[i][j] = (B^T (d B))[i][j], into each point's matrix.
+            for i in 0..a {
+                for j in 0..a {
+                    combine(
+                        &mut v[((i * a + j) * tiles + tile) * cin..][..cin],
+                        &self.bt[i * a..][..a],
+                        |k| &rows[(k * a + j) * cin..][..cin],
+                    );
                 }
             }
         }
@@ -224,47 +231,48 @@ impl Tiling {
 
         // Output transform: Y = A^T M A per tile, then bias, residual and ReLU, for the pixels
         // inside the image.
-        out.resize(h * w * cout, 0.0);
+        assert_eq!(
+            out.len(),
+            images * h * w * cout,
+            "the output holds every map"
+        );
         let mut s = vec![0.0; a * m_ * cout];
         let mut y = vec![0.0; cout];
-        for ty in 0..th {
-            for tx in 0..tw {
-                let tile = ty * tw + tx;
-                let at = |i: usize, j: usize| &m[((i * a + j) * tiles + tile) * cout..][..cout];
-                // s[i][b] = (M A)[i][b].
-                for i in 0..a {
-                    for b in 0..m_ {
-                        combine(
-                            &mut s[(i * m_ + b) * cout..][..cout],
-                            &self.at[b * a..][..a],
-                            |j| at(i, j),
-                        );
-                    }
+        for (tile, (image, ty, tx)) in tiles_of(images, th, tw) {
+            let at = |i: usize, j: usize| &m[((i * a + j) * tiles + tile) * cout..][..cout];
+            // s[i][b] = (M A)[i][b].
+            for i in 0..a {
+                for b in 0..m_ {
+                    combine(
+                        &mut s[(i * m_ + b) * cout..][..cout],
+                        &self.at[b * a..][..a],
+                        |j| at(i, j),
+                    );
                 }
-                for r in 0..m_ {
-                    let oy = m_ * ty + r;
-                    for b in 0..m_ {
-                        let ox = m_ * tx + b;
-                        if oy >= h || ox >= w {
-                            continue;
-                        }
-                        combine(&mut y, &self.at[r * a..][..a], |i| {
-                            &s[(i * m_ + b) * cout..][..cout]
-                        });
-                        let at = (oy * w + ox) * cout;
-                        let dst = &mut out[at..at + cout];
+            }
+            for r in 0..m_ {
+                let oy = m_ * ty + r;
+                for b in 0..m_ {
+                    let ox = m_ * tx + b;
+                    if oy >= h || ox >= w {
+                        continue;
+                    }
+                    combine(&mut y, &self.at[r * a..][..a], |i| {
+                        &s[(i * m_ + b) * cout..][..cout]
+                    });
+                    let at = ((image * h + oy) * w + ox) * cout;
+                    let dst = &mut out[at..at + cout];
+                    dst.iter_mut()
+                        .zip(&y)
+                        .zip(epilogue.bias)
+                        .for_each(|((d, y), b)| *d = y + b);
+                    if let Some(r) = epilogue.residual {
                         dst.iter_mut()
-                            .zip(&y)
-                            .zip(epilogue.bias)
-                            .for_each(|((d, y), b)| *d = y + b);
-                        if let Some(r) = epilogue.residual {
-                            dst.iter_mut()
-                                .zip(&r[at..at + cout])
-                                .for_each(|(d, r)| *d += r);
-                        }
-                        if epilogue.relu {
-                            dst.iter_mut().for_each(|d| *d = d.max(0.0));
-                        }
+                            .zip(&r[at..at + cout])
+                            .for_each(|(d, r)| *d += r);
+                    }
+                    if epilogue.relu {
+                        dst.iter_mut().for_each(|d| *d = d.max(0.0));
                     }
                 }
             }
@@ -301,26 +309,31 @@ mod tests {
 
     #[test]
     fn both_tilings_compute_the_convolution_at_any_size() {
-        // Deterministic values in [-1, 1); sizes that are not multiples of either tile.
+        // Deterministic values in [-1, 1); sizes that are not multiples of either tile; two
+        // images through the same products.
         let mut state = 1u32;
         let mut next = move || {
             state = state.wrapping_mul(1_664_525).wrapping_add(1_013_904_223);
             (state >> 8) as f32 / (1 << 23) as f32 - 1.0
         };
         let (cin, cout) = (3, 5);
+        let images = 2;
         for (h, w) in [(7, 5), (1, 1), (9, 10)] {
-            let x: Vec<f32> = (0..h * w * cin).map(|_| next()).collect();
+            let x: Vec<f32> = (0..images * h * w * cin).map(|_| next()).collect();
             let weight: Vec<f32> = (0..9 * cin * cout).map(|_| next()).collect();
-            let residual: Vec<f32> = (0..h * w * cout).map(|_| next()).collect();
+            let residual: Vec<f32> = (0..images * h * w * cout).map(|_| next()).collect();
             let bias: Vec<f32> = (0..cout).map(|_| next()).collect();
-            let expected: Vec<f32> = direct(&x, (h, w), cin, &weight)
+            let expected: Vec<f32> = x
+                .chunks(h * w * cin)
+                .flat_map(|x| direct(x, (h, w), cin, &weight))
+                .collect::<Vec<_>>()
                 .iter()
                 .zip(&residual)
                 .enumerate()
                 .map(|(i, (v, r))| (v + bias[i % cout] + r).max(0.0))
                 .collect();
             for tiling in [&F2, &F4] {
-                let mut out = Vec::new();
+                let mut out = vec![0.0; images * h * w * cout];
                 let epilogue = Epilogue {
                     bias: &bias,
                     residual: Some(&residual),
@@ -328,10 +341,15 @@ mod tests {
                 };
                 tiling.conv(
                     &x,
+                    images,
                     (h, w),
                     cin,
                     cout,
-                    &tiling.weights(&weight, cin, cout),
+                    &{
+                        let mut u = Vec::new();
+                        tiling.weights(&weight, cin, cout, &mut u);
+                        u
+                    },
                     epilogue,
                     &mut out,
                     &mut Scratch::default(),

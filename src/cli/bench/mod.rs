@@ -5,9 +5,12 @@
 use std::path::{Path, PathBuf};
 use std::process::Command;
 
+mod peer;
+mod process;
+
 use anyhow::{Context, Result, bail};
-use catdog::bench::{self, Figure, RecipeResult};
-use catdog::data::{Manifest, Split};
+use catdog::bench::{self, Figure};
+use catdog::data::{Manifest, Split, synthetic};
 use catdog::evaluate::Metrics;
 use catdog::model::checkpoint::{self, CheckpointMeta};
 use catdog::model::weights::WeightsChoice;
@@ -18,7 +21,7 @@ use clap::ValueEnum;
 
 /// Our PyTorch version of the seed recipe, carried in the binary so that
 /// `catdog bench` runs it from anywhere.
-const PYTORCH_RECIPE: &str = include_str!("../../bench/pytorch_recipe.py");
+const PYTORCH_RECIPE: &str = include_str!("../../../bench/pytorch_recipe.py");
 
 /// Cold `catdog predict` runs counted, after one uncounted.
 const PREDICT_RUNS: usize = 5;
@@ -41,7 +44,6 @@ pub struct BenchArgs {
     /// Which catdog modes --e2e trains (catdog finetune is the slow one)
     #[arg(
         long,
-        value_enum,
         value_delimiter = ',',
         default_value = "frozen,finetune",
         requires = "e2e"
@@ -65,6 +67,7 @@ pub enum Part {
     Inference,
     InferenceBurn,
     TrainStep,
+    TrainStepBurn,
     HeadStep,
 }
 
@@ -120,7 +123,7 @@ pub fn run(args: BenchArgs) -> Result<()> {
             "{} is absent: measuring on {SYNTHETIC_PER_CLASS} generated photos per class instead",
             shared.display()
         );
-        synthetic_photos(&dir, SYNTHETIC_PER_CLASS)?;
+        synthetic::write_kaggle_like(&dir, SYNTHETIC_PER_CLASS, 0)?;
         dir
     } else {
         data
@@ -135,7 +138,7 @@ pub fn run(args: BenchArgs) -> Result<()> {
     let python = args
         .python
         .as_deref()
-        .filter(|py| match bench::check_python(py) {
+        .filter(|py| match peer::check_python(py) {
             Ok(version) => {
                 eprintln!("PyTorch {version} from {}", py.display());
                 true
@@ -175,7 +178,7 @@ fn measure_all(
     let torch = |label: &str| {
         torch_line
             .as_deref()
-            .and_then(|l| bench::figure_after(l, label))
+            .and_then(|l| peer::figure_after(l, label))
     };
     let mut rows = Vec::new();
     for (part, pytorch) in [
@@ -183,11 +186,12 @@ fn measure_all(
             Part::Preprocess,
             peer_pre
                 .as_deref()
-                .and_then(|o| bench::figure_before(o, "img/s")),
+                .and_then(|o| peer::figure_before(o, "img/s")),
         ),
         (Part::Inference, torch("infer")),
         (Part::InferenceBurn, torch("infer")),
         (Part::TrainStep, torch("train-step")),
+        (Part::TrainStepBurn, torch("train-step")),
         (Part::HeadStep, None),
     ] {
         let exe = std::env::current_exe()?;
@@ -207,7 +211,7 @@ fn measure_all(
             "--image-size",
             &size,
         ]);
-        let (out, _, rss) = bench::run_measured(&mut cmd).map_err(anyhow::Error::msg)?;
+        let (out, _, rss) = process::run_measured(&mut cmd).map_err(anyhow::Error::msg)?;
         let figure: Figure =
             serde_json::from_str(out.trim()).context("reading a benchmark part's figure")?;
         rows.push(row(figure, rss, pytorch));
@@ -230,6 +234,7 @@ fn measure(part: Part, args: &BenchArgs, data: &Path) -> Result<Figure> {
         Part::Inference => bench::inference(args.batch_size, args.image_size),
         Part::InferenceBurn => bench::inference_burn(args.batch_size, args.image_size),
         Part::TrainStep => bench::train_step(args.batch_size, args.image_size),
+        Part::TrainStepBurn => bench::train_step_burn(args.batch_size, args.image_size),
         Part::HeadStep => bench::head_step(args.batch_size),
     })
 }
@@ -307,27 +312,21 @@ fn end_to_end(
 }
 
 fn run_dir(tmp: &Path, mode: Mode) -> RunDir {
-    RunDir::new(tmp.join(format!("run-{}", mode_name(mode))))
-}
-
-fn mode_name(mode: Mode) -> String {
-    use clap::ValueEnum;
-    let value = mode.to_possible_value().expect("no mode is hidden");
-    value.get_name().to_owned()
+    RunDir::new(tmp.join(format!("run-{mode}")))
 }
 
 /// `catdog train` with the seed's defaults, a cold feature cache and its own
 /// run folder; the test accuracy is the one it wrote to `eval-test.json`.
 fn train_catdog(data: &Path, weights: &str, mode: Mode, tmp: &Path) -> Result<Trained> {
     let run = run_dir(tmp, mode);
-    let mode = mode_name(mode);
+    let mode = mode.to_string();
     eprintln!("end to end: catdog train --mode {mode} ...");
     let mut cmd = Command::new(std::env::current_exe()?);
     cmd.arg("train").arg("--data").arg(data);
     cmd.arg("--out").arg(&run.root);
     cmd.args(["--weights", weights, "--mode", &mode]);
     cmd.arg("--cache-dir").arg(tmp.join("cache"));
-    let (_, seconds, rss) = bench::run_measured(&mut cmd).map_err(anyhow::Error::msg)?;
+    let (_, seconds, rss) = process::run_measured(&mut cmd).map_err(anyhow::Error::msg)?;
     let test: Metrics = catdog::fsio::read_json(
         &run.eval(catdog::run::Which::Best, Split::Test),
         "test evaluation",
@@ -350,13 +349,13 @@ fn train_pytorch(
     weights: &Path,
     mode: Mode,
 ) -> Option<Trained> {
-    let mode = mode_name(mode);
+    let mode = mode.to_string();
     eprintln!("end to end: PyTorch recipe --mode {mode} ...");
     let mut cmd = Command::new(python);
     cmd.arg(script).arg(manifest).arg(weights);
     cmd.args(["--mode", &mode]);
-    let trained = bench::run_measured(&mut cmd).and_then(|(out, seconds, rss)| {
-        let result: RecipeResult = bench::recipe_result(&out)?;
+    let trained = process::run_measured(&mut cmd).and_then(|(out, seconds, rss)| {
+        let result: peer::RecipeResult = peer::recipe_result(&out)?;
         Ok(Trained {
             images: result.images.values().sum(),
             seconds,
@@ -372,12 +371,8 @@ fn train_pytorch(
 
 fn e2e_row(mode: Mode, ours: &Trained, peer: Option<&(Mode, Trained)>) -> Row {
     let name = match peer {
-        Some((m, _)) => format!(
-            "end to end, {} vs PyTorch {}",
-            mode_name(mode),
-            mode_name(*m)
-        ),
-        None => format!("end to end, {}", mode_name(mode)),
+        Some((m, _)) => format!("end to end, {mode} vs PyTorch {m}"),
+        None => format!("end to end, {mode}"),
     };
     let theirs = peer.map(|(_, t)| t);
     Row {
@@ -415,7 +410,7 @@ fn predict_cold(data: &Path, model: Option<PathBuf>, tmp: &Path) -> Result<Row> 
     let mut cmd = Command::new(std::env::current_exe()?);
     cmd.arg("predict").arg(&model).arg(&photo);
     let (seconds, rss) =
-        bench::run_repeated(&mut cmd, 1, PREDICT_RUNS).map_err(anyhow::Error::msg)?;
+        process::run_repeated(&mut cmd, 1, PREDICT_RUNS).map_err(anyhow::Error::msg)?;
     Ok(row(
         Figure::new("predict 1 photo, cold process", 1, seconds),
         rss,
@@ -425,14 +420,11 @@ fn predict_cold(data: &Path, model: Option<PathBuf>, tmp: &Path) -> Result<Row> 
 
 fn random_model(tmp: &Path) -> Result<PathBuf> {
     let dir = tmp.join("random-model");
-    std::fs::create_dir_all(&dir).with_context(|| format!("creating {}", dir.display()))?;
-    let device = burn::prelude::Device::flex();
     let classes = vec!["cat".to_owned(), "dog".to_owned()];
-    let model = catdog::model::ResNet18::new(classes.len(), &device);
-    checkpoint::save(
+    checkpoint::save_random(
         &dir,
-        &model,
         &CheckpointMeta::new(classes, Preprocessing::default()),
+        0,
     )?;
     Ok(dir)
 }
@@ -440,26 +432,6 @@ fn random_model(tmp: &Path) -> Result<PathBuf> {
 /// Generated photos per class where `../shared` is absent: enough for a split with 10 test
 /// photos per class.
 const SYNTHETIC_PER_CLASS: usize = 100;
-
-/// Photos shaped like the Kaggle sample's (flat layout, `cat.N.jpg`, 500x375 JPEG), drawn by
-/// the demo's generator.
-fn synthetic_photos(dir: &Path, per_class: usize) -> Result<()> {
-    use rand::SeedableRng;
-    std::fs::create_dir_all(dir).with_context(|| format!("creating {}", dir.display()))?;
-    let mut rng = rand_chacha::ChaCha8Rng::seed_from_u64(0);
-    for (class, cat) in [("cat", true), ("dog", false)] {
-        for i in 0..per_class {
-            let small = catdog::demo::synthetic_photo(cat, &mut rng);
-            let photo =
-                image::imageops::resize(&small, 500, 375, image::imageops::FilterType::Triangle);
-            let path = dir.join(format!("{class}.{i}.jpg"));
-            photo
-                .save(&path)
-                .with_context(|| format!("writing {}", path.display()))?;
-        }
-    }
-    Ok(())
-}
 
 fn tempfile_dir() -> Result<PathBuf> {
     let dir = std::env::temp_dir().join(format!("catdog-bench-{}", std::process::id()));
@@ -482,7 +454,7 @@ fn row(catdog: Figure, rss: u64, pytorch: Option<f64>) -> Row {
 }
 
 fn peer(python: &Path, script: &Path, args: &[&str]) -> Option<String> {
-    match bench::run_peer(python, script, args) {
+    match peer::run_peer(python, script, args) {
         Ok(out) => Some(out),
         Err(e) => {
             eprintln!("peer benchmark not measured: {e}");
@@ -538,8 +510,8 @@ fn print_rows(rows: &[Row], json: bool) -> Result<()> {
     for (r, e) in e2e {
         println!(
             "{:<9} {:<10} {:>9.1} {:>10} {:>7} {:>10} {:>11} {:>10} {:>11}",
-            mode_name(e.mode),
-            e.pytorch_mode.map_or("-".to_owned(), mode_name),
+            e.mode.to_string(),
+            e.pytorch_mode.map_or("-".to_owned(), |m| m.to_string()),
             r.catdog.seconds,
             e.pytorch_seconds
                 .map_or("-".to_owned(), |s| format!("{s:.1}")),

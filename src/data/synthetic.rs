@@ -1,6 +1,6 @@
-//! The built-in demo data set: synthetic two-class photos generated on the
-//! fly (no download), with a few deliberately broken files among them so that
-//! every branch of the clean step shows up.
+//! Synthetic two-class photos generated on the fly (no download): the demo's data set, with a
+//! few deliberately broken files among them so that every branch of the clean step shows up;
+//! Kaggle-shaped photos for `catdog bench` where ../shared is absent; test data.
 //!
 //! "Cats" are warm-coloured with horizontal stripes, "dogs" cool-coloured with
 //! round spots: easy for a network to tell apart from pixels, yet each image
@@ -55,7 +55,7 @@ pub fn write_dataset(out: &Path, per_class: usize, seed: u64) -> Result<DemoSet>
         let folder = dir.join(class);
         fs::create_dir_all(&folder).map_err(|e| Error::io("cannot create", &folder, e))?;
         for i in 0..per_class {
-            let img = synthetic_photo(class == "Cat", &mut rng);
+            let img = photo(class == "Cat", &mut rng);
             write(
                 dir,
                 &format!("{class}/{i}.jpg"),
@@ -64,8 +64,8 @@ pub fn write_dataset(out: &Path, per_class: usize, seed: u64) -> Result<DemoSet>
         }
     }
 
-    let cat = synthetic_photo(true, &mut rng);
-    let dog = synthetic_photo(false, &mut rng);
+    let cat = photo(true, &mut rng);
+    let dog = photo(false, &mut rng);
     let jpeg = encode(&cat, ImageFormat::Jpeg);
     let gray = image::DynamicImage::ImageRgb8(dog.clone()).into_luma8();
     let mut gray_jpeg = Cursor::new(Vec::new());
@@ -112,6 +112,26 @@ pub fn write_dataset(out: &Path, per_class: usize, seed: u64) -> Result<DemoSet>
     })
 }
 
+/// Photos shaped like the Kaggle sample's: flat layout (`cat.N.jpg`), 500x375 JPEG, the
+/// generated photos scaled up to that size.
+pub fn write_kaggle_like(dir: &Path, per_class: usize, seed: u64) -> Result<()> {
+    fs::create_dir_all(dir).map_err(|e| Error::io("cannot create", dir, e))?;
+    let mut rng = ChaCha8Rng::seed_from_u64(seed);
+    for (class, cat) in [("cat", true), ("dog", false)] {
+        for i in 0..per_class {
+            let small = photo(cat, &mut rng);
+            let big =
+                image::imageops::resize(&small, 500, 375, image::imageops::FilterType::Triangle);
+            write(
+                dir,
+                &format!("{class}.{i}.jpg"),
+                &encode(&big, ImageFormat::Jpeg),
+            )?;
+        }
+    }
+    Ok(())
+}
+
 fn write(dir: &Path, rel: &str, bytes: &[u8]) -> Result<()> {
     let path = dir.join(rel);
     fs::write(&path, bytes).map_err(|e| Error::io("cannot write", &path, e))
@@ -124,7 +144,7 @@ fn encode(img: &RgbImage, format: ImageFormat) -> Vec<u8> {
 }
 
 /// One synthetic photo of a "cat" (warm, stripes) or a "dog" (cool, spots).
-pub fn synthetic_photo(cat: bool, rng: &mut impl Rng) -> RgbImage {
+pub fn photo(cat: bool, rng: &mut impl Rng) -> RgbImage {
     let w = rng.random_range(120..=200);
     let h = rng.random_range(100..=160);
     let base: [f32; 3] = if cat {
