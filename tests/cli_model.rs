@@ -54,6 +54,40 @@ fn imagenet_json_gives_torchvisions_top_class_per_photo() {
 }
 
 #[test]
+#[ignore = "needs ../shared"]
+fn imagenet_searches_folders_as_predict_does() {
+    let shared = common::shared();
+    let dir = tempfile::tempdir().unwrap();
+    let photos = dir.path().join("photos");
+    std::fs::create_dir_all(photos.join("more")).unwrap();
+    let sample = shared.join("data/kaggle-sample");
+    std::fs::copy(sample.join("cat.0.jpg"), photos.join("a.jpg")).unwrap();
+    std::fs::copy(sample.join("dog.0.jpg"), photos.join("more/b.jpg")).unwrap();
+    let out = catdog()
+        .arg("imagenet")
+        .arg("--weights")
+        .arg(shared.join("golden/resnet18/resnet18.pth"))
+        .arg("--json")
+        .arg(&photos)
+        .output()
+        .unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(out.status.success(), "{stderr}");
+    let paths: Vec<String> = String::from_utf8(out.stdout)
+        .unwrap()
+        .lines()
+        .map(|l| {
+            serde_json::from_str::<serde_json::Value>(l).unwrap()["path"]
+                .as_str()
+                .unwrap()
+                .to_owned()
+        })
+        .collect();
+    let expected = [photos.join("a.jpg"), photos.join("more/b.jpg")];
+    assert_eq!(paths, expected.map(|p| p.display().to_string()));
+}
+
+#[test]
 fn imagenet_without_weights_says_where_to_put_them() {
     let cache = tempfile::tempdir().unwrap();
     let out = catdog()

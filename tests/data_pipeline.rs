@@ -251,6 +251,61 @@ fn manifest_round_trips_and_records_rejects_and_duplicates() {
 }
 
 #[test]
+fn identical_files_with_different_labels_are_listed_and_left_out() {
+    let dir = tempfile::tempdir().unwrap();
+    let root = dir.path().join("data");
+    for (class, seed) in [("Cat", 0), ("Dog", 10)] {
+        for i in 0..4u8 {
+            let png = encode(photo(8, 8, seed + i), ImageFormat::Png);
+            write(&root, &format!("{class}/{i}.png"), &png);
+        }
+    }
+    let same = encode(photo(8, 8, 99), ImageFormat::Png);
+    write(&root, "Cat/x.png", &same);
+    write(&root, "Dog/x.png", &same);
+    let m = prepare(&root, 42);
+    let listed: Vec<(&str, &str)> = m
+        .conflicts
+        .iter()
+        .flat_map(|c| &c.files)
+        .map(|f| (f.path.as_str(), f.label.as_str()))
+        .collect();
+    assert_eq!(listed, [("Cat/x.png", "Cat"), ("Dog/x.png", "Dog")]);
+    assert_eq!(m.files.len(), 8);
+    assert!(m.files.iter().all(|f| !f.path.ends_with("x.png")));
+    let report = clean(&root);
+    assert_eq!(
+        report.conflicts, m.conflicts,
+        "the clean report lists them too"
+    );
+    let (ok, stdout, stderr) = run_catdog(&[
+        "clean",
+        root.to_str().unwrap(),
+        "--report",
+        dir.path().join("r.json").to_str().unwrap(),
+    ]);
+    assert!(ok, "{stderr}");
+    assert!(
+        stdout.contains("Cat/x.png (Cat) = Dog/x.png (Dog)"),
+        "{stdout}"
+    );
+
+    let out = dir.path().join("m.json");
+    let (ok, stdout, stderr) = run_catdog(&[
+        "split",
+        root.to_str().unwrap(),
+        "--out",
+        out.to_str().unwrap(),
+    ]);
+    assert!(ok, "{stderr}");
+    assert!(
+        stdout.contains("left out of every split")
+            && stdout.contains("Cat/x.png (Cat) = Dog/x.png (Dog)"),
+        "{stdout}"
+    );
+}
+
+#[test]
 fn command_line_errors_are_clear_and_never_panics() {
     let dir = tempfile::tempdir().unwrap();
     let missing = dir.path().join("no-such-folder");
@@ -307,6 +362,25 @@ fn split_command_writes_a_manifest() {
     let m = Manifest::load(&out).unwrap();
     assert_eq!(m.seed, 3);
     assert_eq!(m.layout, Layout::Folders);
+    assert!(!stderr.contains("warning"), "{stderr}");
+
+    // Splits left empty are written (a manifest for another use), with a warning.
+    let (ok, _, stderr) = run_catdog(&[
+        "split",
+        root.to_str().unwrap(),
+        "--ratios",
+        "1,0,0",
+        "--out",
+        out.to_str().unwrap(),
+    ]);
+    assert!(ok, "{stderr}");
+    for split in ["val", "test"] {
+        assert!(
+            stderr.contains(&format!("warning: the {split} split is empty")),
+            "{stderr}"
+        );
+    }
+    assert!(!stderr.contains("the train split is empty"), "{stderr}");
 }
 
 #[test]

@@ -171,7 +171,7 @@ fn evaluate_writes_the_metrics_of_the_split_and_prints_them() {
     );
     assert!(stdout.contains("confusion matrix"), "{stdout}");
 
-    let file = read_json(&f.run.eval(Split::Test));
+    let file = read_json(&f.run.eval(Which::Best, Split::Test));
     let keys: BTreeSet<&str> = file
         .as_object()
         .unwrap()
@@ -218,8 +218,38 @@ fn evaluate_writes_the_metrics_of_the_split_and_prints_them() {
     assert_eq!(printed.images, f.count(Split::Val));
     assert_eq!(
         serde_json::to_value(&printed).unwrap(),
-        read_json(&f.run.eval(Split::Val))
+        read_json(&f.run.eval(Which::Best, Split::Val))
     );
+}
+
+#[test]
+fn evaluating_last_keeps_the_figures_of_best() {
+    let f = fixture("evaluating_last_keeps_the_figures_of_best");
+    let out = catdog(&["evaluate", arg(f.root())]);
+    assert!(out.status.success(), "{}", text(&out.stderr));
+    let best_file = f.run.eval(Which::Best, Split::Test);
+    let best_bytes = fs::read(&best_file).unwrap();
+
+    // last/: another model, so that its figures differ from best's.
+    let device = Device::flex();
+    device.seed(5);
+    let other = ResNet18::new(2, &device).with_head(2, 99, &device);
+    let meta = CheckpointMeta::new(f.manifest.classes.clone(), Preprocessing::imagenet(64));
+    checkpoint::save(&f.run.checkpoint(Which::Last), &other, &meta).unwrap();
+    let out = catdog(&["evaluate", arg(f.root()), "--checkpoint", "last"]);
+    assert!(out.status.success(), "{}", text(&out.stderr));
+    let last_file = f.run.eval(Which::Last, Split::Test);
+    assert!(
+        text(&out.stdout).contains(&format!("metrics: {}", last_file.display())),
+        "{}",
+        text(&out.stdout)
+    );
+    assert_eq!(
+        fs::read(&best_file).unwrap(),
+        best_bytes,
+        "best's figures changed"
+    );
+    assert_ne!(read_json(&last_file), read_json(&best_file));
 }
 
 #[test]
@@ -240,7 +270,7 @@ fn an_empty_split_or_a_folder_that_is_no_run_is_refused() {
     let out = catdog(&["evaluate", arg(f.root())]);
     assert!(!out.status.success());
     assert!(text(&out.stderr).contains("the test split has no photos"));
-    assert!(!f.run.eval(Split::Test).exists());
+    assert!(!f.run.eval(Which::Best, Split::Test).exists());
 
     let out = catdog(&["evaluate", arg(&f.run.checkpoint(Which::Best))]);
     assert!(!out.status.success());
@@ -295,10 +325,10 @@ fn predict_classifies_each_photo_and_reports_unreadable_files() {
         "{:?}",
         lines[1]
     );
+    let missing_error = lines[3]["error"].as_str().unwrap();
     assert!(
-        lines[3]["error"].as_str().unwrap().contains("unreadable"),
-        "{:?}",
-        lines[3]
+        missing_error.contains("does not exist") && !missing_error.contains("gone"),
+        "{missing_error}"
     );
 
     // The probabilities are those that evaluation computes for the same photos.
@@ -336,6 +366,17 @@ fn predict_classifies_each_photo_and_reports_unreadable_files() {
 
     let out = catdog(&["predict", arg(f.root()), arg(&photos.join("a.jpg"))]);
     assert!(out.status.success(), "{}", text(&out.stderr));
+
+    // A model path that does not exist says so, not that it is the wrong kind of folder.
+    let nowhere = f.root().join("no-such-run");
+    let out = catdog(&["predict", arg(&nowhere), arg(&photos.join("a.jpg"))]);
+    let stderr = text(&out.stderr);
+    assert!(!out.status.success());
+    assert!(
+        stderr.contains(&format!("{}: does not exist", nowhere.display()))
+            && !stderr.contains("neither"),
+        "{stderr}"
+    );
 }
 
 #[test]
@@ -376,7 +417,7 @@ fn report_writes_every_picture_and_the_page_that_shows_them() {
         page.contains("optimizer.learning_rate"),
         "the run's settings are shown"
     );
-    let metrics = read_json(&f.run.eval(Split::Test));
+    let metrics = read_json(&f.run.eval(Which::Best, Split::Test));
     assert_eq!(metrics["images"], f.count(Split::Test));
     let accuracy = format!(
         "<b>{:.2}%</b>",
@@ -386,6 +427,15 @@ fn report_writes_every_picture_and_the_page_that_shows_them() {
         page.contains(&accuracy),
         "the page shows the test accuracy {accuracy}"
     );
+    // Named after the run, with the checkpoint's epoch (the fixture's validation
+    // accuracy rises, so best/ is epoch 3) and the split the figures are on.
+    for part in [
+        "<title>catdog report: run</title>",
+        "model <code>best/</code>, from epoch 3",
+        "<h2>Metrics on the test split</h2>",
+    ] {
+        assert!(page.contains(part), "{part} is missing");
+    }
 
     // Without a training history there are no curves, not the old picture.
     fs::remove_file(f.run.metrics_jsonl()).unwrap();

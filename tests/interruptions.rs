@@ -14,7 +14,7 @@ use std::time::{Duration, Instant};
 use crate::common::{Mount, catdog, demo_data, fill, history, random_weights};
 use catdog::model::checkpoint::{self, CheckpointMeta};
 use catdog::report::EpochRecord;
-use catdog::run::{RunDir, Which};
+use catdog::run::{RunDir, RunLock, Which};
 use catdog::train::state::TrainState;
 use rand::{Rng, SeedableRng};
 use rand_chacha::ChaCha8Rng;
@@ -71,6 +71,21 @@ fn spawn(args: &[String]) -> Child {
         .stderr(Stdio::null())
         .spawn()
         .unwrap()
+}
+
+/// Ctrl-C, as a terminal sends it.
+fn interrupt(child: &Child) {
+    // SAFETY: a plain system call on our own child's PID.
+    assert_eq!(unsafe { libc::kill(child.id() as i32, libc::SIGINT) }, 0);
+}
+
+/// Waits (up to two minutes) until `ready` holds.
+fn wait_until(what: &str, ready: impl Fn() -> bool) {
+    let deadline = Instant::now() + Duration::from_secs(120);
+    while !ready() {
+        assert!(Instant::now() < deadline, "timed out waiting until {what}");
+        std::thread::sleep(Duration::from_millis(2));
+    }
 }
 
 /// SIGKILL: no chance to save or clean anything.
@@ -165,6 +180,14 @@ fn check_run_folder(run: &Path, whole: &Path) {
                 "index.html" => {
                     let text = String::from_utf8(bytes).unwrap();
                     assert!(text.trim_end().ends_with("</html>"), "torn index.html");
+                }
+                // The PID of the last process that trained in the folder.
+                "train.lock" => {
+                    let pid = String::from_utf8(bytes).unwrap();
+                    assert!(
+                        pid.trim().parse::<u32>().is_ok(),
+                        "train.lock holds {pid:?}"
+                    );
                 }
                 _ if name.ends_with(".png") => {
                     image::load_from_memory(&bytes)
@@ -416,7 +439,7 @@ fn a_full_disk_fails_clearly_and_keeps_the_previous_checkpoint() {
     let before: BTreeMap<_, _> = fs::read_dir(&report)
         .unwrap()
         .map(|e| e.unwrap().path())
-        .chain([RunDir::new(&run).eval(catdog::data::Split::Test)])
+        .chain([RunDir::new(&run).eval(Which::Best, catdog::data::Split::Test)])
         .map(|p| (p.clone(), fs::read(&p).unwrap()))
         .collect();
     fill(&disk.path.join("filler"));
@@ -436,4 +459,102 @@ fn a_full_disk_fails_clearly_and_keeps_the_previous_checkpoint() {
         );
     }
     assert_eq!(leftovers(&run), Vec::<PathBuf>::new());
+}
+
+#[test]
+fn ctrl_c_saves_last_and_exits_130() {
+    let dir = tempfile::tempdir().unwrap();
+    let data = demo_data(dir.path(), 12);
+    let run = dir.path().join("run");
+    // More epochs than it can finish before the interrupt.
+    let child = catdog()
+        .args(train_args(&data, &run, &finetune("1000")))
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    wait_until("the run has begun", || run.join("config.json").exists());
+    interrupt(&child);
+    let out = child.wait_with_output().unwrap();
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert_eq!(
+        out.status.code(),
+        Some(130),
+        "a stopped run must not look finished:\n{stdout}{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(
+        stdout.contains(&format!(
+            "Resume with: catdog train --resume {}",
+            run.display()
+        )),
+        "{stdout}"
+    );
+    assert!(TrainState::load(&RunDir::new(&run).checkpoint(Which::Last)).is_ok());
+}
+
+#[test]
+fn a_second_train_into_a_busy_run_folder_is_refused_naming_the_holder() {
+    let dir = tempfile::tempdir().unwrap();
+    let data = demo_data(dir.path(), 12);
+    let run = dir.path().join("run");
+    let first = spawn(&train_args(&data, &run, &finetune("1000")));
+    wait_until("the run has begun", || run.join("config.json").exists());
+    let holder = format!("PID {}", first.id());
+    for args in [train_args(&data, &run, &finetune("1")), resume(&run)] {
+        let out = catdog().args(&args).output().unwrap();
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        assert!(!out.status.success(), "{args:?} ran beside another run");
+        assert!(
+            stderr.contains("is in use") && stderr.contains(&holder),
+            "{args:?}: {stderr}"
+        );
+    }
+    // The OS releases the lock of a killed process: nothing stale blocks --resume.
+    kill(first);
+    RunLock::acquire(&RunDir::new(&run)).unwrap();
+}
+
+#[test]
+fn ctrl_c_during_feature_extraction_stops_within_a_batch() {
+    let dir = tempfile::tempdir().unwrap();
+    let data = demo_data(dir.path(), 40);
+    let weights = random_weights(dir.path());
+    let run = dir.path().join("run");
+    let cache = dir.path().join("cache");
+    let mut args = train_args(
+        &data,
+        &run,
+        &["--weights", weights.to_str().unwrap(), "--mode", "frozen"],
+    );
+    args.extend(["--cache-dir".to_owned(), cache.to_str().unwrap().to_owned()]);
+    let child = catdog()
+        .args(&args)
+        .stdout(Stdio::piped())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    wait_until("8 features are cached", || cache_entries(&cache).len() >= 8);
+    interrupt(&child);
+    let seen = cache_entries(&cache).len();
+    let out = child.wait_with_output().unwrap();
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert_eq!(out.status.code(), Some(130), "{stdout}");
+    assert!(
+        stdout.contains("stopped during feature extraction"),
+        "{stdout}"
+    );
+    let manifest = catdog::data::Manifest::load(&RunDir::new(&run).manifest()).unwrap();
+    let photos = manifest
+        .files
+        .iter()
+        .filter(|f| f.split != catdog::data::Split::Test)
+        .count();
+    let cached = cache_entries(&cache).len();
+    // A batch is 8 photos: the one in progress when Ctrl-C came, perhaps the next.
+    assert!(
+        cached <= seen + 2 * 8 && cached < photos,
+        "{cached} of {photos} features computed ({seen} at Ctrl-C)"
+    );
+    assert!(!RunDir::new(&run).checkpoint(Which::Last).exists());
 }

@@ -574,7 +574,7 @@ fn training_pass_matches_pytorch_gradients_and_three_adam_steps() {
                     .map(|&v| v as f32)
                     .collect();
                 let norm_error = (norm - expected).abs() / expected;
-                let sample_error = f64::from(relative_l2(&ours, &theirs));
+                let sample_error = relative_l2(&ours, &theirs);
                 for error in [norm_error, sample_error] {
                     if error > worst.0 {
                         worst = (error, slot.name.clone());

@@ -28,12 +28,13 @@ fn jpeg(seed: u8) -> Vec<u8> {
     out.into_inner()
 }
 
-/// `Cat/0.jpg`.. and `Dog/0.jpg`.., `n` good photos each.
+/// `Cat/0.jpg`.. and `Dog/0.jpg`.., `n` good photos each, all different (identical
+/// photos in two classes are set aside as conflicting labels).
 fn photos(root: &Path, n: u8) {
-    for class in ["Cat", "Dog"] {
+    for (class, first) in [("Cat", 0), ("Dog", 128)] {
         fs::create_dir_all(root.join(class)).unwrap();
         for i in 0..n {
-            fs::write(root.join(format!("{class}/{i}.jpg")), jpeg(i)).unwrap();
+            fs::write(root.join(format!("{class}/{i}.jpg")), jpeg(first + i)).unwrap();
         }
     }
 }

@@ -137,6 +137,14 @@ fn learns_the_classes_and_repeats_itself_exactly() {
         false,
     );
     assert_eq!(history(&a), history(&b), "same seed, different numbers");
+    // The same weights make the same file, so its SHA-256 (serve's weights_sha256) names them.
+    for which in [catdog::run::Which::Best, catdog::run::Which::Last] {
+        let file = |run: &Path| {
+            let path = RunDir::new(run).checkpoint(which).join("model.safetensors");
+            catdog::fsio::sha256_file(&path).unwrap()
+        };
+        assert_eq!(file(&a), file(&b), "{which:?}/model.safetensors differs");
+    }
 }
 
 #[test]
@@ -262,6 +270,145 @@ fn bad_runs_and_data_get_clear_errors() {
     assert!(
         err.contains("Cat/0.jpg") && err.contains("missing"),
         "{err}"
+    );
+}
+
+/// `catdog train` on `data` into `run`: frozen head on a random backbone, 32 px, batch 8.
+fn cli_train(data: &Path, run: &Path, epochs: &str) -> (bool, String, String) {
+    common::run_catdog(&[
+        "train",
+        "--data",
+        data.to_str().unwrap(),
+        "--out",
+        run.to_str().unwrap(),
+        "--weights",
+        "none",
+        "--mode",
+        "frozen",
+        "--image-size",
+        "32",
+        "--batch-size",
+        "8",
+        "--epochs",
+        epochs,
+    ])
+}
+
+fn config_json(run: &Path) -> serde_json::Value {
+    serde_json::from_slice(&std::fs::read(RunDir::new(run).config()).unwrap()).unwrap()
+}
+
+#[test]
+fn resume_with_more_epochs_extends_a_finished_run_and_other_flags_are_refused() {
+    let dir = tempfile::tempdir().unwrap();
+    let data = demo_data(dir.path(), 12);
+    let straight = dir.path().join("straight");
+    let (ok, _, stderr) = cli_train(&data, &straight, "3");
+    assert!(ok, "{stderr}");
+    let run = dir.path().join("run");
+    let (ok, _, stderr) = cli_train(&data, &run, "2");
+    assert!(ok, "{stderr}");
+
+    let resume = |extra: &[&str]| {
+        let mut args = vec!["train", "--resume", run.to_str().unwrap()];
+        args.extend(extra);
+        common::run_catdog(&args)
+    };
+    // A flag the run would not use is refused, not ignored.
+    let (ok, _, stderr) = resume(&["--lr", "0.5"]);
+    assert!(!ok && stderr.contains("--lr"), "{stderr}");
+    let (ok, _, stderr) = resume(&["--epochs", "1"]);
+    assert!(
+        !ok && stderr.contains("--epochs") && stderr.contains("2 epoch(s)"),
+        "{stderr}"
+    );
+    assert_eq!(history(&run).len(), 2);
+
+    let (ok, stdout, stderr) = resume(&["--epochs", "3"]);
+    assert!(ok, "{stdout}{stderr}");
+    assert_eq!(config_json(&run)["epochs"], 3);
+    // Extending is training on: the numbers of a run that asked for 3 epochs from the start.
+    assert_eq!(history(&run), history(&straight));
+}
+
+#[test]
+fn a_run_from_a_manifest_records_the_data_it_used() {
+    let dir = tempfile::tempdir().unwrap();
+    let data = demo_data(dir.path(), 6);
+    let first = dir.path().join("first");
+    let (ok, _, stderr) = cli_train(&data, &first, "1");
+    assert!(ok, "{stderr}");
+    assert_eq!(config_json(&first)["layout"], "folders");
+    let manifest = RunDir::new(&first).manifest();
+
+    // --data beside --manifest would be ignored: refused.
+    let elsewhere = dir.path().join("elsewhere");
+    let (ok, _, stderr) = common::run_catdog(&[
+        "train",
+        "--manifest",
+        manifest.to_str().unwrap(),
+        "--data",
+        elsewhere.to_str().unwrap(),
+        "--out",
+        dir.path().join("both").to_str().unwrap(),
+    ]);
+    assert!(
+        !ok && stderr.contains("--data") && stderr.contains("--manifest"),
+        "{stderr}"
+    );
+
+    // The library records the manifest alone: its data folder and split are the manifest's.
+    let mut c = config(&elsewhere, Mode::Frozen, "none", 1);
+    c.source = DataSource::Manifest(manifest.clone());
+    let run = dir.path().join("run");
+    train(&run, Start::New(Box::new(c)), false);
+    let recorded = config_json(&run);
+    assert_eq!(recorded["manifest"], serde_json::json!(manifest));
+    assert!(recorded.get("data").is_none(), "{recorded}");
+    assert!(recorded.get("ratios").is_none(), "{recorded}");
+}
+
+#[test]
+fn a_bad_weights_file_is_refused_before_the_data_is_read() {
+    let dir = tempfile::tempdir().unwrap();
+    let data = demo_data(dir.path(), 6);
+    let weights = dir.path().join("resnet18.pth");
+    std::fs::write(&weights, b"not a weights file").unwrap();
+    let run = dir.path().join("run");
+    let (ok, stdout, stderr) = common::run_catdog(&[
+        "train",
+        "--data",
+        data.to_str().unwrap(),
+        "--out",
+        run.to_str().unwrap(),
+        "--weights",
+        weights.to_str().unwrap(),
+    ]);
+    assert!(
+        !ok && stderr.contains(weights.to_str().unwrap()),
+        "{stderr}"
+    );
+    // The clean summary would come from decoding every photo first.
+    assert!(!stdout.contains("usable"), "{stdout}");
+    assert!(!RunDir::new(&run).manifest().exists());
+}
+
+#[test]
+fn a_negative_learning_rate_is_refused_with_the_reason() {
+    let dir = tempfile::tempdir().unwrap();
+    let (ok, _, stderr) = common::run_catdog(&[
+        "train",
+        "--data",
+        dir.path().to_str().unwrap(),
+        "--out",
+        dir.path().join("run").to_str().unwrap(),
+        "--lr",
+        "-1",
+    ]);
+    // Not "unexpected argument '-1'": the value is read, then refused.
+    assert!(
+        !ok && stderr.contains("invalid --lr: -1 is not a positive number"),
+        "{stderr}"
     );
 }
 

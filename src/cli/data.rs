@@ -3,8 +3,9 @@
 use std::path::{Path, PathBuf};
 
 use anyhow::{Context, Result};
+use catdog::data::manifest::conflicts_text;
 use catdog::data::split::DEFAULT_SEED;
-use catdog::data::{self, Layout, Limits, Manifest, Prepare, Ratios};
+use catdog::data::{self, Layout, Limits, Manifest, Prepare, Ratios, Split};
 use catdog::fsio;
 
 use super::progress::Bar;
@@ -70,6 +71,7 @@ pub fn clean(args: CleanArgs) -> Result<()> {
     let mut report = data::clean::clean(&scan, &args.data.limits(), &bar);
     bar.finish();
     print!("{}", report.table());
+    print!("{}", conflicts_text(&report.conflicts));
     let moved = args
         .quarantine
         .as_ref()
@@ -123,16 +125,21 @@ pub fn prepare(
 pub fn print_split(manifest: &Manifest, path: &Path) {
     println!();
     print!("{}", manifest.table());
-    let conflicts = manifest
-        .duplicates
-        .iter()
-        .filter(|d| !d.labels_agree)
-        .count();
     if !manifest.duplicates.is_empty() {
         println!(
-            "{} group(s) of identical files kept in one split each ({conflicts} with conflicting labels)",
+            "{} group(s) of identical files kept in one split each",
             manifest.duplicates.len()
         );
     }
+    print!("{}", conflicts_text(&manifest.conflicts));
     println!("seed {}; manifest: {}", manifest.seed, path.display());
+    for split in manifest.empty_splits() {
+        let consequence = match split {
+            Split::Test => "the trained model cannot be evaluated on held-out photos",
+            _ => "`catdog train` will refuse this manifest",
+        };
+        eprintln!(
+            "warning: the {split} split is empty, so {consequence}; give it a share with --ratios, or add photos"
+        );
+    }
 }

@@ -22,7 +22,7 @@ pub struct EvaluateArgs {
     /// The checkpoint: best (highest validation accuracy) or last
     #[arg(long, default_value_t = Which::Best)]
     pub checkpoint: Which,
-    /// Print the metrics as JSON on stdout (what eval-SPLIT.json holds) instead of a table
+    /// Print the metrics as JSON on stdout (what the evaluation file holds) instead of a table
     #[arg(long)]
     pub json: bool,
     /// Photos per forward pass
@@ -54,7 +54,10 @@ pub fn evaluate(args: EvaluateArgs) -> Result<()> {
     bar.finish();
     if args.json {
         println!("{}", serde_json::to_string_pretty(&metrics)?);
-        eprintln!("metrics: {}", run.eval(args.split).display());
+        eprintln!(
+            "metrics: {}",
+            run.eval(args.checkpoint, args.split).display()
+        );
     } else {
         print_metrics(&run, args.checkpoint, args.split, &metrics);
     }
@@ -77,7 +80,7 @@ pub fn write_report(run: &RunDir, which: Which, samples: usize, device: &Device)
     let bar = Bar::new("evaluating");
     let index = write_run_report(run, which, samples, device, &bar)?;
     bar.finish();
-    let metrics: Metrics = fsio::read_json(&run.eval(Split::Test), "evaluation")?;
+    let metrics: Metrics = fsio::read_json(&run.eval(which, Split::Test), "evaluation")?;
     print_metrics(run, which, Split::Test, &metrics);
     println!("report: {}", index.display());
     Ok(())
@@ -87,5 +90,5 @@ pub fn write_report(run: &RunDir, which: Which, samples: usize, device: &Device)
 fn print_metrics(run: &RunDir, which: Which, split: Split, metrics: &Metrics) {
     println!("{} on the {split} split\n", run.checkpoint(which).display());
     print!("{metrics}");
-    println!("\nmetrics: {}", run.eval(split).display());
+    println!("\nmetrics: {}", run.eval(which, split).display());
 }

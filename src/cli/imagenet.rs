@@ -3,6 +3,7 @@
 use std::path::PathBuf;
 
 use anyhow::{Result, bail};
+use catdog::evaluate::image_files;
 use catdog::model::EvalNet;
 use catdog::model::imagenet_classes::NAMES;
 use catdog::model::predict::{Ranked, classify};
@@ -16,7 +17,7 @@ const IMAGE_SIZE: u32 = 224;
 
 #[derive(clap::Args)]
 pub struct ImagenetArgs {
-    /// Photos to classify
+    /// Photos, or folders to search for photos (recursively, skipping hidden files)
     #[arg(required = true)]
     pub images: Vec<PathBuf>,
     /// `auto` (the downloaded ImageNet weights), a .pth/.safetensors file, or `none` (random)
@@ -49,6 +50,10 @@ struct JsonClass {
 }
 
 pub fn run(args: ImagenetArgs) -> Result<()> {
+    let files = image_files(&args.images)?;
+    if files.is_empty() {
+        bail!("no files to classify: the folders given hold none");
+    }
     let device = args.device.device()?;
     let file = args.weights.resolve()?;
     let (model, origin) = weights::load_model(file.as_deref(), IMAGENET_NUM_CLASSES, &device)?;
@@ -56,7 +61,7 @@ pub fn run(args: ImagenetArgs) -> Result<()> {
     eprintln!("weights: {origin}");
     let net = EvalNet::new(&model, &device);
     let mut unreadable = 0;
-    for batch in args.images.chunks(usize::from(args.batch_size)) {
+    for batch in files.chunks(usize::from(args.batch_size)) {
         // Decoding and resizing dominate for small batches: do them in parallel.
         let decoded: Vec<_> = batch
             .par_iter()
@@ -90,10 +95,7 @@ pub fn run(args: ImagenetArgs) -> Result<()> {
         }
     }
     if unreadable > 0 {
-        bail!(
-            "{unreadable} of {} photos could not be read",
-            args.images.len()
-        );
+        bail!("{unreadable} of {} photos could not be read", files.len());
     }
     Ok(())
 }

@@ -58,7 +58,7 @@ enum Command {
     Train(Box<train::TrainArgs>),
     /// Measure throughput, beside PyTorch's when --python is given
     Bench(bench::BenchArgs),
-    /// Score a training run's checkpoint on a split of its data; writes RUN/eval-SPLIT.json
+    /// Score a training run's checkpoint on a split of its data; writes RUN/eval-SPLIT.json (eval-last-SPLIT.json for last/)
     Evaluate(evaluate::EvaluateArgs),
     /// Classify photos with a trained model
     Predict(predict::PredictArgs),
@@ -85,6 +85,8 @@ pub fn main() -> ExitCode {
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,
+        // The run said why and how to resume; 130 is the shell's code for a SIGINT.
+        Err(e) if e.is::<train::Stopped>() => ExitCode::from(130),
         Err(e) => {
             eprintln!("error: {e:#}");
             ExitCode::FAILURE

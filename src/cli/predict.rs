@@ -51,11 +51,12 @@ struct JsonError {
 
 pub fn run(args: PredictArgs) -> Result<()> {
     let device = args.device.device()?;
-    let (model, meta) = checkpoint::load(&resolve_model(&args.model)?, &device)?;
+    let dir = resolve_model(&args.model)?;
     let files = image_files(&args.images)?;
     if files.is_empty() {
         bail!("no files to classify: the folders given hold none");
     }
+    let (model, meta) = checkpoint::load(&dir, &device)?;
     let classes = &meta.class_names;
     let mut failed = 0;
     let size = usize::from(args.batch_size);

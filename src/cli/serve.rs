@@ -1,6 +1,6 @@
 //! `catdog serve`: a trained model behind an HTTP API and a web page.
 
-use std::net::SocketAddr;
+use std::net::{SocketAddr, ToSocketAddrs};
 use std::path::PathBuf;
 use std::time::Duration;
 
@@ -11,8 +11,8 @@ use catdog::serve::{self, Config, Server};
 pub struct ServeArgs {
     /// The model: a training run's folder (its best/ checkpoint) or a checkpoint folder
     pub model: PathBuf,
-    /// Address to listen on (0.0.0.0:8080 to be reachable from other machines)
-    #[arg(long, default_value_t = Config::default().addr)]
+    /// Address to listen on, HOST:PORT (0.0.0.0:8080 to be reachable from other machines)
+    #[arg(long, default_value_t = Config::default().addr, value_parser = parse_addr)]
     pub addr: SocketAddr,
     #[command(flatten)]
     pub device: super::DeviceArgs,
@@ -34,6 +34,24 @@ pub struct ServeArgs {
     /// Seconds a client has to send its request headers, and its body
     #[arg(long, default_value_t = Config::default().read_timeout.as_secs())]
     pub read_timeout: u64,
+}
+
+/// `HOST:PORT` with an address or a name (`localhost:8080`); of a name's
+/// addresses, the first IPv4 one, as a browser trying `localhost` would reach.
+fn parse_addr(text: &str) -> Result<SocketAddr, String> {
+    if let Ok(addr) = text.parse() {
+        return Ok(addr);
+    }
+    let addrs: Vec<SocketAddr> = text
+        .to_socket_addrs()
+        .map_err(|e| format!("{e}; expected HOST:PORT, e.g. 127.0.0.1:8080 or localhost:8080"))?
+        .collect();
+    addrs
+        .iter()
+        .find(|a| a.is_ipv4())
+        .or(addrs.first())
+        .copied()
+        .ok_or_else(|| format!("{text} resolves to no address"))
 }
 
 pub fn run(args: ServeArgs) -> Result<()> {
@@ -68,4 +86,20 @@ pub fn run(args: ServeArgs) -> Result<()> {
     }))?;
     eprintln!("stopped");
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn addresses_may_name_the_host() {
+        assert_eq!(parse_addr("0.0.0.0:80").unwrap().to_string(), "0.0.0.0:80");
+        assert_eq!(
+            parse_addr("localhost:8080").unwrap(),
+            SocketAddr::from(([127, 0, 0, 1], 8080))
+        );
+        let err = parse_addr("localhost").unwrap_err();
+        assert!(err.contains("HOST:PORT"), "{err}");
+    }
 }

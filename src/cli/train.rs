@@ -9,6 +9,7 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use anyhow::{Result, bail};
 use catdog::data::Ratios;
 use catdog::data::Split;
+use catdog::data::manifest::conflicts_text;
 use catdog::model::weights::WeightsChoice;
 use catdog::preprocess::Preprocessing;
 use catdog::report;
@@ -19,17 +20,24 @@ use super::progress::Bar;
 
 #[derive(clap::Args)]
 pub struct TrainArgs {
-    /// The data folder (one folder per class, or files named like cat.0.jpg)
+    /// The data folder (one folder per class, or files named like cat.0.jpg);
+    /// required unless --manifest or --resume is given
     #[arg(long, required_unless_present_any = ["resume", "manifest"])]
     pub data: Option<PathBuf>,
-    /// Where the run's files go (config, metrics, checkpoints, report)
+    /// Where the run's files go (config, metrics, checkpoints, report); required
+    /// unless --resume is given
     #[arg(long, required_unless_present = "resume")]
     pub out: Option<PathBuf>,
-    /// Continue the run in this folder after its last saved batch
-    #[arg(long, value_name = "RUN", conflicts_with_all = ["data", "out", "manifest"])]
+    /// Continue the run in this folder after its last saved batch, with its own settings
+    /// (only --epochs may be given: train on until that many epochs in all)
+    #[arg(long, value_name = "RUN", conflicts_with_all = [
+        "data", "out", "manifest", "weights", "mode", "batch_size", "lr", "image_size",
+        "augment", "seed", "ratios", "device", "cache_dir",
+    ])]
     pub resume: Option<PathBuf>,
-    /// Use this manifest (from `catdog split`) instead of preparing the data
-    #[arg(long)]
+    /// Use this manifest (from `catdog split`) instead of preparing the data; the data
+    /// folder is the one the manifest names
+    #[arg(long, conflicts_with = "data")]
     pub manifest: Option<PathBuf>,
     /// auto (our cache, then PyTorch's), none (random initialisation) or a .pth/.safetensors file
     #[arg(long, default_value_t = TrainConfig::default().weights)]
@@ -38,11 +46,14 @@ pub struct TrainArgs {
     /// default: frozen on CPU, finetune on GPU
     #[arg(long)]
     pub mode: Option<Mode>,
-    #[arg(long, default_value_t = TrainConfig::default().epochs)]
-    pub epochs: usize,
+    /// Passes over the training photos [default: 5]; with --resume, the total to reach
+    #[arg(long, value_name = "N")]
+    pub epochs: Option<usize>,
+    /// Photos per training step
     #[arg(long, default_value_t = TrainConfig::default().batch_size)]
     pub batch_size: usize,
-    #[arg(long, default_value_t = TrainConfig::default().lr)]
+    /// Adam's learning rate
+    #[arg(long, default_value_t = TrainConfig::default().lr, allow_negative_numbers = true)]
     pub lr: f64,
     /// Side of the square model input; the resize before the crop keeps torchvision's 256:224
     #[arg(long, default_value_t = TrainConfig::default().preprocessing.image_size)]
@@ -50,6 +61,7 @@ pub struct TrainArgs {
     /// Random resized crops and horizontal flips while training
     #[arg(long)]
     pub augment: bool,
+    /// Seed of the split, the initial head, the shuffling and the augmentation
     #[arg(long, default_value_t = TrainConfig::default().seed)]
     pub seed: u64,
     /// Split fractions when preparing the data
@@ -73,7 +85,10 @@ pub fn run(args: TrainArgs) -> Result<()> {
         eprintln!("\nstopping after this batch (Ctrl-C again to quit at once)");
     })?;
     let (run, start) = match args.resume {
-        Some(run) => (RunDir::new(run), Start::Resume),
+        Some(run) => (
+            RunDir::new(run),
+            args.epochs.map_or(Start::Resume, Start::ResumeUntil),
+        ),
         None => {
             let Some(out) = args.out else {
                 bail!("--out RUN is required")
@@ -90,7 +105,7 @@ pub fn run(args: TrainArgs) -> Result<()> {
                 source,
                 weights: args.weights,
                 mode: args.mode.unwrap_or(Mode::default_for(args.device.device)),
-                epochs: args.epochs,
+                epochs: args.epochs.unwrap_or(TrainConfig::default().epochs),
                 batch_size: args.batch_size,
                 lr: args.lr,
                 augment: args.augment,
@@ -104,14 +119,20 @@ pub fn run(args: TrainArgs) -> Result<()> {
     };
     let show = Show::new(&run);
     let outcome = train::train(&run, start, &stop, &|event| show.event(event))?;
+    if outcome.stopped {
+        // As after SIGINT, so that a script can tell a stopped run from a finished one.
+        return Err(Stopped.into());
+    }
     finish(&run, &outcome, &outcome.config.settings.device.device()?)
 }
 
+/// Training stopped on Ctrl-C, with `last/` saved: the process exits with 130.
+#[derive(Debug, thiserror::Error)]
+#[error("stopped on request")]
+pub struct Stopped;
+
 /// What a person needs after training: where things are.
 fn finish(run: &RunDir, outcome: &Outcome, device: &burn::prelude::Device) -> Result<()> {
-    if outcome.stopped {
-        return Ok(());
-    }
     if let Some(best) = outcome.best {
         println!(
             "best: epoch {} (val acc {:.2}%, loss {:.4}); model in {}",
@@ -137,7 +158,8 @@ fn finish(run: &RunDir, outcome: &Outcome, device: &burn::prelude::Device) -> Re
 #[derive(Clone, Copy, PartialEq)]
 enum Showing {
     Step(Step),
-    Epoch(usize),
+    /// Epoch `.0` of `.1`.
+    Epoch(usize, usize),
 }
 
 /// Draws training's events for a person: a bar for each long step and each epoch, a line for
@@ -160,15 +182,16 @@ impl Show {
             Event::Progress { step, done, total } => self.draw(Showing::Step(step), done, total),
             Event::Batch {
                 epoch,
+                epochs,
                 images,
                 total,
                 loss,
                 accuracy,
             } => {
-                self.draw(Showing::Epoch(epoch), images as u64, total as u64);
+                self.draw(Showing::Epoch(epoch, epochs), images as u64, total as u64);
                 if let Some((_, bar)) = &*self.bar.lock().expect("not poisoned") {
-                    bar.0
-                        .set_message(format!("loss {loss:.4} acc {:.1}%", 100.0 * accuracy));
+                    // Beside the label (`epoch 2/5`), which stays.
+                    bar.set_message(format!("loss {loss:.4} acc {:.1}%", 100.0 * accuracy));
                 }
             }
             other => {
@@ -190,7 +213,7 @@ impl Show {
             let what = match showing {
                 Showing::Step(Step::Decoding) => "decoding".to_owned(),
                 Showing::Step(Step::Features(split)) => format!("features ({split})"),
-                Showing::Epoch(epoch) => format!("epoch {epoch}"),
+                Showing::Epoch(epoch, epochs) => format!("epoch {epoch}/{epochs}"),
             };
             *current = Some((showing, Bar::new(&what)));
         }
@@ -203,7 +226,11 @@ impl Show {
         let run = self.run.display();
         match event {
             Event::Prepared(report) => report.table(),
+            Event::Conflicts(conflicts) => conflicts_text(conflicts),
             Event::Weights(origin) => format!("weights: {origin}"),
+            Event::EpochsChanged { from, to } => {
+                format!("epochs: {from} -> {to} (config.json updated)")
+            }
             Event::Resumed {
                 epochs_done,
                 batches_done,
@@ -238,6 +265,9 @@ impl Show {
                 batches_done,
             } => format!(
                 "stopped after batch {batches_done} of epoch {epoch}; last/ saved. Resume with: catdog train --resume {run}"
+            ),
+            Event::StoppedExtracting => format!(
+                "stopped during feature extraction; the features computed are cached. Resume with: catdog train --resume {run}"
             ),
             Event::Progress { .. } | Event::Batch { .. } => unreachable!("drawn as bars"),
         }

@@ -12,6 +12,7 @@ use rayon::prelude::*;
 use serde::{Deserialize, Serialize};
 
 use super::decode::{self, Limits, RejectReason, Rejection, Warning, WarningKind};
+use super::manifest::{Conflict, LabelledFile};
 use super::scan::{Layout, Scan};
 use crate::error::{Error, Result};
 use crate::fsio;
@@ -76,6 +77,10 @@ pub struct CleanReport {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub quarantine: Option<PathBuf>,
     pub files: Vec<FileReport>,
+    /// Usable files with identical content but different labels; the split
+    /// leaves them out.
+    #[serde(default)]
+    pub conflicts: Vec<Conflict>,
 }
 
 /// Decodes every candidate of `scan` (in parallel) and reports on each.
@@ -104,8 +109,31 @@ pub fn clean(scan: &Scan, limits: &Limits, progress: &dyn Progress) -> CleanRepo
         limits: *limits,
         summary,
         quarantine: None,
+        conflicts: conflicts(&files),
         files,
     }
+}
+
+/// The groups of usable files with identical content whose labels disagree,
+/// by hash, each in path order.
+fn conflicts(files: &[FileReport]) -> Vec<Conflict> {
+    let mut by_hash: BTreeMap<&str, Vec<LabelledFile>> = BTreeMap::new();
+    for f in files.iter().filter(|f| f.status == FileStatus::Usable) {
+        if let (Some(hash), Some(label)) = (&f.hash, &f.class) {
+            by_hash.entry(hash).or_default().push(LabelledFile {
+                path: f.path.clone(),
+                label: label.clone(),
+            });
+        }
+    }
+    by_hash
+        .into_iter()
+        .filter(|(_, g)| g.iter().any(|f| f.label != g[0].label))
+        .map(|(hash, files)| Conflict {
+            hash: hash.to_owned(),
+            files,
+        })
+        .collect()
 }
 
 fn check_file(root: &Path, rel: &str, class: Option<String>, limits: &Limits) -> FileReport {
@@ -114,7 +142,7 @@ fn check_file(root: &Path, rel: &str, class: Option<String>, limits: &Limits) ->
         class,
         ..FileReport::new(rel.to_owned(), FileStatus::Rejected)
     };
-    let decoded = decode::read_file(&path, limits).and_then(|bytes| {
+    let decoded = decode::read_listed_file(&path, limits).and_then(|bytes| {
         let decoded = decode::decode(&bytes, decode::extension(&path).as_deref(), limits)?;
         Ok((fsio::sha256_hex(&bytes), decoded))
     });

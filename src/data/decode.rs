@@ -108,13 +108,25 @@ pub struct Decoded {
     pub warnings: Vec<Warning>,
 }
 
-/// Reads a file within the byte limit.
+/// Reads a file within the byte limit; one that is not there "does not exist".
 pub fn read_file(path: &Path, limits: &Limits) -> Result<Vec<u8>, Rejection> {
+    read(path, limits, "the file does not exist")
+}
+
+/// [`read_file`] for a file found by listing its folder: if it is missing now,
+/// it was moved or deleted since.
+pub fn read_listed_file(path: &Path, limits: &Limits) -> Result<Vec<u8>, Rejection> {
+    read(
+        path,
+        limits,
+        "the file is gone (moved or deleted after the folder was listed)",
+    )
+}
+
+fn read(path: &Path, limits: &Limits, missing: &str) -> Result<Vec<u8>, Rejection> {
     let file = std::fs::File::open(path).map_err(|e| {
         let detail = match e.kind() {
-            std::io::ErrorKind::NotFound => {
-                "the file is gone (moved or deleted after the folder was listed)".to_owned()
-            }
+            std::io::ErrorKind::NotFound => missing.to_owned(),
             _ => e.to_string(),
         };
         Rejection::new(RejectReason::Unreadable, detail)

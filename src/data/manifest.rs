@@ -3,7 +3,7 @@
 //! seed, the duplicates and what was rejected or ignored and why, so that
 //! `catdog split` alone is a complete, reproducible preparation.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, BTreeSet};
 use std::path::{Path, PathBuf};
 
 use serde::{Deserialize, Serialize};
@@ -34,6 +34,10 @@ pub struct Manifest {
     pub files: Vec<ManifestFile>,
     /// Groups of files with identical content; each group shares one split.
     pub duplicates: Vec<DuplicateGroup>,
+    /// Groups of files with identical content but different labels: left out
+    /// of every split, since one of each group would always be scored wrong.
+    #[serde(default)]
+    pub conflicts: Vec<Conflict>,
     pub rejected: Vec<RejectedFile>,
     pub ignored: Vec<Ignored>,
 }
@@ -53,8 +57,23 @@ pub struct DuplicateGroup {
     pub hash: String,
     pub paths: Vec<String>,
     pub split: Split,
-    /// False when the same photo carries different labels: a data error to look at.
+    /// False when the same photo carries different labels (manifests from
+    /// before such groups were set aside as [`Conflict`]s).
     pub labels_agree: bool,
+}
+
+/// Identical files labelled differently (`Cat/x.png` = `Dog/x.png`): a data
+/// error to fix by deleting the wrong copy.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Conflict {
+    pub hash: String,
+    pub files: Vec<LabelledFile>,
+}
+
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct LabelledFile {
+    pub path: String,
+    pub label: String,
 }
 
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
@@ -94,7 +113,16 @@ pub fn prepare(p: &Prepare<'_>, progress: &dyn Progress) -> Result<(Manifest, Cl
 impl Manifest {
     /// Splits the usable files of a clean report.
     pub fn from_report(report: &CleanReport, ratios: Ratios, seed: u64) -> Result<Manifest> {
-        let usable: Vec<&clean::FileReport> = report.usable().collect();
+        // One of each conflicting group would always be scored wrong.
+        let conflicted: BTreeSet<&str> = report
+            .conflicts
+            .iter()
+            .flat_map(|c| c.files.iter().map(|f| f.path.as_str()))
+            .collect();
+        let usable: Vec<&clean::FileReport> = report
+            .usable()
+            .filter(|f| !conflicted.contains(f.path.as_str()))
+            .collect();
         let class_index = |name: &str| {
             report
                 .classes
@@ -155,6 +183,7 @@ impl Manifest {
             ratios,
             counts,
             duplicates: duplicate_groups(&files),
+            conflicts: report.conflicts.clone(),
             rejected: report
                 .rejected()
                 .map(|f| {
@@ -259,6 +288,14 @@ impl Manifest {
         Ok(())
     }
 
+    /// The splits that hold no file (too few photos, or `--ratios` gave them nothing).
+    pub fn empty_splits(&self) -> Vec<Split> {
+        Split::ALL
+            .into_iter()
+            .filter(|s| self.files.iter().all(|f| f.split != *s))
+            .collect()
+    }
+
     /// The counts as a text table: one row per class, one column per split.
     pub fn table(&self) -> String {
         let mut rows = vec![vec![
@@ -285,6 +322,28 @@ impl Manifest {
         rows.push(row);
         clean::render_table(&rows)
     }
+}
+
+/// The groups of identical files with different labels, one line each, and
+/// what is done with them; empty when there are none.
+pub fn conflicts_text(conflicts: &[Conflict]) -> String {
+    if conflicts.is_empty() {
+        return String::new();
+    }
+    let mut text = format!(
+        "{} group(s) of identical files with different labels, left out of every split \
+         (delete the wrong copy):\n",
+        conflicts.len()
+    );
+    for conflict in conflicts {
+        let files: Vec<String> = conflict
+            .files
+            .iter()
+            .map(|f| format!("{} ({})", f.path, f.label))
+            .collect();
+        text += &format!("  {}\n", files.join(" = "));
+    }
+    text
 }
 
 fn duplicate_groups(files: &[ManifestFile]) -> Vec<DuplicateGroup> {

@@ -76,6 +76,7 @@ pub fn scan(root: &Path, layout: Option<Layout>, exclude: Option<&Path>) -> Resu
     let exclude = exclude.and_then(|p| p.canonicalize().ok());
     let mut walker = Walker {
         root,
+        canonical_root: root.canonicalize().ok(),
         exclude,
         ignored: Vec::new(),
     };
@@ -128,6 +129,28 @@ pub fn scan(root: &Path, layout: Option<Layout>, exclude: Option<&Path>) -> Resu
     let mut classes: Vec<String> = candidates.iter().map(|c| c.class.clone()).collect();
     classes.sort();
     classes.dedup();
+    let unlabelled = walker
+        .ignored
+        .iter()
+        .filter(|i| !i.path.contains('/') && looks_like_photo(&i.path))
+        .count();
+    if candidates.is_empty() && layout == Layout::Flat && unlabelled > 0 {
+        let parent = root
+            .canonicalize()
+            .ok()
+            .and_then(|p| p.parent().map(Path::to_owned))
+            .unwrap_or_else(|| root.join(".."));
+        return Err(Error::data(
+            root,
+            format!(
+                "holds {unlabelled} photos but no labels (no class folders, no names like cat.0.jpg)"
+            ),
+            format!(
+                "if this is one class's folder, did you mean the folder above it, {}?",
+                parent.display()
+            ),
+        ));
+    }
     if candidates.is_empty() {
         return Err(Error::data(
             root,
@@ -159,20 +182,33 @@ pub fn scan(root: &Path, layout: Option<Layout>, exclude: Option<&Path>) -> Resu
 fn detect(root: &Path, top: &[Entry]) -> Result<Layout> {
     let dirs = top.iter().filter(|e| e.kind == Kind::Dir).count();
     let files = top.iter().filter(|e| e.kind == Kind::File).count();
-    match (dirs, files) {
-        (0, 0) => Err(Error::data(
+    // A readme or a report beside the class folders is not a photo: it does not make the layout flat.
+    let photos = top
+        .iter()
+        .filter(|e| e.kind == Kind::File && looks_like_photo(&e.rel))
+        .count();
+    match (dirs, files, photos) {
+        (0, 0, _) => Err(Error::data(
             root,
             "the data folder is empty",
             "put the photos there, one folder per class",
         )),
-        (_, 0) => Ok(Layout::Folders),
-        (0, _) => Ok(Layout::Flat),
+        (_, 0, _) | (_, _, 0) if dirs > 0 => Ok(Layout::Folders),
+        (0, _, _) => Ok(Layout::Flat),
         _ => Err(Error::data(
             root,
-            format!("holds both folders ({dirs}) and files ({files}); cannot tell the layout"),
+            format!("holds both folders ({dirs}) and photos ({photos}); cannot tell the layout"),
             "pass --layout folders (labels from folder names) or --layout flat (labels from file names)",
         )),
     }
+}
+
+/// Whether a file's extension is an image format's (the content is checked when decoding).
+fn looks_like_photo(name: &str) -> bool {
+    Path::new(name)
+        .extension()
+        .and_then(|e| e.to_str())
+        .is_some_and(|e| image::ImageFormat::from_extension(e).is_some())
 }
 
 /// `cat.0.jpg` -> `cat`; a name needs a label, an id and an extension.
@@ -207,6 +243,7 @@ struct Entry {
 
 struct Walker<'a> {
     root: &'a Path,
+    canonical_root: Option<PathBuf>,
     exclude: Option<PathBuf>,
     ignored: Vec<Ignored>,
 }
@@ -244,11 +281,18 @@ impl Walker<'_> {
                 continue;
             }
             let is_link = entry.file_type().map(|t| t.is_symlink()).unwrap_or(false);
-            // Follow links to files; never links to folders, which could loop.
+            // Follow links to files. Links to folders only at the top, where a data set is
+            // often assembled from class folders kept elsewhere (`Cat -> /photos/cats`):
+            // below it links are not followed, so the only loop left is a top-level link
+            // to the data folder itself or above it.
             match fs::metadata(&path) {
-                Ok(m) if m.is_dir() && is_link => {
+                Ok(m) if m.is_dir() && is_link && !rel.is_empty() => {
                     self.ignore(&child, "symbolic link to a folder, not followed")
                 }
+                Ok(m) if m.is_dir() && is_link && self.encloses_root(&path) => self.ignore(
+                    &child,
+                    "symbolic link to the data folder or a folder above it, not followed (it would loop)",
+                ),
                 Ok(m) if m.is_dir() => out.push(Entry {
                     rel: child,
                     kind: Kind::Dir,
@@ -264,6 +308,14 @@ impl Walker<'_> {
             }
         }
         Ok(out)
+    }
+
+    /// Whether the folder `path` leads to is the data folder or one above it.
+    fn encloses_root(&self, path: &Path) -> bool {
+        match (path.canonicalize(), &self.canonical_root) {
+            (Ok(target), Some(root)) => root.starts_with(target),
+            _ => true, // cannot tell: do not risk a loop
+        }
     }
 
     /// All files below `dir`, recursively; unreadable folders are recorded, not fatal.
@@ -369,6 +421,71 @@ mod tests {
         touch(dir.path(), "dog.1.jpg");
         let mixed = scan(dir.path(), None, None).unwrap_err().to_string();
         assert!(mixed.contains("--layout"), "{mixed}");
+    }
+
+    #[test]
+    fn stray_files_beside_class_folders_do_not_change_the_layout() {
+        let dir = tempfile::tempdir().unwrap();
+        for f in ["Cat/1.jpg", "Dog/1.jpg", "readme.txt", "expected.json"] {
+            touch(dir.path(), f);
+        }
+        let s = scan(dir.path(), None, None).unwrap();
+        assert_eq!(s.layout, Layout::Folders);
+        assert_eq!(s.candidates.len(), 2);
+        let ignored: Vec<_> = s.ignored.iter().map(|i| i.path.as_str()).collect();
+        assert_eq!(ignored, ["expected.json", "readme.txt"]);
+    }
+
+    #[test]
+    fn a_class_folder_given_as_the_data_folder_points_to_its_parent() {
+        let dir = tempfile::tempdir().unwrap();
+        for f in ["Cat/1.jpg", "Cat/2.jpg", "Cat/3.png", "Dog/1.jpg"] {
+            touch(dir.path(), f);
+        }
+        let err = scan(&dir.path().join("Cat"), None, None)
+            .unwrap_err()
+            .to_string();
+        let parent = dir.path().canonicalize().unwrap();
+        assert!(
+            err.contains("holds 3 photos but no labels")
+                && err.contains(&format!(
+                    "did you mean the folder above it, {}?",
+                    parent.display()
+                )),
+            "{err}"
+        );
+    }
+
+    #[cfg(unix)]
+    #[test]
+    fn class_folders_that_are_links_are_followed_but_loops_are_not() {
+        use std::os::unix::fs::symlink;
+        let dir = tempfile::tempdir().unwrap();
+        touch(dir.path(), "elsewhere/cats/1.jpg");
+        touch(dir.path(), "elsewhere/cats/sub/2.jpg");
+        touch(dir.path(), "elsewhere/dogs/1.jpg");
+        let data = dir.path().join("data");
+        fs::create_dir(&data).unwrap();
+        symlink(dir.path().join("elsewhere/cats"), data.join("Cat")).unwrap();
+        symlink(dir.path().join("elsewhere/dogs"), data.join("Dog")).unwrap();
+        symlink(&data, data.join("self")).unwrap();
+        symlink(dir.path(), data.join("up")).unwrap();
+        symlink(
+            dir.path().join("elsewhere"),
+            dir.path().join("elsewhere/dogs/loop"),
+        )
+        .unwrap();
+        let s = scan(&data, None, None).unwrap();
+        assert_eq!(s.layout, Layout::Folders);
+        assert_eq!(s.classes, ["Cat", "Dog"]);
+        let got: Vec<_> = s.candidates.iter().map(|c| c.path.as_str()).collect();
+        assert_eq!(got, ["Cat/1.jpg", "Cat/sub/2.jpg", "Dog/1.jpg"]);
+        let ignored: Vec<_> = s
+            .ignored
+            .iter()
+            .map(|i| (i.path.as_str(), i.reason.contains("not followed")))
+            .collect();
+        assert_eq!(ignored, [("Dog/loop", true), ("self", true), ("up", true)]);
     }
 
     #[cfg(unix)]

@@ -143,6 +143,77 @@ pub fn top_losses(labels: &[usize], probabilities: &[Vec<f32>], k: usize) -> Vec
     order
 }
 
+/// Why a photo is worth a closer look (see [`instructive`]).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Verdict {
+    /// Right, with the highest probabilities.
+    ConfidentRight,
+    /// Wrong, with the highest probabilities.
+    ConfidentWrong,
+    /// The lowest probability for the predicted class, right or wrong.
+    Uncertain,
+}
+
+impl Verdict {
+    pub fn describe(self) -> &'static str {
+        match self {
+            Verdict::ConfidentRight => "confident, right",
+            Verdict::ConfidentWrong => "confident, wrong",
+            Verdict::Uncertain => "uncertain",
+        }
+    }
+}
+
+/// Up to `k` photos that teach the most about a model: in turn the most
+/// confident right one, the most confident wrong one and the least certain
+/// one, each photo once; a kind that runs out leaves its turns to the others.
+pub fn instructive(
+    labels: &[usize],
+    probabilities: &[Vec<f32>],
+    k: usize,
+) -> Vec<(usize, Verdict)> {
+    let confidence = |i: usize| probabilities[i][predicted(&probabilities[i])];
+    let mut by_confidence: Vec<usize> = (0..labels.len()).collect();
+    by_confidence.sort_by(|&a, &b| confidence(b).total_cmp(&confidence(a)).then(a.cmp(&b)));
+    let right = |i: &usize| predicted(&probabilities[*i]) == labels[*i];
+    let mut queues: [(Verdict, Vec<usize>); 3] = [
+        (
+            Verdict::ConfidentRight,
+            by_confidence.iter().copied().filter(right).collect(),
+        ),
+        (
+            Verdict::ConfidentWrong,
+            by_confidence
+                .iter()
+                .copied()
+                .filter(|i| !right(i))
+                .collect(),
+        ),
+        (
+            Verdict::Uncertain,
+            by_confidence.iter().rev().copied().collect(),
+        ),
+    ];
+    let mut chosen: Vec<(usize, Verdict)> = Vec::with_capacity(k);
+    let mut taken = vec![false; labels.len()];
+    while chosen.len() < k.min(labels.len()) {
+        for (verdict, queue) in &mut queues {
+            while let Some(&i) = queue.first() {
+                queue.remove(0);
+                if !taken[i] {
+                    taken[i] = true;
+                    chosen.push((i, *verdict));
+                    break;
+                }
+            }
+            if chosen.len() == k.min(labels.len()) {
+                break;
+            }
+        }
+    }
+    chosen
+}
+
 fn ratio(part: u64, whole: u64) -> f64 {
     if whole == 0 {
         0.0
@@ -242,6 +313,32 @@ impl fmt::Display for Metrics {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn instructive_photos_take_turns_and_never_repeat() {
+        // Labels all 0; predicted class 0 is right.
+        let p = |cat: f32| vec![cat, 1.0 - cat];
+        let probabilities = vec![p(0.99), p(0.6), p(0.02), p(0.45), p(0.9), p(0.3)];
+        let labels = vec![0; 6];
+        let got = instructive(&labels, &probabilities, 5);
+        use Verdict::*;
+        assert_eq!(
+            got,
+            [
+                (0, ConfidentRight),
+                (2, ConfidentWrong),
+                (3, Uncertain),
+                (4, ConfidentRight),
+                (5, ConfidentWrong)
+            ]
+        );
+        // Nothing wrong: the right and the uncertain share the turns, every photo once.
+        let all_right = instructive(&[0, 0, 0], &[p(0.9), p(0.8), p(0.55)], 8);
+        assert_eq!(
+            all_right,
+            [(0, ConfidentRight), (2, Uncertain), (1, ConfidentRight)]
+        );
+    }
 
     fn names(names: &[&str]) -> Vec<String> {
         names.iter().map(|s| s.to_string()).collect()

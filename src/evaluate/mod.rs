@@ -11,6 +11,6 @@ pub mod metrics;
 mod predictions;
 mod run;
 
-pub use metrics::{Metrics, image_loss, predicted, top_losses};
+pub use metrics::{Metrics, Verdict, image_loss, instructive, predicted, top_losses};
 pub use predictions::{Predictions, image_files, predict_files, predict_samples};
 pub use run::{BATCH_SIZE, RunModel};

@@ -69,7 +69,7 @@ impl RunModel {
     }
 
     /// Predicts every photo of `split`, scores the predictions and writes the
-    /// metrics to `RUN/eval-SPLIT.json`. An empty split is an error.
+    /// metrics to the checkpoint's evaluation file ([`RunDir::eval`]). An empty split is an error.
     pub fn evaluate(
         &self,
         split: Split,
@@ -98,7 +98,7 @@ impl RunModel {
             &predictions.probabilities,
             &self.meta.class_names,
         );
-        fsio::write_json(&self.run.eval(split), &metrics)?;
+        fsio::write_json(&self.run.eval(self.which, split), &metrics)?;
         Ok((metrics, predictions))
     }
 }

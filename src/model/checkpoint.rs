@@ -104,8 +104,35 @@ pub fn save(dir: &Path, model: &ResNet18, meta: &CheckpointMeta) -> Result<()> {
                 "this is a bug; please report it",
             )
         })?;
+    let bytes = sorted_header(&bytes).ok_or_else(|| {
+        Error::weights(
+            dir,
+            "cannot serialise the weights: burn wrote a malformed safetensors header",
+            "this is a bug; please report it",
+        )
+    })?;
     fsio::write_atomic(&dir.join(WEIGHTS_FILE), &bytes)?;
     fsio::write_json(&dir.join(META_FILE), meta)
+}
+
+/// The same safetensors file with its JSON header's keys in sorted order. burn
+/// fills the header's metadata from a `HashMap`, whose order changes from
+/// process to process, so identical weights would hash differently; the file's
+/// SHA-256 (shown by `serve` as the model's identity) must depend on the
+/// weights only. serde_json's map is sorted, and tensors carry their own
+/// offsets, so only the header is rewritten.
+fn sorted_header(bytes: &[u8]) -> Option<Vec<u8>> {
+    let len = usize::try_from(u64::from_le_bytes(bytes.get(..8)?.try_into().ok()?)).ok()?;
+    let end = 8usize.checked_add(len)?;
+    let header: serde_json::Value = serde_json::from_slice(bytes.get(8..end)?).ok()?;
+    let mut text = serde_json::to_vec(&header).ok()?;
+    // The format pads the header with spaces so that the data starts 8-byte aligned.
+    text.resize(text.len().next_multiple_of(8), b' ');
+    let mut out = Vec::with_capacity(8 + text.len() + bytes.len() - end);
+    out.extend_from_slice(&(text.len() as u64).to_le_bytes());
+    out.extend_from_slice(&text);
+    out.extend_from_slice(&bytes[end..]);
+    Some(out)
 }
 
 /// Reads a folder written by [`save`]. The model is on `device`, in training mode (batch norm
@@ -176,6 +203,29 @@ mod tests {
             .try_into_vec()
             .unwrap();
         assert_eq!(a, b);
+    }
+
+    #[test]
+    fn identical_models_give_identical_files() {
+        let device = Device::flex();
+        let dir = tempfile::tempdir().unwrap();
+        let model = ResNet18::new(2, &device).with_head(2, 7, &device);
+        let meta = meta(&["cat", "dog"]);
+        // burn's header metadata comes from a HashMap with a new random order each
+        // time; one save in ten agreeing by chance is far less likely than never.
+        let hashes: Vec<String> = (0..10)
+            .map(|i| {
+                let folder = dir.path().join(i.to_string());
+                save(&folder, &model, &meta).unwrap();
+                fsio::sha256_file(&folder.join(WEIGHTS_FILE)).unwrap()
+            })
+            .collect();
+        assert!(hashes.iter().all(|h| h == &hashes[0]), "{hashes:?}");
+        let bytes = std::fs::read(dir.path().join("0").join(WEIGHTS_FILE)).unwrap();
+        let header_len = u64::from_le_bytes(bytes[..8].try_into().unwrap());
+        assert_eq!(header_len % 8, 0, "the data must stay 8-byte aligned");
+        safetensors::SafeTensors::deserialize(&bytes).unwrap();
+        load(&dir.path().join("0"), &device).unwrap();
     }
 
     #[test]

@@ -10,47 +10,44 @@ use super::EpochRecord;
 use super::draw::{Canvas, Drawn, GRID, INK, MUTED, bold, draw_png, font, label};
 use super::text::text_width;
 use crate::error::Result;
+use crate::run::best_epoch;
 
 const TRAIN: RGBColor = RGBColor(31, 119, 180);
 const VALIDATION: RGBColor = RGBColor(255, 127, 14);
-const WIDTH: u32 = 1200;
-const HEIGHT: u32 = 520;
-const TITLE: u32 = 56;
+/// One panel above the other, so that on a phone's narrow screen the picture
+/// shrinks less and its text stays readable.
+const WIDTH: u32 = 720;
+const PANEL: u32 = 400;
+const HEADER: u32 = 92;
+const HEIGHT: u32 = HEADER + 2 * PANEL;
 
-/// Writes two panels side by side, loss and accuracy per epoch, each with a
-/// training and a validation line. `history` is in epoch order; values that
-/// are not finite (a diverged run) are skipped.
+/// Writes two panels, loss above accuracy per epoch, each with a training and
+/// a validation line and the epoch `best/` holds marked. `history` is in
+/// epoch order; values that are not finite (a diverged run) are skipped.
 pub fn write_curves(path: &Path, history: &[EpochRecord]) -> Result<()> {
+    let best = best_epoch(history).map(|r| r.epoch);
     draw_png(path, WIDTH, HEIGHT, |canvas| {
-        let (top, body) = canvas.split_vertically(TITLE);
+        let (top, body) = canvas.split_vertically(HEADER);
         label(
             &top,
-            &title(history),
-            (WIDTH as i32 / 2, TITLE as i32 / 2 + 4),
+            &title(history, best),
+            (WIDTH as i32 / 2, 28),
             HPos::Center,
             bold(24.0).color(&INK),
         )?;
-        let (left, right) = body.split_horizontally(WIDTH / 2);
+        // The key sits above the charts, where it can hide no point.
+        draw_legend(&top, 64, best.is_some())?;
+        let (upper, lower) = body.split_vertically(PANEL);
 
-        let highest_loss = history
-            .iter()
-            .flat_map(|r| [r.train_loss, r.val_loss])
-            .filter(|v| v.is_finite())
-            .fold(0.0, f64::max);
-        let loss_top = if highest_loss > 0.0 {
-            highest_loss * 1.1
-        } else {
-            1.0
-        };
         let loss = |r: &EpochRecord| [r.train_loss, r.val_loss];
         panel(
-            &left,
+            &upper,
             "Loss (cross-entropy)",
             history,
             loss,
-            0.0..loss_top,
-            &|v| format!("{v:.2}"),
-            Legend::Top,
+            loss_axis(history),
+            &|v| format!("{v:.3}"),
+            best,
         )?;
 
         // Start the accuracy axis a little below the lowest value, at a whole
@@ -64,41 +61,51 @@ pub fn write_curves(path: &Path, history: &[EpochRecord]) -> Result<()> {
         let accuracy = |r: &EpochRecord| [r.train_acc, r.val_acc];
         let percent = |v: &f64| format!("{:.0}%", 100.0 * v);
         panel(
-            &right,
+            &lower,
             "Accuracy",
             history,
             accuracy,
             bottom..1.0,
             &percent,
-            Legend::Bottom,
+            best,
         )
     })
 }
 
-/// "Training curves · 12 epochs · 14 min 3 s".
-fn title(history: &[EpochRecord]) -> String {
-    let seconds = history.iter().map(|r| r.seconds).sum::<f64>().round() as u64;
-    let time = match seconds {
-        0..60 => format!("{seconds} s"),
-        60..3600 => format!("{} min {} s", seconds / 60, seconds % 60),
-        _ => format!("{} h {} min", seconds / 3600, seconds % 3600 / 60),
-    };
+/// The loss axis spans the losses with a margin, not from 0: a loss moving
+/// between 0.67 and 0.72 must not look flat.
+fn loss_axis(history: &[EpochRecord]) -> Range<f64> {
+    let (low, high) = history
+        .iter()
+        .flat_map(|r| [r.train_loss, r.val_loss])
+        .filter(|v| v.is_finite())
+        .fold((f64::INFINITY, f64::NEG_INFINITY), |(lo, hi), v| {
+            (lo.min(v), hi.max(v))
+        });
+    if low > high {
+        return 0.0..1.0; // no finite loss at all
+    }
+    let margin = ((high - low) * 0.1).max(high.abs() * 0.02).max(1e-3);
+    (low - margin).max(0.0)..high + margin
+}
+
+/// "Training curves · 12 epochs · best: epoch 9". The epochs' seconds are left
+/// out: they omit what came before the first epoch (decoding, features).
+fn title(history: &[EpochRecord], best: Option<usize>) -> String {
     let epochs = if history.len() == 1 {
         "epoch"
     } else {
         "epochs"
     };
-    format!("Training curves · {} {epochs} · {time}", history.len())
-}
-
-/// Where a panel's legend goes: the right-hand corner away from the lines
-/// (loss falls, so its top right is free; accuracy rises, so its bottom right).
-enum Legend {
-    Top,
-    Bottom,
+    let mut title = format!("Training curves · {} {epochs}", history.len());
+    if let Some(best) = best {
+        title += &format!(" · best: epoch {best}");
+    }
+    title
 }
 
 const SERIES: [(&str, RGBColor); 2] = [("training", TRAIN), ("validation", VALIDATION)];
+const BEST_NAME: &str = "best epoch (best/)";
 
 /// One chart: `value` gives a record's [training, validation] pair.
 fn panel(
@@ -108,30 +115,40 @@ fn panel(
     value: impl Fn(&EpochRecord) -> [f64; 2],
     y: Range<f64>,
     y_format: &dyn Fn(&f64) -> String,
-    legend: Legend,
+    best: Option<usize>,
 ) -> Drawn {
     let first = history.first().map_or(1, |r| r.epoch);
     // One epoch still gets an axis with some length.
     let last = history.last().map_or(1, |r| r.epoch).max(first + 1);
+    let (y_low, y_high) = (y.start, y.end);
     let mut chart = ChartBuilder::on(area)
         .margin_left(16)
         .margin_right(32)
         .margin_bottom(12)
-        .caption(name, bold(19.0).color(&INK))
-        .x_label_area_size(48)
-        .y_label_area_size(64)
+        .caption(name, bold(21.0).color(&INK))
+        .x_label_area_size(52)
+        .y_label_area_size(76)
         .build_cartesian_2d(first..last, y)?;
     chart
         .configure_mesh()
         .x_desc("epoch")
         .y_label_formatter(y_format)
-        .x_labels((last - first + 1).min(12))
-        .label_style(font(15.0).color(&INK))
-        .axis_desc_style(font(16.0).color(&MUTED))
+        .x_labels((last - first + 1).min(10))
+        .y_labels(6)
+        .label_style(font(18.0).color(&INK))
+        .axis_desc_style(font(18.0).color(&MUTED))
         .bold_line_style(GRID)
         .light_line_style(WHITE)
         .axis_style(MUTED)
         .draw()?;
+    if let Some(best) = best {
+        chart.draw_series(DashedLineSeries::new(
+            [(best, y_low), (best, y_high)],
+            8,
+            6,
+            MUTED.stroke_width(2),
+        ))?;
+    }
     // Markers show single epochs, until there are so many that they blur the line.
     let marker = if history.len() <= 20 { 4 } else { 0 };
     for (i, (_, colour)) in SERIES.into_iter().enumerate() {
@@ -142,51 +159,88 @@ fn panel(
             .filter(|(_, v)| v.is_finite());
         chart.draw_series(LineSeries::new(points, colour.stroke_width(3)).point_size(marker))?;
     }
-    draw_legend(&chart.plotting_area().strip_coord_spec(), legend)
+    Ok(())
 }
 
-/// A framed key in a corner of the plotting area. Drawn here rather than by
+/// The key, one row centred at height `y`: a swatch and a name per line, and
+/// the best epoch's dashed mark when there is one. Drawn here rather than by
 /// plotters, whose legend box is sized by a rough guess at the text's width.
-fn draw_legend(plot: &Canvas, corner: Legend) -> Drawn {
-    const PAD: i32 = 12;
-    const ROW: i32 = 24;
-    const SWATCH: i32 = 24;
-    let widest = SERIES
+fn draw_legend(area: &Canvas, y: i32, with_best: bool) -> Drawn {
+    const SWATCH: i32 = 28;
+    const GAP: i32 = 8;
+    const SPACE: i32 = 28;
+    let size = 17.0;
+    let mut entries: Vec<(&str, ShapeStyle, bool)> = SERIES
         .iter()
-        .map(|(name, _)| text_width(name, 15.0, false))
-        .max()
-        .unwrap_or(0) as i32;
-    let size = (
-        PAD + SWATCH + 8 + widest + PAD,
-        ROW * SERIES.len() as i32 + PAD,
-    );
-    let (width, height) = plot.dim_in_pixel();
-    let x = width as i32 - size.0 - PAD;
-    let y = match corner {
-        Legend::Top => PAD,
-        Legend::Bottom => height as i32 - size.1 - PAD,
-    };
-    plot.draw(&Rectangle::new(
-        [(x, y), (x + size.0, y + size.1)],
-        WHITE.mix(0.9).filled(),
-    ))?;
-    plot.draw(&Rectangle::new(
-        [(x, y), (x + size.0, y + size.1)],
-        GRID.stroke_width(1),
-    ))?;
-    for (row, (name, colour)) in (0..).zip(SERIES) {
-        let middle = y + PAD / 2 + ROW * row + ROW / 2;
-        plot.draw(&PathElement::new(
-            [(x + PAD, middle), (x + PAD + SWATCH, middle)],
-            colour.stroke_width(3),
-        ))?;
+        .map(|&(name, colour)| (name, colour.stroke_width(3), false))
+        .collect();
+    if with_best {
+        entries.push((BEST_NAME, MUTED.stroke_width(2), true));
+    }
+    let widths: Vec<i32> = entries
+        .iter()
+        .map(|(name, _, _)| SWATCH + GAP + text_width(name, size, false) as i32)
+        .collect();
+    let total = widths.iter().sum::<i32>() + SPACE * (entries.len() as i32 - 1);
+    let mut x = (WIDTH as i32 - total) / 2;
+    for ((name, style, dashed), width) in entries.into_iter().zip(widths) {
+        if dashed {
+            for start in (0..SWATCH).step_by(10) {
+                area.draw(&PathElement::new(
+                    [(x + start, y), (x + (start + 6).min(SWATCH), y)],
+                    style,
+                ))?;
+            }
+        } else {
+            area.draw(&PathElement::new([(x, y), (x + SWATCH, y)], style))?;
+        }
         label(
-            plot,
+            area,
             name,
-            (x + PAD + SWATCH + 8, middle),
+            (x + SWATCH + GAP, y),
             HPos::Left,
-            font(15.0).color(&INK),
+            font(size).color(&INK),
         )?;
+        x += width + SPACE;
     }
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn record(epoch: usize, val_acc: f64, val_loss: f64) -> EpochRecord {
+        EpochRecord {
+            epoch,
+            train_loss: 0.70,
+            train_acc: 0.5,
+            val_loss,
+            val_acc,
+            seconds: 1.0,
+        }
+    }
+
+    #[test]
+    fn the_loss_axis_spans_the_losses_not_from_zero() {
+        let history = [record(1, 0.5, 0.72), record(2, 0.6, 0.67)];
+        let axis = loss_axis(&history);
+        assert!(axis.start > 0.6 && axis.start < 0.67, "{axis:?}");
+        assert!(axis.end > 0.72 && axis.end < 0.75, "{axis:?}");
+    }
+
+    #[test]
+    fn the_title_names_the_best_epoch_and_no_partial_time() {
+        let history = [
+            record(1, 0.5, 0.7),
+            record(2, 0.6, 0.69),
+            record(3, 0.6, 0.65),
+        ];
+        let best = best_epoch(&history).map(|r| r.epoch);
+        assert_eq!(best, Some(3), "ties go to the lower loss");
+        assert_eq!(
+            title(&history, best),
+            "Training curves · 3 epochs · best: epoch 3"
+        );
+    }
 }

@@ -58,20 +58,47 @@ th, td { padding: .3rem .75rem; border-bottom: 1px solid #dee2e6; text-align: ri
 th:first-child, td:first-child { text-align: left; }
 td code { font-size: .9rem; word-break: break-all; }
 .settings td { text-align: left; }
-@media (max-width: 480px) { body { padding: .6rem; } th, td { padding: .25rem .4rem; } }
+.about { margin-top: -.5rem; }
+@media (max-width: 480px) { body { padding: .6rem; } table { font-size: .85rem; }
+  th, td { padding: .25rem .3rem; } .cards div { min-width: 5.5rem; padding: .4rem .7rem; } }
 ";
 
 /// Writes `dir/index.html`: the summary and per-class metrics, every report
 /// picture found in `dir` (call this after writing them; each links to itself
 /// at full size, for phones), and `settings`, the run's configuration, with
-/// nested objects flattened to dotted keys.
+/// nested objects flattened to dotted keys and unset (null) ones left out.
+/// Its `report` object, when present, names the page: `run` (the run's name),
+/// `checkpoint`, `epoch` (the checkpoint's), `trained` (a date) and `split`
+/// (what the metrics are measured on).
 pub fn write_index(dir: &Path, settings: &Value, metrics: &Metrics) -> Result<()> {
+    let about = |key: &str| match &settings["report"][key] {
+        Value::Null => None,
+        Value::String(text) => Some(escape(text)),
+        other => Some(escape(&other.to_string())),
+    };
+    let name = match about("run") {
+        Some(run) => format!("catdog report: {run}"),
+        None => "catdog report".to_owned(),
+    };
     let mut page = format!(
         "<!DOCTYPE html>\n<html lang=\"en\">\n<head>\n<meta charset=\"utf-8\">\n\
          <meta name=\"viewport\" content=\"width=device-width, initial-scale=1\">\n\
-         <title>catdog report</title>\n<style>{STYLE}</style>\n</head>\n<body>\n<h1>catdog report</h1>\n"
+         <title>{name}</title>\n<style>{STYLE}</style>\n</head>\n<body>\n<h1>{name}</h1>\n"
     );
-    page += &metrics_section(metrics);
+    let mut facts = Vec::new();
+    if let Some(checkpoint) = about("checkpoint") {
+        facts.push(match about("epoch") {
+            Some(epoch) => format!("model <code>{checkpoint}</code>, from epoch {epoch}"),
+            None => format!("model <code>{checkpoint}</code>"),
+        });
+    }
+    if let Some(date) = about("trained") {
+        facts.push(format!("trained {date}"));
+    }
+    if !facts.is_empty() {
+        page += &format!("<p class=\"about\">{}</p>\n", facts.join(" · "));
+    }
+    page += &metrics_section(metrics, about("split").as_deref());
     for (file, heading, note) in PICTURES {
         if dir.join(file).is_file() {
             page += &format!(
@@ -94,8 +121,9 @@ pub fn write_index(dir: &Path, settings: &Value, metrics: &Metrics) -> Result<()
     write_atomic(&dir.join(INDEX), page.as_bytes())
 }
 
-/// Summary cards, then per-class scores and the confusion matrix as tables.
-fn metrics_section(m: &Metrics) -> String {
+/// Summary cards, then per-class scores and the confusion matrix as tables;
+/// the heading says which split they are measured on, when known.
+fn metrics_section(m: &Metrics, split: Option<&str>) -> String {
     let auc = m.roc_auc.map_or("n/a".to_owned(), |a| format!("{a:.4}"));
     let cards = [
         ("images", m.images.to_string()),
@@ -103,7 +131,11 @@ fn metrics_section(m: &Metrics) -> String {
         ("loss", format!("{:.4}", m.loss)),
         ("ROC AUC", auc),
     ];
-    let mut html = String::from("<h2>Metrics</h2>\n<div class=\"cards\">\n");
+    let heading = match split {
+        Some(split) => format!("Metrics on the {split} split"),
+        None => "Metrics".to_owned(),
+    };
+    let mut html = format!("<h2>{heading}</h2>\n<div class=\"cards\">\n");
     for (name, value) in cards {
         html += &format!("<div>{name}<b>{value}</b></div>\n");
     }
@@ -148,6 +180,8 @@ fn flatten(key: &str, value: &Value, rows: &mut Vec<(String, String)>) {
                 flatten(&key, field, rows);
             }
         }
+        // An unset option (no manifest given, layout detected) says nothing.
+        Value::Null => {}
         Value::String(text) => rows.push((key.to_owned(), text.clone())),
         other => rows.push((key.to_owned(), other.to_string())),
     }
@@ -174,8 +208,8 @@ mod tests {
 
     #[test]
     fn settings_are_flattened_to_dotted_keys() {
-        let settings =
-            serde_json::json!({"epochs": 3, "data": {"dir": "photos", "split": [0.8, 0.1, 0.1]}});
+        let settings = serde_json::json!({"epochs": 3, "manifest": null,
+            "data": {"dir": "photos", "split": [0.8, 0.1, 0.1]}});
         let mut rows = Vec::new();
         flatten("", &settings, &mut rows);
         rows.sort();

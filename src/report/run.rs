@@ -16,17 +16,20 @@ use super::{
 use crate::data::Split;
 use crate::data::decode::{self, Limits};
 use crate::error::{Error, Result};
-use crate::evaluate::{BATCH_SIZE, Predictions, RunModel, predicted, top_losses};
+use crate::evaluate::{
+    BATCH_SIZE, Predictions, RunModel, Verdict, instructive, predicted, top_losses,
+};
 use crate::fsio;
 use crate::model::gradcam::gradcam_maps;
 use crate::progress::Progress;
-use crate::run::{RunDir, Which};
+use crate::run::{RunDir, Which, best_epoch};
+use chrono::{DateTime, Utc};
 
 /// Writes `RUN/report/`: the training curves (from `metrics.jsonl`, left out
 /// when the run has none), and, from one pass of checkpoint `which` over the
 /// test split, the confusion matrix, `samples` test photos with their
-/// predictions, the `samples` highest losses, Grad-CAM maps of the same sample
-/// photos, and `index.html` with the metrics and the run's `config.json`.
+/// predictions, the `samples` highest losses, Grad-CAM maps of as many
+/// instructive photos (confident right, confident wrong, uncertain), and `index.html` with the metrics and the run's `config.json`.
 /// Also writes `RUN/eval-test.json`. Returns the path of `index.html`.
 pub fn write_run_report(
     run: &RunDir,
@@ -40,8 +43,9 @@ pub fn write_run_report(
     let dir = run.report_dir();
 
     let curves = dir.join(CURVES);
-    match read_history(&run.metrics_jsonl())? {
-        Some(history) => write_curves(&curves, &history)?,
+    let history = read_history(&run.metrics_jsonl())?;
+    match &history {
+        Some(history) => write_curves(&curves, history)?,
         // A picture left from an earlier report would show another run's history.
         None => match fs::remove_file(&curves) {
             Err(e) if e.kind() != ErrorKind::NotFound => {
@@ -62,8 +66,10 @@ pub fn write_run_report(
             predictions.labels[i],
             &predictions.probabilities[i],
         );
-        let name = predictions.paths[i].file_name().unwrap_or_default();
-        tile.caption.push(name.to_string_lossy().into_owned());
+        // Relative to the data folder: `2002.jpg` may be a Cat and a Dog.
+        let path = &predictions.paths[i];
+        let shown = path.strip_prefix(&loaded.manifest.root).unwrap_or(path);
+        tile.caption.push(shown.to_string_lossy().into_owned());
         tile
     };
     let tiles: Vec<Tile> = sample
@@ -89,6 +95,9 @@ pub fn write_run_report(
     // Grad-CAM maps are aligned with the model's input, so they go over its centre crop.
     let preprocessing = &loaded.meta.preprocessing;
     let size = preprocessing.image_size as usize;
+    let chosen = instructive(&predictions.labels, &predictions.probabilities, samples);
+    let (sample, verdicts): (Vec<usize>, Vec<Verdict>) = chosen.into_iter().unzip();
+    let photos = decode_all(&predictions, &sample)?;
     let mut tiles = Vec::with_capacity(sample.len());
     for (indices, photos) in sample.chunks(BATCH_SIZE).zip(photos.chunks(BATCH_SIZE)) {
         let mut batch = vec![0.0; photos.len() * preprocessing.tensor_len()];
@@ -106,7 +115,11 @@ pub fn write_run_report(
             tiles.push(tile(i, overlay(&crop, &map.values, map.height, map.width)));
         }
     }
-    let title = "Grad-CAM of layer4 for the predicted class";
+    for (tile, verdict) in tiles.iter_mut().zip(verdicts) {
+        tile.caption.push(verdict.describe().to_owned());
+    }
+    // Each tile's last line says which of the three it is.
+    let title = "Grad-CAM of layer4: confident right, confident wrong, uncertain";
     write_grid(&dir.join(GRADCAM), title, &tiles)?;
 
     let mut settings = if run.config().is_file() {
@@ -114,8 +127,32 @@ pub fn write_run_report(
     } else {
         json!({})
     };
+    let history = history.unwrap_or_default();
+    let epoch = match which {
+        Which::Best => best_epoch(&history).map(|r| r.epoch),
+        Which::Last => history.last().map(|r| r.epoch),
+    };
+    let checkpoint = run.checkpoint(which);
+    // When the checkpoint was written (as `catdog serve` reports it), not when
+    // this page was: the same run gives the same page.
+    let trained = fs::metadata(checkpoint.join(crate::model::checkpoint::META_FILE))
+        .and_then(|m| m.modified())
+        .ok()
+        .map(|t| {
+            DateTime::<Utc>::from(t)
+                .format("%Y-%m-%d %H:%M UTC")
+                .to_string()
+        });
+    let name = run
+        .root
+        .canonicalize()
+        .ok()
+        .and_then(|p| p.file_name().map(|n| n.to_string_lossy().into_owned()));
     let report = json!({
-        "checkpoint": run.checkpoint(which),
+        "run": name,
+        "checkpoint": format!("{which}/"),
+        "epoch": epoch,
+        "trained": trained,
         "split": Split::Test,
     });
     match &mut settings {

@@ -56,10 +56,11 @@ impl ModelInfo {
             Some(run) => read_optional(&run.config(), "training run configuration")?,
             None => None,
         };
-        let test_accuracy = match checkpoint_of_run(Which::Best) {
-            Some(run) => {
-                read_optional::<Metrics>(&run.eval(Split::Test), "evaluation")?.map(|m| m.accuracy)
-            }
+        let test_accuracy = match [Which::Best, Which::Last]
+            .into_iter()
+            .find_map(|which| checkpoint_of_run(which).map(|run| run.eval(which, Split::Test)))
+        {
+            Some(path) => read_optional::<Metrics>(&path, "evaluation")?.map(|m| m.accuracy),
             None => None,
         };
         Ok(ModelInfo {

@@ -30,6 +30,8 @@ pub struct Adam {
 
 /// A parameter's first and second moments: on the device of burn's path, or in memory for
 /// catdog's own CPU training pass. Each path takes them in the form it needs.
+// Boxing the tensors would cost an allocation per parameter for a map of a few dozen entries.
+#[allow(clippy::large_enum_variant)]
 enum Moments {
     Device(Tensor<1>, Tensor<1>),
     Host(Vec<f32>, Vec<f32>),

@@ -3,6 +3,7 @@
 
 use std::sync::atomic::{AtomicU64, Ordering};
 
+use crate::data::manifest::Conflict;
 use crate::data::{CleanReport, Split};
 use crate::model::weights::Origin;
 use crate::progress::Progress;
@@ -16,6 +17,9 @@ pub type OnEvent<'a> = &'a (dyn Fn(Event<'_>) + Sync);
 pub enum Event<'a> {
     /// The data folder was cleaned and split (a run given a manifest skips this).
     Prepared(&'a CleanReport),
+    /// Identical files with different labels, left out of every split (after
+    /// [`Event::Prepared`]; only when there are some).
+    Conflicts(&'a [Conflict]),
     /// The model's starting weights.
     Weights(&'a Origin),
     /// Continuing after `epochs_done` epochs and `batches_done` batches of the next.
@@ -23,6 +27,8 @@ pub enum Event<'a> {
         epochs_done: usize,
         batches_done: usize,
     },
+    /// A resumed run was asked for `to` epochs in all instead of `from` (config.json updated).
+    EpochsChanged { from: usize, to: usize },
     /// Continuing a run that completed no epoch: it starts again from the beginning.
     Restarted,
     /// Frozen mode with augmentation: the backbone sees a new crop every step, so no
@@ -36,10 +42,11 @@ pub enum Event<'a> {
         hits: usize,
         computed: usize,
     },
-    /// A training batch ended: `images` of the epoch's `total` done in epoch `epoch` (from 1),
-    /// with the epoch's running loss and accuracy.
+    /// A training batch ended: `images` of the epoch's `total` done in epoch `epoch` (from 1)
+    /// of `epochs`, with the epoch's running loss and accuracy.
     Batch {
         epoch: usize,
+        epochs: usize,
         images: usize,
         total: usize,
         loss: f64,
@@ -53,6 +60,9 @@ pub enum Event<'a> {
     },
     /// Stopped on request after batch `batches_done` of epoch `epoch` (from 1); `last/` saved.
     Stopped { epoch: usize, batches_done: usize },
+    /// Stopped on request while frozen mode's features were computed, before any epoch of
+    /// this call began; the features computed so far are cached, the model is unchanged.
+    StoppedExtracting,
 }
 
 /// Long work before the epochs.

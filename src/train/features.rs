@@ -10,6 +10,7 @@
 use std::fs;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
 
 use crate::data::manifest::Sample;
 use crate::error::{Error, Result};
@@ -95,14 +96,16 @@ fn checksum(data: &[u8]) -> [u8; 8] {
 
 /// The features of every sample (row-major, `samples.len() x 512`): read from
 /// the cache where present, else computed through `net`'s backbone in
-/// batches and stored. Without a cache, everything is computed.
+/// batches and stored. Without a cache, everything is computed. When `stop` is
+/// set, returns `None` after the batch in progress (whose features are cached).
 pub fn extract(
     net: &EvalNet,
     samples: &[Sample],
     cache: Option<&FeatureCache>,
     loader: &LoaderConfig,
     progress: &dyn Progress,
-) -> Result<(Vec<f32>, CacheStats)> {
+    stop: &AtomicBool,
+) -> Result<Option<(Vec<f32>, CacheStats)>> {
     let mut out = vec![0.0f32; samples.len() * FEATURES];
     let mut missing = Vec::new();
     for (i, s) in samples.iter().enumerate() {
@@ -134,8 +137,11 @@ pub fn extract(
             }
         }
         progress.advance(n as u64);
+        if stop.load(Ordering::SeqCst) {
+            return Ok(None);
+        }
     }
-    Ok((out, stats))
+    Ok(Some((out, stats)))
 }
 
 #[cfg(test)]

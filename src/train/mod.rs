@@ -36,7 +36,7 @@ use crate::model::checkpoint::{self, CheckpointMeta};
 use crate::model::fused::{TrainNet, cross_entropy};
 use crate::model::weights;
 use crate::model::{EvalNet, FEATURES, ResNet18};
-use crate::run::{EpochRecord, RunDir, Which};
+use crate::run::{EpochRecord, RunDir, RunLock, Which};
 use adam::Adam;
 use event::StepProgress;
 use features::FeatureCache;
@@ -46,6 +46,9 @@ pub enum Start {
     New(Box<TrainConfig>),
     /// Continue the run in the folder from its `last/` checkpoint.
     Resume,
+    /// Continue the run, training on until it has this many epochs in all: a
+    /// finished run is extended (its config.json records the new total).
+    ResumeUntil(usize),
 }
 
 /// Where a call to [`train`] left the run.
@@ -63,7 +66,8 @@ pub struct Outcome {
 pub fn train(run: &RunDir, start: Start, stop: &AtomicBool, on: OnEvent) -> Result<Outcome> {
     let mut session = match start {
         Start::New(config) => Session::begin(run, *config, on)?,
-        Start::Resume => Session::resume(run, on)?,
+        Start::Resume => Session::resume(run, None, on)?,
+        Start::ResumeUntil(epochs) => Session::resume(run, Some(epochs), on)?,
     };
     session.run(stop, on)
 }
@@ -120,10 +124,17 @@ struct Session {
     state: TrainState,
     device: Device,
     manifest: Manifest,
+    /// Held while the session lives: no other process trains in the same folder.
+    _lock: RunLock,
 }
 
 impl Session {
-    fn begin(run: &RunDir, settings: TrainConfig, on: OnEvent) -> Result<Session> {
+    fn begin(run: &RunDir, mut settings: TrainConfig, on: OnEvent) -> Result<Session> {
+        check_settings(&settings)?;
+        let device = settings.device.device()?;
+        std::fs::create_dir_all(&run.root)
+            .map_err(|e| Error::io("cannot create the run folder", &run.root, e))?;
+        let lock = RunLock::acquire(run)?;
         if run.config().exists() {
             return Err(Error::data(
                 &run.root,
@@ -134,10 +145,11 @@ impl Session {
                 ),
             ));
         }
-        check_settings(&settings)?;
-        let device = settings.device.device()?;
-        std::fs::create_dir_all(&run.root)
-            .map_err(|e| Error::io("cannot create the run folder", &run.root, e))?;
+        // A wrong weights file is refused before minutes of decoding, leaving no manifest behind.
+        let weights_file = settings.weights.resolve()?;
+        if let Some(path) = &weights_file {
+            weights::load_into(&mut ResNet18::zeroed(2, &device), path)?;
+        }
         let manifest = match &settings.source {
             DataSource::Manifest(path) => {
                 let m = Manifest::load(path)?;
@@ -161,9 +173,16 @@ impl Session {
                     &StepProgress::new(Step::Decoding, on),
                 )?;
                 on(Event::Prepared(&report));
+                if !m.conflicts.is_empty() {
+                    on(Event::Conflicts(&m.conflicts));
+                }
                 m
             }
         };
+        // Record the layout found, not the `None` that asked for detection.
+        if let DataSource::Folder { layout, .. } = &mut settings.source {
+            *layout = Some(manifest.layout);
+        }
         manifest.save(&run.manifest())?;
         for split in [Split::Train, Split::Val] {
             if manifest.count(split) == 0 {
@@ -175,7 +194,6 @@ impl Session {
             }
         }
 
-        let weights_file = settings.weights.resolve()?;
         let weights_sha256 = weights_file.as_deref().map(fsio::sha256_file).transpose()?;
         let config = RunConfig {
             config_version: CONFIG_VERSION,
@@ -197,10 +215,11 @@ impl Session {
             device,
             manifest,
             config,
+            _lock: lock,
         })
     }
 
-    fn resume(run: &RunDir, on: OnEvent) -> Result<Session> {
+    fn resume(run: &RunDir, epochs: Option<usize>, on: OnEvent) -> Result<Session> {
         let hint = "start a new run with `catdog train --data DIR --out RUN`";
         if !run.config().is_file() {
             return Err(Error::data(
@@ -209,7 +228,8 @@ impl Session {
                 hint,
             ));
         }
-        let config: RunConfig = fsio::read_json(&run.config(), "run configuration")?;
+        let lock = RunLock::acquire(run)?;
+        let mut config: RunConfig = fsio::read_json(&run.config(), "run configuration")?;
         let last = run.checkpoint(Which::Last);
         fsio::recover_dir(&last)?;
         fsio::recover_dir(&run.checkpoint(Which::Best))?;
@@ -232,6 +252,7 @@ impl Session {
                     "put the original file back, or start a new run",
                 ));
             }
+            set_epochs(run, &mut config, epochs, 0, on)?;
             return Ok(Session {
                 run: run.clone(),
                 model: initial_model(&config, &device, on)?,
@@ -241,12 +262,14 @@ impl Session {
                 device,
                 manifest,
                 config,
+                _lock: lock,
             });
         }
         let ad = device.clone().autodiff();
         let (model, _) = checkpoint::load(&last, &ad)?;
         let adam = Adam::load(&last.join(OPTIMIZER_FILE))?;
         let state = TrainState::load(&last)?;
+        set_epochs(run, &mut config, epochs, state.epochs_done, on)?;
         on(Event::Resumed {
             epochs_done: state.epochs_done,
             batches_done: state.batches_done,
@@ -260,6 +283,7 @@ impl Session {
             state,
             device,
             manifest,
+            _lock: lock,
         };
         // A kill between saving last/ and writing the metrics leaves them an epoch behind.
         session.write_metrics()?;
@@ -273,7 +297,12 @@ impl Session {
         } else if self.device.clone().without_autodiff() == Device::flex() {
             self.engine = Some(TrainNet::new(&self.model));
         }
-        let source = self.source(on)?;
+        let Some(source) = self.source(stop, on)? else {
+            // Nothing of the model changed since last/ (if any) was saved; the
+            // features computed so far are in the cache.
+            on(Event::StoppedExtracting);
+            return Ok(self.outcome(true));
+        };
         let ad = self.device.clone().autodiff();
         while self.state.epochs_done < s.epochs {
             let epoch = self.state.epochs_done;
@@ -352,44 +381,55 @@ impl Session {
         }
     }
 
-    /// Photos, or in frozen mode without augmentation, their (cached) features.
-    fn source(&self, on: OnEvent) -> Result<Source> {
+    /// Photos, or in frozen mode without augmentation, their (cached) features;
+    /// `None` when stopped while extracting them.
+    fn source(&self, stop: &AtomicBool, on: OnEvent) -> Result<Option<Source>> {
         let s = &self.config.settings;
         let train: Arc<[Sample]> = self.manifest.samples(Split::Train).into();
         let val: Arc<[Sample]> = self.manifest.samples(Split::Val).into();
         if s.mode == Mode::Finetune {
-            return Ok(Source::Photos { train, val });
+            return Ok(Some(Source::Photos { train, val }));
         }
         if s.augment {
             on(Event::Uncached);
-            return Ok(Source::Photos { train, val });
+            return Ok(Some(Source::Photos { train, val }));
         }
         let cache = match (&s.cache_dir, &self.config.weights_sha256) {
             (Some(dir), Some(sha)) => Some(FeatureCache::new(dir, sha, &s.preprocessing)),
             _ => None,
         };
         let backbone = EvalNet::new(&self.model.clone().valid(), &self.device);
-        let extract = |samples: &[Sample], split: Split| -> Result<Vec<f32>> {
-            let (features, stats) = features::extract(
+        let extract = |samples: &[Sample], split: Split| -> Result<Option<Vec<f32>>> {
+            let Some((features, stats)) = features::extract(
                 &backbone,
                 samples,
                 cache.as_ref(),
                 &self.loader_config(false, false),
                 &StepProgress::new(Step::Features(split), on),
-            )?;
+                stop,
+            )?
+            else {
+                return Ok(None);
+            };
             on(Event::Features {
                 split,
                 hits: stats.hits,
                 computed: stats.computed,
             });
-            Ok(features)
+            Ok(Some(features))
         };
-        Ok(Source::Features {
-            train: extract(&train, Split::Train)?,
-            val: extract(&val, Split::Val)?,
+        let Some(train_features) = extract(&train, Split::Train)? else {
+            return Ok(None);
+        };
+        let Some(val_features) = extract(&val, Split::Val)? else {
+            return Ok(None);
+        };
+        Ok(Some(Source::Features {
+            train: train_features,
+            val: val_features,
             train_labels: train.iter().map(|s| s.label).collect(),
             val_labels: val.iter().map(|s| s.label).collect(),
-        })
+        }))
     }
 
     /// Batches of one epoch, as model inputs on `device` with their labels.
@@ -460,6 +500,7 @@ impl Session {
             Source::Features { train_labels, .. } => train_labels.len(),
         };
         let bs = self.config.settings.batch_size;
+        let epochs = self.config.settings.epochs;
         let loss_fn = CrossEntropyLossConfig::new().init(ad);
         let mut running = self.state.partial;
         let batches = self.batches(source, Split::Train, epoch, self.state.batches_done);
@@ -491,6 +532,7 @@ impl Session {
             self.state.partial = running;
             on(Event::Batch {
                 epoch: epoch + 1,
+                epochs,
                 images: (self.state.batches_done * bs).min(n),
                 total: n,
                 loss: running.loss(),
@@ -558,6 +600,40 @@ impl Session {
         fsio::write_atomic(&self.run.metrics_jsonl(), jsonl.as_bytes())?;
         fsio::write_atomic(&self.run.metrics_csv(), csv.as_bytes())
     }
+}
+
+/// A resumed run's new total of epochs, if one was asked for: it may extend a
+/// run (recorded in config.json, which says how the run was trained), never cut
+/// off epochs already done.
+fn set_epochs(
+    run: &RunDir,
+    config: &mut RunConfig,
+    epochs: Option<usize>,
+    done: usize,
+    on: OnEvent,
+) -> Result<()> {
+    let Some(epochs) = epochs else {
+        return Ok(());
+    };
+    if epochs < done.max(1) {
+        return Err(Error::setting(
+            "--epochs",
+            format!(
+                "{epochs} is fewer than the {done} epoch(s) {} has done already; give {} or more",
+                run.root.display(),
+                done.max(1)
+            ),
+        ));
+    }
+    if epochs != config.settings.epochs {
+        on(Event::EpochsChanged {
+            from: config.settings.epochs,
+            to: epochs,
+        });
+        config.settings.epochs = epochs;
+        fsio::write_json(&run.config(), config)?;
+    }
+    Ok(())
 }
 
 /// The model a run starts from: seeded initialisation, the run's weights, a new head.

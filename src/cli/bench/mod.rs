@@ -363,7 +363,10 @@ fn train_catdog(
     cmd.arg("--cache-dir").arg(tmp.join("cache"));
     cmd.args(["--device", &device.to_string()]);
     let (_, seconds, rss) = process::run_measured(&mut cmd).map_err(anyhow::Error::msg)?;
-    let test: Metrics = catdog::fsio::read_json(&run.eval(Split::Test), "test evaluation")?;
+    let test: Metrics = catdog::fsio::read_json(
+        &run.eval(catdog::run::Which::Best, Split::Test),
+        "test evaluation",
+    )?;
     Ok(Trained {
         images: Manifest::load(&run.manifest())?.files.len(),
         seconds,

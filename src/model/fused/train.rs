@@ -88,13 +88,12 @@ impl Conv {
     /// The 3x3 stride-1 convolutions run by Winograd; F(4x4) on the wide early maps, F(2x2)
     /// on the late ones, as in the eval path.
     fn winograd(&self) -> Option<&'static Tiling> {
-        (self.kernel == 3 && self.stride == 1 && self.pad == 1).then(|| {
-            if self.cin <= 128 {
-                &winograd::F4
-            } else {
-                &winograd::F2
-            }
-        })
+        let tiling: &'static Tiling = if self.cin <= 128 {
+            &winograd::F4
+        } else {
+            &winograd::F2
+        };
+        (self.kernel == 3 && self.stride == 1 && self.pad == 1).then_some(tiling)
     }
 }
 
@@ -446,11 +445,11 @@ impl ConvBn {
         } else {
             1.0
         };
-        for o in 0..c {
+        for (o, &v) in var.iter().enumerate().take(c) {
             let rm = &mut self.running_mean.1[o];
             *rm = *rm * (1.0 - MOMENTUM) + self.mean[o] * MOMENTUM;
             let rv = &mut self.running_var.1[o];
-            *rv = *rv * (1.0 - MOMENTUM) + (var[o] * correction) as f32 * MOMENTUM;
+            *rv = *rv * (1.0 - MOMENTUM) + (v * correction) as f32 * MOMENTUM;
         }
     }
 
