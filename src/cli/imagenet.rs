@@ -56,7 +56,9 @@ pub fn run(args: ImagenetArgs) -> Result<()> {
     }
     let device = args.device.device()?;
     let file = args.weights.resolve()?;
-    let (model, origin) = weights::load_model(file.as_deref(), IMAGENET_NUM_CLASSES, &device)?;
+    // Without weights there is nothing to recognise; the seed only makes the random network
+    // the same on every run.
+    let (model, origin) = weights::load_model(file.as_deref(), IMAGENET_NUM_CLASSES, 0, &device)?;
     // On stderr: stdout may be JSON.
     eprintln!("weights: {origin}");
     let net = EvalNet::new(&model, &device);

@@ -132,6 +132,43 @@ impl ResNet18 {
         Self::with_conv_init(num_classes, &Initializer::Zeros, device)
     }
 
+    /// A network initialised as [`ResNet18::new`] is (Kaiming normal convolutions, a
+    /// PyTorch-style head), drawn from `seed` instead of the device's generator: that one is
+    /// shared by the whole process, so two runs seeding it at once (tests side by side) would
+    /// draw each other's numbers. The same seed gives the same network, whatever else runs.
+    pub fn seeded(num_classes: usize, seed: u64, device: &Device) -> Self {
+        let mut rng = ChaCha8Rng::seed_from_u64(seed);
+        let mut model = Self::zeroed(num_classes, device);
+        let mut kaiming = |conv: &mut Conv2d| {
+            let [cout, cin, k, _] = conv.weight.dims();
+            let std = SQRT_2 / ((cout * k * k) as f64).sqrt();
+            let values: Vec<f32> = (0..cout * cin * k * k)
+                .map(|_| (standard_normal(&mut rng) * std) as f32)
+                .collect();
+            conv.weight = Param::from_tensor(Tensor::from_data(
+                TensorData::new(values, [cout, cin, k, k]),
+                device,
+            ));
+        };
+        kaiming(&mut model.conv1);
+        for block in [
+            &mut model.layer1,
+            &mut model.layer2,
+            &mut model.layer3,
+            &mut model.layer4,
+        ]
+        .into_iter()
+        .flatten()
+        {
+            kaiming(&mut block.conv1);
+            kaiming(&mut block.conv2);
+            if let Some((conv, _)) = &mut block.downsample {
+                kaiming(conv);
+            }
+        }
+        model.with_head(num_classes, seed, device)
+    }
+
     fn with_conv_init(num_classes: usize, init: &Initializer, device: &Device) -> Self {
         Self {
             conv1: conv(3, 64, 7, 2, 3, init, device),
@@ -227,6 +264,13 @@ fn global_average_pool(x: Tensor<4>) -> Tensor<2> {
         .reshape([batch, channels])
 }
 
+/// A draw from N(0, 1) (Box-Muller).
+fn standard_normal(rng: &mut ChaCha8Rng) -> f64 {
+    let u1: f64 = rng.random_range(f64::MIN_POSITIVE..1.0);
+    let u2: f64 = rng.random();
+    (-2.0 * u1.ln()).sqrt() * (std::f64::consts::TAU * u2).cos()
+}
+
 /// A Linear layer drawn like PyTorch's default init, from a seeded generator.
 fn seeded_linear(inputs: usize, outputs: usize, seed: u64, device: &Device) -> Linear {
     let bound = 1.0 / (inputs as f32).sqrt();
@@ -310,6 +354,25 @@ mod tests {
         let (activations, logits_too) = model.forward_with_activations(x);
         assert_eq!(activations.dims(), [2, 512, 2, 2]);
         assert_eq!(values(logits_too), values(logits));
+    }
+
+    #[test]
+    fn seeded_networks_repeat_and_have_torchvisions_spread() {
+        let device = Device::flex();
+        let weights = |seed| {
+            values(
+                ResNet18::seeded(2, seed, &device).layer3[1]
+                    .conv2
+                    .weight
+                    .val(),
+            )
+        };
+        let w = weights(5);
+        assert_eq!(w, weights(5));
+        assert_ne!(w, weights(6));
+        // Kaiming normal, fan-out: variance 2 / (256 * 3 * 3).
+        let var = w.iter().map(|v| f64::from(*v).powi(2)).sum::<f64>() / w.len() as f64;
+        assert!((var / (2.0 / 2304.0) - 1.0).abs() < 0.02, "{var}");
     }
 
     #[test]

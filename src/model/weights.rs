@@ -224,19 +224,21 @@ impl std::fmt::Display for Origin {
 }
 
 /// The one way a new model gets its starting weights: a ResNet-18 with a `num_classes` head,
-/// loaded from `file` by [`load_into`], or randomly initialised (by `device`'s seed) when `None`.
+/// loaded from `file` by [`load_into`], or randomly initialised from `seed` when `None`.
 pub fn load_model(
     file: Option<&Path>,
     num_classes: usize,
+    seed: u64,
     device: &burn::prelude::Device,
 ) -> Result<(ResNet18, Origin)> {
-    let mut model = ResNet18::new(num_classes, device);
-    let origin = match file {
-        None => Origin::Random,
-        Some(path) => Origin::File {
-            report: load_into(&mut model, path)?,
-            path: path.to_owned(),
-        },
+    let Some(path) = file else {
+        return Ok((ResNet18::seeded(num_classes, seed, device), Origin::Random));
+    };
+    let mut model = ResNet18::zeroed(num_classes, device);
+    let report = load_into(&mut model, path)?;
+    let origin = Origin::File {
+        report,
+        path: path.to_owned(),
     };
     Ok((model, origin))
 }

@@ -640,10 +640,10 @@ fn set_epochs(
 fn initial_model(config: &RunConfig, device: &Device, on: OnEvent) -> Result<ResNet18> {
     let s = &config.settings;
     let ad = device.clone().autodiff();
-    // Seeded, so that a run from random initialisation is reproducible too.
-    ad.seed(s.seed);
     let classes = config.classes.len();
-    let (model, origin) = weights::load_model(config.weights_file.as_deref(), classes, &ad)?;
+    // Seeded, so that a run from random initialisation is reproducible too.
+    let (model, origin) =
+        weights::load_model(config.weights_file.as_deref(), classes, s.seed, &ad)?;
     on(Event::Weights(&origin));
     Ok(model.with_head(classes, s.seed, &ad))
 }
