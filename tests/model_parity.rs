@@ -445,8 +445,7 @@ fn check_gradients(dir: &Path, model: &ResNet18, grads: &Gradients, tolerance: &
     let as_grads = model.clone().map(&mut GradientsOf(grads));
     let tensors = as_grads.collect(None, Some(Box::new(BurnToPyTorchAdapter)), true);
     let norms = golden["fp32"]["grad_norm"].as_object().unwrap();
-    let mut worst = (0.0f64, String::new());
-    for (name, expected) in norms {
+    let grads = norms.keys().map(|name| {
         let t = tensors.iter().find(|t| &t.name == name).unwrap();
         let grad: Vec<f32> = t
             .to_bytes()
@@ -454,40 +453,58 @@ fn check_gradients(dir: &Path, model: &ResNet18, grads: &Gradients, tolerance: &
             .chunks_exact(4)
             .map(|c| f32::from_le_bytes(c.try_into().unwrap()))
             .collect();
-        let norm = grad
-            .iter()
-            .map(|&g| f64::from(g).powi(2))
-            .sum::<f64>()
-            .sqrt();
-        let expected = expected.as_f64().unwrap();
-        let ours: Vec<f32> = golden["sample_indices"][name]
-            .as_array()
-            .unwrap()
-            .iter()
-            .map(|i| grad[i.as_u64().unwrap() as usize])
-            .collect();
-        let theirs: Vec<f32> = golden_f64s(&golden["fp32"]["grad_sample"][name])
-            .iter()
-            .map(|&v| v as f32)
-            .collect();
-        let norm_error = (norm - expected).abs() / expected;
-        let sample_error = relative_l2(&ours, &theirs);
-        for error in [norm_error, sample_error] {
-            if error > worst.0 {
-                worst = (error, name.clone());
-            }
-        }
-        assert!(
-            norm_error < tolerance.grad_norm && sample_error < tolerance.grad_sample,
-            "{name}: gradient norm {norm} vs PyTorch {expected} ({norm_error:.1e}), sampled values off by {sample_error:.1e}"
-        );
-    }
+        (name.clone(), grad)
+    });
+    let worst = compare_gradients(&golden, grads, tolerance.grad_norm, tolerance.grad_sample);
     eprintln!(
         "burn's autodiff: all {} gradients within {:.1e} of PyTorch's (worst: {})",
         norms.len(),
         worst.0,
         worst.1
     );
+}
+
+/// Each `(name, gradient)` (torch's layout) against `train_golden.json`'s step-1 gradient:
+/// its norm within `norm_tolerance` and its sampled values within `sample_tolerance`,
+/// relative. Returns the largest error and whose it was.
+fn compare_gradients(
+    golden: &serde_json::Value,
+    grads: impl Iterator<Item = (String, Vec<f32>)>,
+    norm_tolerance: f64,
+    sample_tolerance: f64,
+) -> (f64, String) {
+    let fp32 = &golden["fp32"];
+    let mut worst = (0.0f64, String::new());
+    for (name, grad) in grads {
+        let norm = grad
+            .iter()
+            .map(|&g| f64::from(g).powi(2))
+            .sum::<f64>()
+            .sqrt();
+        let expected = fp32["grad_norm"][&name].as_f64().unwrap();
+        let ours: Vec<f32> = golden["sample_indices"][&name]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|i| grad[i.as_u64().unwrap() as usize])
+            .collect();
+        let theirs: Vec<f32> = golden_f64s(&fp32["grad_sample"][&name])
+            .iter()
+            .map(|&v| v as f32)
+            .collect();
+        let norm_error = (norm - expected).abs() / expected;
+        let sample_error = relative_l2(&ours, &theirs);
+        assert!(
+            norm_error < norm_tolerance && sample_error < sample_tolerance,
+            "{name}: gradient norm {norm} vs PyTorch {expected} ({norm_error:.1e}), sampled values off by {sample_error:.1e}"
+        );
+        for error in [norm_error, sample_error] {
+            if error > worst.0 {
+                worst = (error, name.clone());
+            }
+        }
+    }
+    worst
 }
 
 /// A gradient in torch's layout from a [`Slot`]'s (burn's): only the head's weight differs,
@@ -555,37 +572,8 @@ fn training_pass_matches_pytorch_gradients_and_three_adam_steps() {
         let mut slots = net.slots_mut();
         if step == 0 {
             assert_eq!(slots.len(), fp32["grad_norm"].as_object().unwrap().len());
-            let mut worst = (0.0f64, String::new());
-            for slot in &slots {
-                let grad = torch_layout(slot);
-                let norm = grad
-                    .iter()
-                    .map(|&g| f64::from(g).powi(2))
-                    .sum::<f64>()
-                    .sqrt();
-                let expected = fp32["grad_norm"][&slot.name].as_f64().unwrap();
-                let indices = golden["sample_indices"][&slot.name].as_array().unwrap();
-                let ours: Vec<f32> = indices
-                    .iter()
-                    .map(|i| grad[i.as_u64().unwrap() as usize])
-                    .collect();
-                let theirs: Vec<f32> = golden_f64s(&fp32["grad_sample"][&slot.name])
-                    .iter()
-                    .map(|&v| v as f32)
-                    .collect();
-                let norm_error = (norm - expected).abs() / expected;
-                let sample_error = relative_l2(&ours, &theirs);
-                for error in [norm_error, sample_error] {
-                    if error > worst.0 {
-                        worst = (error, slot.name.clone());
-                    }
-                }
-                assert!(
-                    norm_error < 1e-3 && sample_error < SAMPLE_TOLERANCE,
-                    "{}: gradient norm {norm} vs PyTorch {expected} ({norm_error:.1e}), sampled values off by {sample_error:.1e}",
-                    slot.name
-                );
-            }
+            let grads = slots.iter().map(|s| (s.name.clone(), torch_layout(s)));
+            let worst = compare_gradients(&golden, grads, 1e-3, SAMPLE_TOLERANCE);
             eprintln!(
                 "step 1: every gradient within {:.1e} of PyTorch's (worst: {})",
                 worst.0, worst.1
