@@ -326,10 +326,8 @@ mod tests {
             let burn_bias = values(layer.bias.as_ref().expect("bias").val());
             for (theirs, ours) in [(values(layer.weight.val()), &weight), (burn_bias, &bias)] {
                 for (t, o) in theirs.iter().zip(ours.iter()) {
-                    assert!(
-                        (t - o).abs() <= 1e-6 * t.abs().max(1e-3),
-                        "step {step}: {t} vs {o}"
-                    );
+                    // Each step moves a value by about lr = 1e-3.
+                    assert!((t - o).abs() <= 1e-6, "step {step}: {t} vs {o}");
                 }
             }
         }
