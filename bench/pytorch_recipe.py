@@ -2,14 +2,15 @@
 
 Usage: python pytorch_recipe.py MANIFEST WEIGHTS [--mode finetune|frozen]
            [--epochs 5] [--batch-size 32] [--lr 1e-3] [--seed 42] [--workers 2]
+           [--image-size 224]
 
 MANIFEST is a catdog manifest (`catdog split`, or RUN/manifest.json of a
 training run), so that this script trains, validates and tests on exactly the
 files catdog uses. WEIGHTS is a torchvision ResNet-18 state dict (.pth).
 
 The recipe is catdog's defaults, written as a notebook would: torchvision's
-eval transform (Resize(256), CenterCrop(224), ToTensor, Normalize) for every
-split, since catdog does not augment by default; a DataLoader with 2 workers,
+eval transform (Resize(256), CenterCrop(224), ToTensor, Normalize; at another
+--image-size the same 256:224 ratio, as catdog's --image-size) for every split, since catdog does not augment by default; a DataLoader with 2 workers,
 training order shuffled every epoch; a new 2-class head; cross-entropy; Adam
 (lr 1e-3, PyTorch's betas and eps); train and validation loss and accuracy
 every epoch; then the checkpoint with the best validation accuracy (ties: the
@@ -45,9 +46,9 @@ MIN_PROBABILITY = 1e-7
 
 
 class Photos(torch.utils.data.Dataset):
-    def __init__(self, samples):
+    def __init__(self, samples, size):
         self.samples = samples
-        self.t = T.Compose([T.Resize(256), T.CenterCrop(224), T.ToTensor(),
+        self.t = T.Compose([T.Resize(round(size * 256 / 224)), T.CenterCrop(size), T.ToTensor(),
                             T.Normalize([0.485, 0.456, 0.406], [0.229, 0.224, 0.225])])
 
     def __len__(self):
@@ -110,6 +111,7 @@ def main():
     ap.add_argument("--lr", type=float, default=1e-3)
     ap.add_argument("--seed", type=int, default=42)
     ap.add_argument("--workers", type=int, default=2)
+    ap.add_argument("--image-size", type=int, default=224)
     a = ap.parse_args()
     start = time.perf_counter()
     torch.manual_seed(a.seed)
@@ -117,7 +119,7 @@ def main():
     classes, splits = read_manifest(a.manifest)
     loaders = {
         name: torch.utils.data.DataLoader(
-            Photos(samples), batch_size=a.batch_size, shuffle=name == "train",
+            Photos(samples, a.image_size), batch_size=a.batch_size, shuffle=name == "train",
             num_workers=a.workers, generator=torch.Generator().manual_seed(a.seed))
         for name, samples in splits.items()
     }

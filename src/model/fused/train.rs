@@ -1334,12 +1334,16 @@ mod tests {
     /// values turns rounding into gradient: two correct summation orders then differ.)
     #[test]
     fn gradients_and_statistics_match_burns_autodiff_at_odd_sizes() {
-        // Seen with this network and input: every gradient from layer1.1 on within 2e-5;
-        // the stem's and layer1.0's first convolution and batch norm within 1.2e-2 (worst:
-        // layer1.0.bn1.bias, whose 64 values are small sums of large terms). Other random
-        // networks gave 2e-5 everywhere. Why this one differs more near the input is not yet
-        // known; a mistake in a kernel gives errors of order 1.
-        const GRADIENT_TOLERANCE: f64 = 2e-2;
+        // Measured on an AVX2 CPU: every gradient within 2e-5 of burn's, and both within
+        // 1.5e-5 of PyTorch's float64 gradients of the same network and input. On an AVX-512
+        // CPU (where the gemm crate takes other kernels) the stem's and layer1.0's first
+        // convolution and batch norm differed from burn's by up to 1.2e-2; which side is off
+        // there is not yet known (PERFORMANCE.md, "Exactness of the training pass").
+        #[cfg(target_arch = "x86_64")]
+        let avx512 = std::is_x86_feature_detected!("avx512f");
+        #[cfg(not(target_arch = "x86_64"))]
+        let avx512 = false;
+        let tolerance = if avx512 { 2e-2 } else { 1e-4 };
         let device = Device::flex().autodiff();
         // Drawn from their own seeds, not burn's process-wide generator, which tests running
         // beside this one draw from too.
@@ -1382,15 +1386,20 @@ mod tests {
             visitor.out.len(),
             "a gradient for every parameter"
         );
+        let mut worst = (0.0, String::new());
         for slot in slots {
             let expected = &visitor.out[&slot.name];
             let error = relative_l2(&slot.grad, expected);
+            if error > worst.0 {
+                worst = (error, slot.name.clone());
+            }
             assert!(
-                error < GRADIENT_TOLERANCE,
+                error < tolerance,
                 "{}: gradient off by {error:.2e}",
                 slot.name
             );
         }
+        eprintln!("worst gradient: {} off burn's by {:.1e}", worst.1, worst.0);
         // Running statistics, after burn's own forward pass updated its copy.
         let ours = tensors(&net.write_to(ResNet18::zeroed(3, &Device::flex())));
         let theirs = tensors(&model.valid());
