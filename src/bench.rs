@@ -13,6 +13,7 @@ use serde::{Deserialize, Serialize};
 
 use crate::data::decode::{self, Limits};
 use crate::error::{Error, Result};
+use crate::model::Precision;
 use crate::model::fused::{FusedResNet18, TrainNet};
 use crate::model::{FEATURES, ResNet18};
 use crate::preprocess::Preprocessing;
@@ -88,9 +89,9 @@ fn random_images(batch: usize, size: usize, device: &Device) -> Tensor<4> {
 
 /// Pooled features (the frozen mode's forward pass) of a batch, eval mode, img/s, through
 /// catdog's CPU kernels ([`FusedResNet18`]) as prediction and feature extraction run them.
-pub fn inference(batch: usize, size: usize) -> Figure {
+pub fn inference(batch: usize, size: usize, precision: Precision) -> Figure {
     let device = Device::flex();
-    let fused = FusedResNet18::new(&ResNet18::new(2, &device));
+    let fused = FusedResNet18::new(&ResNet18::new(2, &device), precision);
     let x: Vec<f32> = random_images(batch, size, &device)
         .into_data()
         .try_into_vec()
@@ -98,7 +99,11 @@ pub fn inference(batch: usize, size: usize) -> Figure {
     let t = median_seconds(1, 5, || {
         let _ = fused.features(&x, size);
     });
-    Figure::new(&format!("inference {size} px, batch {batch}"), batch, t)
+    Figure::new(
+        &format!("inference {size} px, batch {batch}, {precision}"),
+        batch,
+        t,
+    )
 }
 
 /// The same through burn's generic operations on `device`: on the CPU the reference the fused
@@ -146,9 +151,9 @@ fn adam_step_seconds(
 
 /// A full fine-tuning step (batch norm in training mode, forward, cross-entropy, backward,
 /// Adam), img/s, through catdog's CPU training pass ([`TrainNet`]) as `catdog train` runs it.
-pub fn train_step(batch: usize, size: usize) -> Figure {
+pub fn train_step(batch: usize, size: usize, precision: Precision) -> Figure {
     let device = Device::flex();
-    let mut net = TrainNet::new(&ResNet18::new(2, &device));
+    let mut net = TrainNet::new(&ResNet18::new(2, &device), precision);
     let x: Vec<f32> = random_images(batch, size, &device)
         .into_data()
         .try_into_vec()
@@ -164,7 +169,7 @@ pub fn train_step(batch: usize, size: usize) -> Figure {
         );
     });
     Figure::new(
-        &format!("fine-tuning step {size} px, batch {batch}"),
+        &format!("fine-tuning step {size} px, batch {batch}, {precision}"),
         batch,
         t,
     )

@@ -82,7 +82,12 @@ pub fn run(args: DemoArgs) -> Result<()> {
         &|event| show.event(event),
     )?;
     println!("\n== evaluate on the test split + report");
-    super::evaluate::write_report(&run, Which::Best, report::SAMPLES, &Device::flex())?;
+    super::evaluate::write_report(
+        &run,
+        Which::Best,
+        report::SAMPLES,
+        (&Device::flex(), Default::default()),
+    )?;
     println!("\nrun folder: {} ({})", run.root.display(), run::CONTENTS);
     println!(
         "open the report: {}",

@@ -7,6 +7,7 @@ use burn::prelude::Device;
 use catdog::data::Split;
 use catdog::evaluate::{BATCH_SIZE, Metrics, RunModel};
 use catdog::fsio;
+use catdog::model::Precision;
 use catdog::report::{self, write_run_report};
 use catdog::run::{RunDir, Which};
 
@@ -30,6 +31,8 @@ pub struct EvaluateArgs {
     pub batch_size: u16,
     #[command(flatten)]
     pub device: super::DeviceArgs,
+    #[command(flatten)]
+    pub precision: super::PrecisionArgs,
 }
 
 #[derive(clap::Args)]
@@ -44,11 +47,14 @@ pub struct ReportArgs {
     pub samples: u16,
     #[command(flatten)]
     pub device: super::DeviceArgs,
+    #[command(flatten)]
+    pub precision: super::PrecisionArgs,
 }
 
 pub fn evaluate(args: EvaluateArgs) -> Result<()> {
     let run = RunDir::new(&args.run);
-    let loaded = RunModel::load(&run, args.checkpoint, &args.device.device()?)?;
+    let precision = args.precision.resolve(args.device.device);
+    let loaded = RunModel::load(&run, args.checkpoint, &args.device.device()?, precision)?;
     let bar = Bar::new("evaluating");
     let (metrics, _) = loaded.evaluate(args.split, usize::from(args.batch_size), &bar)?;
     bar.finish();
@@ -70,15 +76,20 @@ pub fn report(args: ReportArgs) -> Result<()> {
         &RunDir::new(&args.run),
         args.checkpoint,
         usize::from(args.samples),
-        &device,
+        (&device, args.precision.resolve(args.device.device)),
     )
 }
 
 /// Checkpoint `which` on the test split, the report, and what a person reads of them: `catdog
 /// report`, and the last step of `catdog train` and `catdog demo`.
-pub fn write_report(run: &RunDir, which: Which, samples: usize, device: &Device) -> Result<()> {
+pub fn write_report(
+    run: &RunDir,
+    which: Which,
+    samples: usize,
+    compute: (&Device, Precision),
+) -> Result<()> {
     let bar = Bar::new("evaluating");
-    let index = write_run_report(run, which, samples, device, &bar)?;
+    let index = write_run_report(run, which, samples, compute, &bar)?;
     bar.finish();
     let metrics: Metrics = fsio::read_json(&run.eval(which, Split::Test), "evaluation")?;
     print_metrics(run, which, Split::Test, &metrics);

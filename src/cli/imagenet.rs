@@ -34,6 +34,8 @@ pub struct ImagenetArgs {
     pub batch_size: u16,
     #[command(flatten)]
     pub device: super::DeviceArgs,
+    #[command(flatten)]
+    pub precision: super::PrecisionArgs,
 }
 
 #[derive(Serialize)]
@@ -61,7 +63,7 @@ pub fn run(args: ImagenetArgs) -> Result<()> {
     let (model, origin) = weights::load_model(file.as_deref(), IMAGENET_NUM_CLASSES, 0, &device)?;
     // On stderr: stdout may be JSON.
     eprintln!("weights: {origin}");
-    let net = EvalNet::new(&model, &device);
+    let net = EvalNet::new(&model, &device, args.precision.resolve(args.device.device));
     let mut unreadable = 0;
     for batch in files.chunks(usize::from(args.batch_size)) {
         // Decoding and resizing dominate for small batches: do them in parallel.

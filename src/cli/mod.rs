@@ -15,6 +15,7 @@ mod weights;
 use std::process::ExitCode;
 
 use catdog::device::DeviceChoice;
+use catdog::model::Precision;
 use clap::{Parser, Subcommand};
 
 /// `--device`, as every command that runs the network takes it.
@@ -28,6 +29,34 @@ pub struct DeviceArgs {
 impl DeviceArgs {
     pub fn device(&self) -> catdog::Result<burn::prelude::Device> {
         self.device.device()
+    }
+}
+
+/// `--precision`, as every command that runs the network takes it.
+#[derive(clap::Args)]
+pub struct PrecisionArgs {
+    /// fp32, or bf16: matrix products on bf16 operands with f32 sums, on CPUs with
+    /// AVX512_BF16 [default: fp32]
+    #[arg(long)]
+    pub precision: Option<Precision>,
+}
+
+impl PrecisionArgs {
+    /// The precision that runs on `device`: what was asked (or the default) where it can run,
+    /// else fp32, said once.
+    pub fn resolve(&self, device: DeviceChoice) -> Precision {
+        let asked = self.precision.unwrap_or_default();
+        let runs = if device.is_cpu() {
+            asked.on_this_cpu()
+        } else {
+            Precision::Fp32
+        };
+        if runs != asked {
+            eprintln!(
+                "note: --precision {asked} runs on catdog's CPU kernels on a CPU with AVX512_BF16; this runs {runs}"
+            );
+        }
+        runs
     }
 }
 

@@ -24,6 +24,8 @@ pub struct PredictArgs {
     pub batch_size: u16,
     #[command(flatten)]
     pub device: super::DeviceArgs,
+    #[command(flatten)]
+    pub precision: super::PrecisionArgs,
 }
 
 #[derive(Serialize)]
@@ -60,7 +62,7 @@ pub fn run(args: PredictArgs) -> Result<()> {
     let classes = &meta.class_names;
     let mut failed = 0;
     let size = usize::from(args.batch_size);
-    let net = EvalNet::new(&model, &device);
+    let net = EvalNet::new(&model, &device, args.precision.resolve(args.device.device));
     predict_files(&net, &meta.preprocessing, &files, size, |path, result| {
         let line = match (result, args.json) {
             (Ok(probabilities), true) => json_line(path, classes, &probabilities),

@@ -16,6 +16,8 @@ pub struct ServeArgs {
     pub addr: SocketAddr,
     #[command(flatten)]
     pub device: super::DeviceArgs,
+    #[command(flatten)]
+    pub precision: super::PrecisionArgs,
     /// Largest request body accepted, in bytes (413 above)
     #[arg(long, default_value_t = Config::default().max_upload_bytes)]
     pub max_upload_bytes: u64,
@@ -58,6 +60,7 @@ pub fn run(args: ServeArgs) -> Result<()> {
     let config = Config {
         addr: args.addr,
         device: args.device.device,
+        precision: args.precision.resolve(args.device.device),
         max_upload_bytes: args.max_upload_bytes,
         max_pixels: args.max_pixels,
         max_batch: args.max_batch,

@@ -10,6 +10,7 @@ use anyhow::{Result, bail};
 use catdog::data::Ratios;
 use catdog::data::Split;
 use catdog::data::manifest::conflicts_text;
+use catdog::model::Precision;
 use catdog::model::weights::WeightsChoice;
 use catdog::preprocess::Preprocessing;
 use catdog::report;
@@ -32,7 +33,7 @@ pub struct TrainArgs {
     /// (only --epochs may be given: train on until that many epochs in all)
     #[arg(long, value_name = "RUN", conflicts_with_all = [
         "data", "out", "manifest", "weights", "mode", "batch_size", "lr", "image_size",
-        "augment", "seed", "ratios", "device", "cache_dir",
+        "augment", "seed", "ratios", "device", "precision", "cache_dir",
     ])]
     pub resume: Option<PathBuf>,
     /// Use this manifest (from `catdog split`) instead of preparing the data; the data
@@ -69,6 +70,8 @@ pub struct TrainArgs {
     pub ratios: Ratios,
     #[command(flatten)]
     pub device: super::DeviceArgs,
+    #[command(flatten)]
+    pub precision: super::PrecisionArgs,
     /// Folder for frozen mode's feature cache (default: the weights' cache folder)
     #[arg(long)]
     pub cache_dir: Option<PathBuf>,
@@ -111,6 +114,7 @@ pub fn run(args: TrainArgs) -> Result<()> {
                 augment: args.augment,
                 seed: args.seed,
                 device: args.device.device,
+                precision: args.precision.resolve(args.device.device),
                 preprocessing: Preprocessing::imagenet(args.image_size),
                 cache_dir: args.cache_dir.or_else(train::default_cache_dir),
             };
@@ -123,7 +127,8 @@ pub fn run(args: TrainArgs) -> Result<()> {
         // As after SIGINT, so that a script can tell a stopped run from a finished one.
         return Err(Stopped.into());
     }
-    finish(&run, &outcome, &outcome.config.settings.device.device()?)
+    let s = &outcome.config.settings;
+    finish(&run, &outcome, (&s.device.device()?, s.precision))
 }
 
 /// Training stopped on Ctrl-C, with `last/` saved: the process exits with 130.
@@ -132,7 +137,11 @@ pub fn run(args: TrainArgs) -> Result<()> {
 pub struct Stopped;
 
 /// What a person needs after training: where things are.
-fn finish(run: &RunDir, outcome: &Outcome, device: &burn::prelude::Device) -> Result<()> {
+fn finish(
+    run: &RunDir,
+    outcome: &Outcome,
+    compute: (&burn::prelude::Device, Precision),
+) -> Result<()> {
     if let Some(best) = outcome.best {
         println!(
             "best: epoch {} (val acc {:.2}%, loss {:.4}); model in {}",
@@ -148,7 +157,7 @@ fn finish(run: &RunDir, outcome: &Outcome, device: &burn::prelude::Device) -> Re
     } else {
         // The seed's last step: the best checkpoint on the held-out test split, then the report.
         println!();
-        super::evaluate::write_report(run, Which::Best, report::SAMPLES, device)?;
+        super::evaluate::write_report(run, Which::Best, report::SAMPLES, compute)?;
     }
     println!("run: {} ({})", run.root.display(), run::CONTENTS);
     Ok(())

@@ -8,7 +8,7 @@ use crate::data::{Manifest, Split};
 use crate::error::{Error, Result};
 use crate::fsio;
 use crate::model::checkpoint::{self, CheckpointMeta};
-use crate::model::{EvalNet, ResNet18};
+use crate::model::{EvalNet, Precision, ResNet18};
 use crate::progress::Progress;
 use crate::run::{RunDir, Which};
 
@@ -32,7 +32,12 @@ pub struct RunModel {
 impl RunModel {
     /// Loads `RUN/best` or `RUN/last` and `RUN/manifest.json`, and checks that the
     /// manifest's files are all there and its classes are the model's.
-    pub fn load(run: &RunDir, which: Which, device: &Device) -> Result<RunModel> {
+    pub fn load(
+        run: &RunDir,
+        which: Which,
+        device: &Device,
+        precision: Precision,
+    ) -> Result<RunModel> {
         let manifest_path = run.manifest();
         if !manifest_path.is_file() {
             return Err(Error::data(
@@ -60,7 +65,7 @@ impl RunModel {
         Ok(RunModel {
             run: run.clone(),
             which,
-            net: EvalNet::new(&model, &device),
+            net: EvalNet::new(&model, &device, precision),
             model,
             meta,
             manifest,

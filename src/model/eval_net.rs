@@ -3,8 +3,8 @@
 
 use burn::prelude::*;
 
-use super::ResNet18;
 use super::fused::FusedResNet18;
+use super::{Precision, ResNet18};
 
 pub enum EvalNet {
     Cpu(FusedResNet18),
@@ -16,11 +16,13 @@ pub enum EvalNet {
 }
 
 impl EvalNet {
-    /// Prepares `model` (batch norm on running statistics, no gradients) for `device`.
-    pub fn new(model: &ResNet18, device: &Device) -> Self {
+    /// Prepares `model` (batch norm on running statistics, no gradients) for `device`, with
+    /// the CPU's products in `precision` where this CPU runs it (burn's operations on other
+    /// devices are f32).
+    pub fn new(model: &ResNet18, device: &Device, precision: Precision) -> Self {
         let device = device.clone().without_autodiff();
         if device == Device::flex() {
-            EvalNet::Cpu(FusedResNet18::new(model))
+            EvalNet::Cpu(FusedResNet18::new(model, precision.on_this_cpu()))
         } else {
             EvalNet::Burn {
                 model: Box::new(model.clone().valid().to_device(&device)),

@@ -20,10 +20,12 @@ pub mod eval_net;
 pub mod fused;
 pub mod gradcam;
 pub mod imagenet_classes;
+pub mod precision;
 pub mod predict;
 mod resnet;
 pub mod weights;
 
 pub use batch_norm::BatchNorm2d;
 pub use eval_net::EvalNet;
+pub use precision::Precision;
 pub use resnet::{BasicBlock, FEATURES, ResNet18};

@@ -84,7 +84,7 @@ mod tests {
     #[test]
     fn classify_returns_one_normalised_ranking_per_image() {
         let device = Device::flex();
-        let net = EvalNet::new(&ResNet18::new(5, &device), &device);
+        let net = EvalNet::new(&ResNet18::new(5, &device), &device, Default::default());
         let images = vec![vec![0.5; 3 * 32 * 32], vec![-0.5; 3 * 32 * 32]];
         let rankings = classify(&net, images, 32, 5);
         assert_eq!(rankings.len(), 2);

@@ -20,6 +20,7 @@ use crate::evaluate::{
     BATCH_SIZE, Predictions, RunModel, Verdict, instructive, predicted, top_losses,
 };
 use crate::fsio;
+use crate::model::Precision;
 use crate::model::gradcam::gradcam_maps;
 use crate::progress::Progress;
 use crate::run::{RunDir, Which, best_epoch};
@@ -35,10 +36,10 @@ pub fn write_run_report(
     run: &RunDir,
     which: Which,
     samples: usize,
-    device: &Device,
+    (device, precision): (&Device, Precision),
     progress: &dyn Progress,
 ) -> Result<PathBuf> {
-    let loaded = RunModel::load(run, which, device)?;
+    let loaded = RunModel::load(run, which, device, precision)?;
     let (metrics, predictions) = loaded.evaluate(Split::Test, BATCH_SIZE, progress)?;
     let dir = run.report_dir();
 

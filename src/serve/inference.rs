@@ -68,7 +68,7 @@ impl Engine {
         let stats = Arc::new(Stats::new(config.max_batch));
         let image_size = meta.preprocessing.image_size as usize;
         let worker = Worker {
-            net: EvalNet::new(&model, &device),
+            net: EvalNet::new(&model, &device, config.precision),
             model,
             device,
             image_size,

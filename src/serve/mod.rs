@@ -68,6 +68,8 @@ pub struct Config {
     pub addr: SocketAddr,
     /// Where the network runs.
     pub device: DeviceChoice,
+    /// The CPU kernels' products.
+    pub precision: crate::model::Precision,
     /// A request body (the image, or the whole multipart form) over this is refused with 413.
     pub max_upload_bytes: u64,
     /// An image with more pixels is refused from its header (413): decompression bombs never expand.
@@ -90,6 +92,7 @@ impl Default for Config {
         Config {
             addr: SocketAddr::from(([127, 0, 0, 1], 8080)),
             device: DeviceChoice::default(),
+            precision: Default::default(),
             max_upload_bytes: 16 << 20,
             max_pixels: crate::data::decode::Limits::default().max_pixels,
             max_batch: 16,

@@ -7,6 +7,7 @@ use serde::{Deserialize, Serialize};
 use crate::data::split::DEFAULT_SEED;
 use crate::data::{Layout, Ratios};
 use crate::device::DeviceChoice;
+use crate::model::Precision;
 use crate::model::weights::WeightsChoice;
 use crate::preprocess::Preprocessing;
 
@@ -117,6 +118,9 @@ pub struct TrainConfig {
     pub augment: bool,
     pub seed: u64,
     pub device: DeviceChoice,
+    /// The CPU kernels' products; runs written before it existed were fp32.
+    #[serde(default)]
+    pub precision: Precision,
     pub preprocessing: Preprocessing,
     /// Where frozen mode caches features (`None`: no cache).
     pub cache_dir: Option<PathBuf>,
@@ -142,6 +146,7 @@ impl Default for TrainConfig {
             augment: false,
             seed: DEFAULT_SEED,
             device,
+            precision: Precision::default(),
             preprocessing: Preprocessing::default(),
             cache_dir: None,
         }

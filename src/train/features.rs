@@ -3,8 +3,8 @@
 //! computed once and cached on disk. Five epochs then cost about one forward
 //! pass over the data, and a second run over the same photos costs none.
 //!
-//! An entry is keyed by the weights' SHA-256, the preprocessing and the
-//! photo's content hash; it holds the features and a checksum, is written by
+//! An entry is keyed by the weights' SHA-256, the preprocessing, the precision
+//! of the products and the photo's content hash; it holds the features and a checksum, is written by
 //! rename (never seen half-written), and a damaged one is recomputed.
 
 use std::fs;
@@ -16,7 +16,7 @@ use crate::data::manifest::Sample;
 use crate::error::{Error, Result};
 use crate::fsio;
 use crate::loader::{Loader, LoaderConfig};
-use crate::model::{EvalNet, FEATURES};
+use crate::model::{EvalNet, FEATURES, Precision};
 use crate::preprocess::Preprocessing;
 use crate::progress::Progress;
 
@@ -35,10 +35,21 @@ pub struct CacheStats {
 }
 
 impl FeatureCache {
-    /// The cache under `root` for these weights (by SHA-256) and preprocessing.
-    pub fn new(root: &Path, weights_sha256: &str, preprocessing: &Preprocessing) -> Self {
+    /// The cache under `root` for these weights (by SHA-256), preprocessing and precision.
+    pub fn new(
+        root: &Path,
+        weights_sha256: &str,
+        preprocessing: &Preprocessing,
+        precision: Precision,
+    ) -> Self {
         let key = serde_json::to_string(preprocessing).expect("serialisable");
-        let key = fsio::sha256_hex(format!("resnet18|{weights_sha256}|{key}").as_bytes());
+        // fp32 keeps the key it had before precisions existed: those caches stay valid.
+        let precision = match precision {
+            Precision::Fp32 => String::new(),
+            other => format!("|{other}"),
+        };
+        let key = format!("resnet18|{weights_sha256}|{key}{precision}");
+        let key = fsio::sha256_hex(key.as_bytes());
         FeatureCache {
             dir: root.join("features").join(&key[..16]),
         }
@@ -151,9 +162,13 @@ mod tests {
     #[test]
     fn cache_round_trips_and_rejects_damaged_entries() {
         let dir = tempfile::tempdir().unwrap();
-        let cache = FeatureCache::new(dir.path(), "abc", &Preprocessing::default());
-        let other = FeatureCache::new(dir.path(), "abd", &Preprocessing::default());
+        let pre = Preprocessing::default();
+        let cache = FeatureCache::new(dir.path(), "abc", &pre, Precision::Fp32);
+        let other = FeatureCache::new(dir.path(), "abd", &pre, Precision::Fp32);
+        let bf16 = FeatureCache::new(dir.path(), "abc", &pre, Precision::Bf16);
         assert_ne!(cache.dir(), other.dir());
+        // bf16 features are not fp32's.
+        assert_ne!(cache.dir(), bf16.dir());
         let f: Vec<f32> = (0..FEATURES).map(|i| i as f32 * 0.5).collect();
         assert!(cache.get("ff00").is_none());
         cache.put("ff00", &f).unwrap();

@@ -295,7 +295,7 @@ impl Session {
         if s.mode == Mode::Frozen {
             self.model = self.model.clone().freeze_backbone();
         } else if self.device.clone().without_autodiff() == Device::flex() {
-            self.engine = Some(TrainNet::new(&self.model));
+            self.engine = Some(TrainNet::new(&self.model, s.precision.on_this_cpu()));
         }
         let Some(source) = self.source(stop, on)? else {
             // Nothing of the model changed since last/ (if any) was saved; the
@@ -395,10 +395,15 @@ impl Session {
             return Ok(Some(Source::Photos { train, val }));
         }
         let cache = match (&s.cache_dir, &self.config.weights_sha256) {
-            (Some(dir), Some(sha)) => Some(FeatureCache::new(dir, sha, &s.preprocessing)),
+            (Some(dir), Some(sha)) => Some(FeatureCache::new(
+                dir,
+                sha,
+                &s.preprocessing,
+                s.precision.on_this_cpu(),
+            )),
             _ => None,
         };
-        let backbone = EvalNet::new(&self.model.clone().valid(), &self.device);
+        let backbone = EvalNet::new(&self.model.clone().valid(), &self.device, s.precision);
         let extract = |samples: &[Sample], split: Split| -> Result<Option<Vec<f32>>> {
             let Some((features, stats)) = features::extract(
                 &backbone,
@@ -557,7 +562,7 @@ impl Session {
     /// Loss and accuracy on the validation split, batch norm in eval mode.
     fn validate(&self, source: &Source) -> Result<Running> {
         let model = self.model.clone().valid();
-        let net = EvalNet::new(&model, &self.device);
+        let net = EvalNet::new(&model, &self.device, self.config.settings.precision);
         let classes = self.config.classes.len();
         let mut running = Running::default();
         for item in self.batches(source, Split::Val, 0, 0) {

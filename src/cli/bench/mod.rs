@@ -14,6 +14,7 @@ use catdog::bench::{self, Figure};
 use catdog::data::{Manifest, Split, synthetic};
 use catdog::device::DeviceChoice;
 use catdog::evaluate::Metrics;
+use catdog::model::Precision;
 use catdog::model::checkpoint::{self, CheckpointMeta};
 use catdog::model::weights::WeightsChoice;
 use catdog::preprocess::Preprocessing;
@@ -62,6 +63,10 @@ pub struct BenchArgs {
     /// as reference rows), elsewhere burn's operations on that device
     #[command(flatten)]
     pub device: super::DeviceArgs,
+    /// Precisions of catdog's CPU inference and fine-tuning rows (bf16 needs AVX512_BF16),
+    /// each beside PyTorch's in the same precision (bf16: its CPU autocast)
+    #[arg(long, value_delimiter = ',', default_value = "fp32,bf16")]
+    pub precision: Vec<Precision>,
     /// Measure one part in this process and print it as JSON (how `catdog bench` runs its parts)
     #[arg(long, value_enum, hide = true)]
     pub part: Option<Part>,
@@ -175,44 +180,67 @@ fn measure_all(
     let size = args.image_size.to_string();
     let peer_model =
         python.and_then(|py| peer(py, &args.peers.join("peer_torch_bench.py"), &[&size]));
-    // PyTorch's best layout (channels_last) is the one to beat.
-    let torch_line = peer_model.as_deref().and_then(|o| {
-        o.lines()
-            .find(|l| l.contains("channels_last"))
-            .map(str::to_owned)
-    });
+    // PyTorch's best layout (channels_last) is the one to beat: its fp32 line first, then
+    // the same under bf16 autocast.
+    let torch_line = |precision: Precision| {
+        let tag = match precision {
+            Precision::Fp32 => "channels_last",
+            Precision::Bf16 => "bf16",
+        };
+        peer_model
+            .as_deref()
+            .and_then(|o| o.lines().find(|l| l.contains(tag)).map(str::to_owned))
+    };
     let cpu = args.device.device.is_cpu();
-    if !cpu && torch_line.is_some() {
+    if !cpu && peer_model.is_some() {
         eprintln!(
             "PyTorch's figures are its CPU's; not put beside {} (bench/gpu-check.sh measures PyTorch on a GPU)",
             args.device.device
         );
     }
     // The peer measures PyTorch on the CPU: a ratio to a GPU figure would mean nothing.
-    let torch = |label: &str| {
-        torch_line
-            .as_deref()
+    let torch = |label: &str, precision| {
+        torch_line(precision)
             .filter(|_| cpu)
-            .and_then(|l| peer::figure_after(l, label))
+            .and_then(|l| peer::figure_after(&l, label))
     };
+    // bf16 runs on the CPU's kernels only, and only where the CPU has it.
+    let precisions: Vec<Precision> = args
+        .precision
+        .iter()
+        .copied()
+        .filter(|&p| {
+            let runs = p == Precision::Fp32 || (cpu && p.on_this_cpu() == p);
+            if !runs {
+                eprintln!("no {p} rows: they need catdog's CPU kernels on a CPU with AVX512_BF16");
+            }
+            runs
+        })
+        .collect();
+    let fp32 = Precision::Fp32;
+    let mut parts = vec![(
+        Part::Preprocess,
+        fp32,
+        peer_pre
+            .as_deref()
+            .and_then(|o| peer::figure_before(o, "img/s")),
+    )];
+    for (part, burn, label) in [
+        (Part::Inference, Part::InferenceBurn, "infer"),
+        (Part::TrainStep, Part::TrainStepBurn, "train-step"),
+    ] {
+        for &p in &precisions {
+            parts.push((part, p, torch(label, p)));
+        }
+        // burn's operations on the CPU are references for catdog's kernels, which only run
+        // there.
+        if cpu {
+            parts.push((burn, fp32, torch(label, fp32)));
+        }
+    }
+    parts.push((Part::HeadStep, fp32, None));
     let mut rows = Vec::new();
-    for (part, pytorch) in [
-        (
-            Part::Preprocess,
-            peer_pre
-                .as_deref()
-                .and_then(|o| peer::figure_before(o, "img/s")),
-        ),
-        (Part::Inference, torch("infer")),
-        (Part::InferenceBurn, torch("infer")),
-        (Part::TrainStep, torch("train-step")),
-        (Part::TrainStepBurn, torch("train-step")),
-        (Part::HeadStep, None),
-    ]
-    .into_iter()
-    // burn's operations on the CPU are references for catdog's kernels, which only run there.
-    .filter(|(part, _)| cpu || !matches!(part, Part::InferenceBurn | Part::TrainStepBurn))
-    {
+    for (part, precision, pytorch) in parts {
         let exe = std::env::current_exe()?;
         let mut cmd = Command::new(exe);
         cmd.args([
@@ -231,6 +259,8 @@ fn measure_all(
             &size,
             "--device",
             &args.device.device.to_string(),
+            "--precision",
+            &precision.to_string(),
         ]);
         let (out, _, rss) = process::run_measured(&mut cmd).map_err(anyhow::Error::msg)?;
         let figure: Figure =
@@ -253,12 +283,13 @@ fn measure(part: Part, args: &BenchArgs, data: &Path) -> Result<Figure> {
     let (batch, size) = (args.batch_size, args.image_size);
     let device = args.device.device()?;
     let cpu = args.device.device.is_cpu();
+    let precision = args.precision.first().copied().unwrap_or_default();
     Ok(match part {
         Part::Preprocess => bench::preprocess_throughput(&photos(data)?)?,
-        Part::Inference if cpu => bench::inference(batch, size),
+        Part::Inference if cpu => bench::inference(batch, size, precision),
         Part::Inference => bench::inference_burn(batch, size, &device),
         Part::InferenceBurn => bench::inference_burn(batch, size, &Device::flex()),
-        Part::TrainStep if cpu => bench::train_step(batch, size),
+        Part::TrainStep if cpu => bench::train_step(batch, size, precision),
         Part::TrainStep => bench::train_step_burn(batch, size, &device),
         Part::TrainStepBurn => bench::train_step_burn(batch, size, &Device::flex()),
         Part::HeadStep => bench::head_step(batch, &device),

@@ -18,8 +18,11 @@ use burn::prelude::*;
 use gemm::Parallelism;
 use rayon::prelude::*;
 
-use super::{BasicBlock, BatchNorm2d, FEATURES, ResNet18};
+use super::{BasicBlock, BatchNorm2d, FEATURES, Precision, ResNet18};
+use product::{Weights, matmul};
 
+pub mod bf16;
+mod product;
 mod train;
 mod winograd;
 
@@ -39,7 +42,7 @@ const EPSILON: f32 = 1e-5;
 /// (ky, kx, ci) row order, which is the NHWC im2col column order (empty where `winograd`
 /// replaces it).
 struct FoldedConv {
-    weight: Vec<f32>,
+    weight: Weights,
     bias: Vec<f32>,
     cin: usize,
     cout: usize,
@@ -48,7 +51,7 @@ struct FoldedConv {
     pad: usize,
     /// For a 3x3 stride-1 convolution: its tiling and its weights in that tiling's domain,
     /// `[points][cin][cout]` (see [`winograd::Tiling::weights`]).
-    winograd: Option<(&'static winograd::Tiling, Vec<f32>)>,
+    winograd: Option<(&'static winograd::Tiling, Weights)>,
 }
 
 /// Working memory of one thread's forward pass: im2col rows, or the Winograd-domain input
@@ -82,7 +85,12 @@ fn values<const D: usize>(t: Tensor<D>) -> Vec<f32> {
 }
 
 impl FoldedConv {
-    fn new(conv: &Conv2d, bn: &BatchNorm2d, stride: usize, pad: usize) -> Self {
+    fn new(
+        conv: &Conv2d,
+        bn: &BatchNorm2d,
+        (stride, pad): (usize, usize),
+        precision: Precision,
+    ) -> Self {
         let [cout, cin, kernel, _] = conv.weight.dims();
         let w = values(conv.weight.val());
         let gamma = values(bn.weight.val());
@@ -128,13 +136,18 @@ impl FoldedConv {
             } else {
                 &winograd::F2
             };
-            let mut transformed = Vec::new();
-            tiling.weights(&weight, cin, cout, &mut transformed);
+            let mut transformed = Weights::new(precision);
+            let points = (tiling.m() + 2).pow(2);
+            transformed.set((points, cin, cout), |t| {
+                tiling.weights(&weight, cin, cout, t)
+            });
             weight = Vec::new();
             (tiling, transformed)
         });
+        let mut folded = Weights::new(precision);
+        folded.set((1, weight.len() / cout, cout), |w| *w = weight);
         FoldedConv {
-            weight,
+            weight: folded,
             bias,
             cin,
             cout,
@@ -212,31 +225,16 @@ impl FoldedConv {
             );
             &scratch.input
         };
-        // SAFETY: dst is rows x cout, lhs rows x depth and rhs depth x cout, all row-major and
-        // in bounds as sized above; none of them alias.
-        unsafe {
-            gemm::gemm(
-                rows,
-                self.cout,
-                depth,
-                out.as_mut_ptr(),
-                1,
-                self.cout as isize,
-                true,
-                lhs.as_ptr(),
-                1,
-                depth as isize,
-                self.weight.as_ptr(),
-                1,
-                self.cout as isize,
-                1.0,
-                1.0,
-                false,
-                false,
-                false,
-                parallelism,
-            );
-        }
+        matmul(
+            (rows, self.cout, depth),
+            out,
+            self.cout,
+            true,
+            lhs,
+            (depth, 1),
+            self.weight.get(0),
+            parallelism,
+        );
         if relu {
             out.iter_mut().for_each(|v| *v = v.max(0.0));
         }
@@ -294,8 +292,14 @@ struct Buffers {
 }
 
 impl FusedResNet18 {
-    /// Folds `model`'s eval-mode batch norms into its convolutions.
-    pub fn new(model: &ResNet18) -> Self {
+    /// Folds `model`'s eval-mode batch norms into its convolutions, for products in
+    /// `precision` (which this CPU must run: [`Precision::on_this_cpu`]).
+    pub fn new(model: &ResNet18, precision: Precision) -> Self {
+        assert_eq!(
+            precision,
+            precision.on_this_cpu(),
+            "this CPU runs {precision}"
+        );
         let blocks: Vec<&BasicBlock> = [&model.layer1, &model.layer2, &model.layer3, &model.layer4]
             .into_iter()
             .flatten()
@@ -306,17 +310,17 @@ impl FusedResNet18 {
             .map(|b| {
                 let stride = b.conv1.stride[0];
                 Block {
-                    conv1: FoldedConv::new(&b.conv1, &b.bn1, stride, 1),
-                    conv2: FoldedConv::new(&b.conv2, &b.bn2, 1, 1),
+                    conv1: FoldedConv::new(&b.conv1, &b.bn1, (stride, 1), precision),
+                    conv2: FoldedConv::new(&b.conv2, &b.bn2, (1, 1), precision),
                     downsample: b
                         .downsample
                         .as_ref()
-                        .map(|(conv, bn)| FoldedConv::new(conv, bn, stride, 0)),
+                        .map(|(conv, bn)| FoldedConv::new(conv, bn, (stride, 0), precision)),
                 }
             })
             .collect();
         FusedResNet18 {
-            stem: FoldedConv::new(&model.conv1, &model.bn1, 2, 3),
+            stem: FoldedConv::new(&model.conv1, &model.bn1, (2, 3), precision),
             blocks,
             fc_weight: values(model.fc.weight.val()),
             fc_bias: model

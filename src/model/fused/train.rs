@@ -31,9 +31,11 @@ use burn::prelude::*;
 use gemm::Parallelism;
 use rayon::prelude::*;
 
+use super::bf16::Packed;
+use super::product::{Rhs, Weights, matmul};
 use super::winograd::{self, Tiling};
 use super::{EPSILON, Epilogue, Scratch, im2col};
-use crate::model::{FEATURES, ResNet18};
+use crate::model::{FEATURES, Precision, ResNet18};
 
 /// PyTorch's batch-norm momentum, as in [`crate::model::BatchNorm2d`].
 const MOMENTUM: f32 = 0.1;
@@ -111,12 +113,16 @@ struct ConvBn {
     beta: Slot,
     running_mean: (String, Vec<f32>),
     running_var: (String, Vec<f32>),
+    precision: Precision,
     /// This step's weights `[(ky, kx, ci)][cout]`, the NHWC im2col column order.
-    packed: Vec<f32>,
+    packed: Weights,
+    /// For bf16, their transpose `[cout][(ky, kx, ci)]` packed for the input gradient (of
+    /// the convolutions that Winograd does not run).
+    transposed: Packed,
     /// Winograd-domain weights for the forward pass and, kernel flipped and channels swapped,
     /// for the input gradient.
-    wino_forward: Vec<f32>,
-    wino_backward: Vec<f32>,
+    wino_forward: Weights,
+    wino_backward: Weights,
     /// The flipped kernel `wino_backward` is made from.
     flipped: Vec<f32>,
     /// The convolution's output, batch-wide NHWC, and the batch's statistics.
@@ -128,57 +134,10 @@ struct ConvBn {
     size_out: usize,
 }
 
-// Per-thread working memory, kept between calls.
+// Per-thread working memory, kept between calls: products' scratch, the input gradient's
+// columns, and for bf16 the output gradient packed as a right-hand side.
 thread_local! {
-    static SCRATCH: RefCell<(Scratch, Vec<f32>)> = RefCell::new((Scratch::default(), Vec::new()));
-}
-
-/// `dst = lhs · rhs` (or `dst += lhs · rhs`), `m x n` from `m x k` and `k x n`; each matrix is a
-/// slice with its (row stride, column stride).
-#[allow(clippy::too_many_arguments)]
-fn matmul(
-    (m, n, k): (usize, usize, usize),
-    dst: &mut [f32],
-    (drs, dcs): (usize, usize),
-    lhs: &[f32],
-    (lrs, lcs): (usize, usize),
-    rhs: &[f32],
-    (rrs, rcs): (usize, usize),
-    accumulate: bool,
-) {
-    if m == 0 || n == 0 {
-        return;
-    }
-    let last = |rows: usize, cols: usize, rs: usize, cs: usize| (rows - 1) * rs + (cols - 1) * cs;
-    assert!(last(m, n, drs, dcs) < dst.len());
-    if k > 0 {
-        assert!(last(m, k, lrs, lcs) < lhs.len() && last(k, n, rrs, rcs) < rhs.len());
-    }
-    // SAFETY: every element each matrix addresses is in bounds (checked above); dst is
-    // exclusively borrowed, so it aliases neither input.
-    unsafe {
-        gemm::gemm(
-            m,
-            n,
-            k,
-            dst.as_mut_ptr(),
-            dcs as isize,
-            drs as isize,
-            accumulate,
-            lhs.as_ptr(),
-            lcs as isize,
-            lrs as isize,
-            rhs.as_ptr(),
-            rcs as isize,
-            rrs as isize,
-            if accumulate { 1.0 } else { 0.0 },
-            1.0,
-            false,
-            false,
-            false,
-            Parallelism::None,
-        )
-    }
+    static SCRATCH: RefCell<(Scratch, Vec<f32>, Packed)> = RefCell::new(Default::default());
 }
 
 /// The inverse of [`im2col`]: adds each row's `k x k x c` values back onto the pixels they
@@ -238,6 +197,7 @@ impl ConvBn {
         bn_name: &str,
         conv: Conv,
         tensors: &mut BTreeMap<String, Vec<f32>>,
+        precision: Precision,
     ) -> ConvBn {
         let mut running = |what: &str| {
             let name = format!("{bn_name}.{what}");
@@ -253,9 +213,16 @@ impl ConvBn {
             beta: Slot::new(format!("{bn_name}.bias"), tensors),
             running_mean,
             running_var,
-            packed: Vec::new(),
-            wino_forward: Vec::new(),
-            wino_backward: Vec::new(),
+            precision,
+            // Winograd's convolutions read only their transformed weights.
+            packed: Weights::new(if conv.winograd().is_some() {
+                Precision::Fp32
+            } else {
+                precision
+            }),
+            transposed: Packed::default(),
+            wino_forward: Weights::new(precision),
+            wino_backward: Weights::new(precision),
             flipped: Vec::new(),
             z: Vec::new(),
             mean: Vec::new(),
@@ -275,37 +242,50 @@ impl ConvBn {
             cin, cout, kernel, ..
         } = self.conv;
         let kk = kernel * kernel;
+        let depth = self.conv.depth();
         let w = &self.weight.value;
-        self.packed.resize(self.conv.depth() * cout, 0.0);
-        self.packed
-            .par_chunks_mut(cin * cout)
-            .enumerate()
-            .for_each(|(t, tap)| {
-                for ci in 0..cin {
-                    for co in 0..cout {
-                        tap[ci * cout + co] = w[(co * cin + ci) * kk + t];
-                    }
-                }
-            });
-        if let Some(tiling) = self.conv.winograd() {
-            tiling.weights(&self.packed, cin, cout, &mut self.wino_forward);
-            // The input gradient is the convolution of the output gradient with the kernel
-            // turned by 180 degrees and its channels swapped: `[(2-ky, 2-kx, co)][ci]`.
-            let flipped = &mut self.flipped;
-            flipped.resize(self.packed.len(), 0.0);
-            flipped
-                .par_chunks_mut(cout * cin)
+        self.packed.set((1, depth, cout), |packed| {
+            packed.resize(depth * cout, 0.0);
+            packed
+                .par_chunks_mut(cin * cout)
                 .enumerate()
                 .for_each(|(t, tap)| {
-                    let src = &self.packed[(kk - 1 - t) * cin * cout..][..cin * cout];
                     for ci in 0..cin {
                         for co in 0..cout {
-                            tap[co * cin + ci] = src[ci * cout + co];
+                            tap[ci * cout + co] = w[(co * cin + ci) * kk + t];
                         }
                     }
                 });
-            tiling.weights(flipped, cout, cin, &mut self.wino_backward);
-        }
+        });
+        let packed = self.packed.values();
+        let Some(tiling) = self.conv.winograd() else {
+            if self.precision == Precision::Bf16 {
+                self.transposed.pack(cout, depth, packed, (1, cout));
+            }
+            return;
+        };
+        let points = (tiling.m() + 2).pow(2);
+        self.wino_forward.set((points, cin, cout), |t| {
+            tiling.weights(packed, cin, cout, t)
+        });
+        // The input gradient is the convolution of the output gradient with the kernel
+        // turned by 180 degrees and its channels swapped: `[(2-ky, 2-kx, co)][ci]`.
+        let flipped = &mut self.flipped;
+        flipped.resize(packed.len(), 0.0);
+        flipped
+            .par_chunks_mut(cout * cin)
+            .enumerate()
+            .for_each(|(t, tap)| {
+                let src = &packed[(kk - 1 - t) * cin * cout..][..cin * cout];
+                for ci in 0..cin {
+                    for co in 0..cout {
+                        tap[co * cin + ci] = src[ci * cout + co];
+                    }
+                }
+            });
+        self.wino_backward.set((points, cout, cin), |t| {
+            tiling.weights(flipped, cout, cin, t)
+        });
     }
 
     /// `z = conv(x)` for `n` NHWC images of side `size`, then the batch's statistics and the
@@ -316,7 +296,7 @@ impl ConvBn {
         (self.size_in, self.size_out) = (size, so);
         let (per_in, per_out) = (size * size * conv.cin, so * so * conv.cout);
         self.z.resize(n * per_out, 0.0);
-        let (packed, wino) = (&self.packed, &self.wino_forward);
+        let (packed, wino) = (self.packed.get(0), &self.wino_forward);
         let zeros = vec![0.0; conv.cout];
         let group = group_size(n);
         let chunk = self.chunk_images();
@@ -326,7 +306,7 @@ impl ConvBn {
             .for_each(|(z, x)| {
                 for (z, x) in z.chunks_mut(chunk * per_out).zip(x.chunks(chunk * per_in)) {
                     let images = x.len() / per_in;
-                    SCRATCH.with_borrow_mut(|(scratch, _)| match conv.winograd() {
+                    SCRATCH.with_borrow_mut(|(scratch, ..)| match conv.winograd() {
                         Some(tiling) => tiling.conv(
                             x,
                             images,
@@ -349,12 +329,12 @@ impl ConvBn {
                             matmul(
                                 (images * so * so, conv.cout, depth),
                                 z,
-                                (conv.cout, 1),
+                                conv.cout,
+                                false,
                                 &scratch.input,
                                 (depth, 1),
                                 packed,
-                                (conv.cout, 1),
-                                false,
+                                Parallelism::None,
                             );
                         }
                     })
@@ -599,7 +579,14 @@ impl ConvBn {
             p.resize(depth * conv.cout, 0.0);
         }
         let chunk = self.chunk_images();
-        let (packed, wino) = (&self.packed, &self.wino_backward);
+        let (wino, precision) = (&self.wino_backward, self.precision);
+        let transposed = match precision {
+            Precision::Fp32 => Rhs::F32 {
+                data: self.packed.values(),
+                strides: (1, conv.cout),
+            },
+            Precision::Bf16 => Rhs::Bf16(&self.transposed),
+        };
         let zeros = vec![0.0; conv.cin];
         // One chunk of images: dW (+)= col^T · dz, and the input gradient into dx.
         let images = |x: &[f32],
@@ -609,17 +596,24 @@ impl ConvBn {
                       dx: Option<(&mut [f32], Write)>| {
             let images = x.len() / per_in;
             let rows = images * so * so;
-            SCRATCH.with_borrow_mut(|(scratch, dcol)| {
+            SCRATCH.with_borrow_mut(|(scratch, dcol, dz_packed)| {
                 conv.im2col(x, images, size, &mut scratch.input);
+                let dz_rhs = match precision {
+                    Precision::Fp32 => Rhs::rows(dz, conv.cout),
+                    Precision::Bf16 => {
+                        dz_packed.pack(rows, conv.cout, dz, (conv.cout, 1));
+                        Rhs::Bf16(dz_packed)
+                    }
+                };
                 matmul(
                     (depth, conv.cout, rows),
                     dw,
-                    (conv.cout, 1),
+                    conv.cout,
+                    !first,
                     &scratch.input,
                     (1, depth),
-                    dz,
-                    (conv.cout, 1),
-                    !first,
+                    dz_rhs,
+                    Parallelism::None,
                 );
                 let Some((dx, write)) = dx else { return };
                 match conv.winograd() {
@@ -659,12 +653,12 @@ impl ConvBn {
                         matmul(
                             (rows, depth, conv.cout),
                             dcol,
-                            (depth, 1),
+                            depth,
+                            false,
                             dz,
                             (conv.cout, 1),
-                            packed,
-                            (1, conv.cout),
-                            false,
+                            transposed,
+                            Parallelism::None,
                         );
                         if write == Write::Overwrite {
                             dx.fill(0.0);
@@ -798,8 +792,14 @@ pub struct StepResult {
 }
 
 impl TrainNet {
-    /// Takes `model`'s parameters and batch-norm statistics.
-    pub fn new(model: &ResNet18) -> TrainNet {
+    /// Takes `model`'s parameters and batch-norm statistics, for products in `precision`
+    /// (which this CPU must run: [`Precision::on_this_cpu`]).
+    pub fn new(model: &ResNet18, precision: Precision) -> TrainNet {
+        assert_eq!(
+            precision,
+            precision.on_this_cpu(),
+            "this CPU runs {precision}"
+        );
         let mut tensors = tensors(&model.clone().valid());
         let conv = |cin, cout, kernel, stride, pad| Conv {
             cin,
@@ -808,7 +808,13 @@ impl TrainNet {
             stride,
             pad,
         };
-        let stem = ConvBn::new("conv1", "bn1", conv(3, 64, 7, 2, 3), &mut tensors);
+        let stem = ConvBn::new(
+            "conv1",
+            "bn1",
+            conv(3, 64, 7, 2, 3),
+            &mut tensors,
+            precision,
+        );
         let mut blocks = Vec::new();
         for (stage, (cin, cout)) in [(64, 64), (64, 128), (128, 256), (256, 512)]
             .into_iter()
@@ -827,6 +833,7 @@ impl TrainNet {
                         &format!("{p}.downsample.1"),
                         conv(cin, cout, 1, stride, 0),
                         &mut tensors,
+                        precision,
                     )
                 });
                 blocks.push(Block {
@@ -835,12 +842,14 @@ impl TrainNet {
                         &format!("{p}.bn1"),
                         conv(cin, cout, 3, stride, 1),
                         &mut tensors,
+                        precision,
                     ),
                     conv2: ConvBn::new(
                         &format!("{p}.conv2"),
                         &format!("{p}.bn2"),
                         conv(cout, cout, 3, 1, 1),
                         &mut tensors,
+                        precision,
                     ),
                     downsample,
                     a1: Vec::new(),
@@ -1019,15 +1028,16 @@ impl TrainNet {
         for row in logits.chunks_exact_mut(self.classes) {
             row.copy_from_slice(&self.fc_bias.value);
         }
+        // The head is 0.01% of the arithmetic: f32 in either precision.
         matmul(
             (n, self.classes, FEATURES),
             &mut logits,
-            (self.classes, 1),
+            self.classes,
+            true,
             &self.features,
             (FEATURES, 1),
-            &self.fc_weight.value,
-            (self.classes, 1),
-            true,
+            Rhs::rows(&self.fc_weight.value, self.classes),
+            Parallelism::None,
         );
         logits
     }
@@ -1038,12 +1048,12 @@ impl TrainNet {
         matmul(
             (FEATURES, classes, n),
             &mut self.fc_weight.grad,
-            (classes, 1),
+            classes,
+            false,
             &self.features,
             (1, FEATURES),
-            dlogits,
-            (classes, 1),
-            false,
+            Rhs::rows(dlogits, classes),
+            Parallelism::None,
         );
         for (o, g) in self.fc_bias.grad.iter_mut().enumerate() {
             *g = dlogits.iter().skip(o).step_by(classes).sum();
@@ -1052,12 +1062,15 @@ impl TrainNet {
         matmul(
             (n, FEATURES, classes),
             &mut dfeatures,
-            (FEATURES, 1),
+            FEATURES,
+            false,
             dlogits,
             (classes, 1),
-            &self.fc_weight.value,
-            (1, classes),
-            false,
+            Rhs::F32 {
+                data: &self.fc_weight.value,
+                strides: (1, classes),
+            },
+            Parallelism::None,
         );
         // The average pool spreads each feature's gradient evenly over its map.
         let last = self.blocks.last().expect("eight blocks");
@@ -1359,7 +1372,7 @@ mod tests {
         let images =
             Tensor::<4>::from_data(TensorData::new(pixels.clone(), [n, 3, size, size]), &device);
         let labels = [2usize, 0, 1, 1];
-        let mut net = TrainNet::new(&model);
+        let mut net = TrainNet::new(&model, Precision::Fp32);
         let result = net.step(&pixels, size, &labels);
 
         let targets =

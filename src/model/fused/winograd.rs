@@ -11,6 +11,7 @@
 use gemm::Parallelism;
 use rayon::prelude::*;
 
+use super::product::{Weights, matmul};
 use super::{Epilogue, Scratch};
 
 /// One F(m x m, 3x3) algorithm: its input (`bt`, `a x a`), kernel (`g`, `a x 3`) and output
@@ -136,7 +137,7 @@ impl Tiling {
         (h, w): (usize, usize),
         cin: usize,
         cout: usize,
-        weights: &[f32],
+        weights: &Weights,
         epilogue: Epilogue,
         out: &mut [f32],
         scratch: &mut Scratch,
@@ -191,32 +192,16 @@ impl Tiling {
         m.resize(points * tiles * cout, 0.0);
         let product = |(point, dst): (usize, &mut [f32]), par: Parallelism| {
             let lhs = &v[point * tiles * cin..][..tiles * cin];
-            let rhs = &weights[point * cin * cout..][..cin * cout];
-            // SAFETY: dst is tiles x cout, lhs tiles x cin and rhs cin x cout, row-major, in
-            // bounds as sliced; none alias.
-            unsafe {
-                gemm::gemm(
-                    tiles,
-                    cout,
-                    cin,
-                    dst.as_mut_ptr(),
-                    1,
-                    cout as isize,
-                    false,
-                    lhs.as_ptr(),
-                    1,
-                    cin as isize,
-                    rhs.as_ptr(),
-                    1,
-                    cout as isize,
-                    0.0,
-                    1.0,
-                    false,
-                    false,
-                    false,
-                    par,
-                )
-            }
+            matmul(
+                (tiles, cout, cin),
+                dst,
+                cout,
+                false,
+                lhs,
+                (cin, 1),
+                weights.get(point),
+                par,
+            )
         };
         match parallelism {
             Parallelism::None => m
@@ -346,8 +331,11 @@ mod tests {
                     cin,
                     cout,
                     &{
-                        let mut u = Vec::new();
-                        tiling.weights(&weight, cin, cout, &mut u);
+                        let mut u = Weights::new(crate::model::Precision::Fp32);
+                        let points = (tiling.m + 2).pow(2);
+                        u.set((points, cin, cout), |u| {
+                            tiling.weights(&weight, cin, cout, u)
+                        });
                         u
                     },
                     epilogue,
