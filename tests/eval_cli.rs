@@ -48,7 +48,11 @@ fn best_on_test(f: &Fixture) -> (Metrics, Predictions) {
 }
 
 fn evaluate_test(f: &Fixture) -> catdog::Result<(Metrics, Predictions)> {
-    RunModel::load(&f.run, Which::Best, &Device::flex())?.evaluate(Split::Test, BATCH_SIZE, &Quiet)
+    RunModel::load(&f.run, Which::Best, &Device::flex(), Default::default())?.evaluate(
+        Split::Test,
+        BATCH_SIZE,
+        &Quiet,
+    )
 }
 
 fn fixture(test: &str) -> Fixture {

@@ -127,15 +127,8 @@ impl FoldedConv {
             }
         }
         // A Winograd convolution needs only its transformed weights.
-        let winograd = (kernel == 3 && stride == 1 && pad == 1).then(|| {
-            // F(4x4) where the maps are large (stages 1-2: 56 and 28 px at 224), F(2x2) on the
-            // small late maps, where larger tiles mostly multiply padding and the products are
-            // too short for their transforms to pay (measured: PERFORMANCE.md).
-            let tiling = if cin <= 128 {
-                &winograd::F4
-            } else {
-                &winograd::F2
-            };
+        let tiling = winograd::tiling((kernel, stride, pad), cin, precision);
+        let winograd = tiling.map(|tiling| {
             let mut transformed = Weights::new(precision);
             let points = (tiling.m() + 2).pow(2);
             transformed.set((points, cin, cout), |t| {

@@ -81,6 +81,8 @@ struct Conv {
     kernel: usize,
     stride: usize,
     pad: usize,
+    /// Of its products.
+    precision: Precision,
 }
 
 impl Conv {
@@ -92,15 +94,13 @@ impl Conv {
         self.kernel * self.kernel * self.cin
     }
 
-    /// The 3x3 stride-1 convolutions run by Winograd; F(4x4) on the wide early maps, F(2x2)
-    /// on the late ones, as in the eval path.
+    /// The tiling the convolution runs by, as in the eval path.
     fn winograd(&self) -> Option<&'static Tiling> {
-        let tiling: &'static Tiling = if self.cin <= 128 {
-            &winograd::F4
-        } else {
-            &winograd::F2
-        };
-        (self.kernel == 3 && self.stride == 1 && self.pad == 1).then_some(tiling)
+        winograd::tiling(
+            (self.kernel, self.stride, self.pad),
+            self.cin,
+            self.precision,
+        )
     }
 }
 
@@ -113,7 +113,6 @@ struct ConvBn {
     beta: Slot,
     running_mean: (String, Vec<f32>),
     running_var: (String, Vec<f32>),
-    precision: Precision,
     /// This step's weights `[(ky, kx, ci)][cout]`, the NHWC im2col column order.
     packed: Weights,
     /// For bf16, their transpose `[cout][(ky, kx, ci)]` packed for the input gradient (of
@@ -197,8 +196,8 @@ impl ConvBn {
         bn_name: &str,
         conv: Conv,
         tensors: &mut BTreeMap<String, Vec<f32>>,
-        precision: Precision,
     ) -> ConvBn {
+        let precision = conv.precision;
         let mut running = |what: &str| {
             let name = format!("{bn_name}.{what}");
             let value = take(tensors, &name);
@@ -213,7 +212,6 @@ impl ConvBn {
             beta: Slot::new(format!("{bn_name}.bias"), tensors),
             running_mean,
             running_var,
-            precision,
             // Winograd's convolutions read only their transformed weights.
             packed: Weights::new(if conv.winograd().is_some() {
                 Precision::Fp32
@@ -259,7 +257,7 @@ impl ConvBn {
         });
         let packed = self.packed.values();
         let Some(tiling) = self.conv.winograd() else {
-            if self.precision == Precision::Bf16 {
+            if self.conv.precision == Precision::Bf16 {
                 self.transposed.pack(cout, depth, packed, (1, cout));
             }
             return;
@@ -579,7 +577,7 @@ impl ConvBn {
             p.resize(depth * conv.cout, 0.0);
         }
         let chunk = self.chunk_images();
-        let (wino, precision) = (&self.wino_backward, self.precision);
+        let (wino, precision) = (&self.wino_backward, conv.precision);
         let transposed = match precision {
             Precision::Fp32 => Rhs::F32 {
                 data: self.packed.values(),
@@ -807,14 +805,9 @@ impl TrainNet {
             kernel,
             stride,
             pad,
-        };
-        let stem = ConvBn::new(
-            "conv1",
-            "bn1",
-            conv(3, 64, 7, 2, 3),
-            &mut tensors,
             precision,
-        );
+        };
+        let stem = ConvBn::new("conv1", "bn1", conv(3, 64, 7, 2, 3), &mut tensors);
         let mut blocks = Vec::new();
         for (stage, (cin, cout)) in [(64, 64), (64, 128), (128, 256), (256, 512)]
             .into_iter()
@@ -833,7 +826,6 @@ impl TrainNet {
                         &format!("{p}.downsample.1"),
                         conv(cin, cout, 1, stride, 0),
                         &mut tensors,
-                        precision,
                     )
                 });
                 blocks.push(Block {
@@ -842,14 +834,12 @@ impl TrainNet {
                         &format!("{p}.bn1"),
                         conv(cin, cout, 3, stride, 1),
                         &mut tensors,
-                        precision,
                     ),
                     conv2: ConvBn::new(
                         &format!("{p}.conv2"),
                         &format!("{p}.bn2"),
                         conv(cout, cout, 3, 1, 1),
                         &mut tensors,
-                        precision,
                     ),
                     downsample,
                     a1: Vec::new(),

@@ -13,6 +13,7 @@ use rayon::prelude::*;
 
 use super::product::{Weights, matmul};
 use super::{Epilogue, Scratch};
+use crate::model::Precision;
 
 /// One F(m x m, 3x3) algorithm: its input (`bt`, `a x a`), kernel (`g`, `a x 3`) and output
 /// (`at`, `m x a`) transforms, row-major, with `a = m + 2`.
@@ -74,6 +75,28 @@ pub const F4: Tiling = Tiling {
         0.0, 1.0, -1.0, 8.0, -8.0, 1.0,
     ],
 };
+
+/// The tiling a convolution runs by, if any: 3x3 stride-1 ones only. In f32, F(4x4) where
+/// the maps are large (stages 1-2: 56 and 28 px at 224), F(2x2) on the small late maps, where
+/// larger tiles mostly multiply padding and the products are too short for their transforms
+/// to pay (measured: PERFORMANCE.md). In bf16, F(2x2) everywhere: F(4x4)'s transforms spread
+/// values over a wide range before the rounding to bf16, which doubled the error (pooled
+/// features 1.3e-2 from f32's against 6.6e-3, gradients 1.6x autocast's distance from f32
+/// against 0.94x; PERFORMANCE.md, change 8).
+pub fn tiling(
+    (kernel, stride, pad): (usize, usize, usize),
+    cin: usize,
+    precision: Precision,
+) -> Option<&'static Tiling> {
+    if (kernel, stride, pad) != (3, 1, 1) {
+        return None;
+    }
+    Some(if cin <= 128 && precision == Precision::Fp32 {
+        &F4
+    } else {
+        &F2
+    })
+}
 
 /// `dst = sum of coefs[l] * src(l)`, channel by channel, skipping zero coefficients.
 fn combine<'a>(dst: &mut [f32], coefs: &[f32], src: impl Fn(usize) -> &'a [f32]) {
