@@ -84,7 +84,11 @@ mod tests {
             probabilities.push(vec![0.42 - jitter, 0.58 + jitter]);
         }
         // Planted errors: labelled 1, clearly class 0; labelled 0, as class 1 as class 1's own.
-        let planted = [(100, 1, [0.97, 0.03]), (101, 0, [0.35, 0.65]), (102, 1, [0.93, 0.07])];
+        let planted = [
+            (100, 1, [0.97, 0.03]),
+            (101, 0, [0.35, 0.65]),
+            (102, 1, [0.93, 0.07]),
+        ];
         for (_, label, p) in planted {
             labels.push(label);
             probabilities.push(p.to_vec());

@@ -54,7 +54,10 @@ pub struct AuditArgs {
 
 pub fn run(args: AuditArgs) -> Result<()> {
     if args.folds < 2 {
-        bail!("invalid --folds: {} (each photo needs a head trained without it: 2 or more)", args.folds);
+        bail!(
+            "invalid --folds: {} (each photo needs a head trained without it: 2 or more)",
+            args.folds
+        );
     }
     let suspects = if args.no_suspects {
         None

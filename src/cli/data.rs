@@ -162,7 +162,10 @@ pub fn print_split(manifest: &Manifest, path: &Path) {
     print!("{}", conflicts_text(&manifest.conflicts));
     print!(
         "{}",
-        near_text(&manifest.near_duplicates, Some(manifest.near_conflicts_kept))
+        near_text(
+            &manifest.near_duplicates,
+            Some(manifest.near_conflicts_kept)
+        )
     );
     println!("seed {}; manifest: {}", manifest.seed, path.display());
     for split in manifest.empty_splits() {

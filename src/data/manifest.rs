@@ -198,9 +198,10 @@ impl Manifest {
             .iter()
             .map(|f| split::Item {
                 class: class_index(f.class.as_deref().expect("usable files have a class")),
-                hash: group_key.get(f.path.as_str()).copied().unwrap_or_else(|| {
-                    f.hash.as_deref().expect("usable files have a hash")
-                }),
+                hash: group_key
+                    .get(f.path.as_str())
+                    .copied()
+                    .unwrap_or_else(|| f.hash.as_deref().expect("usable files have a hash")),
             })
             .collect();
         let splits = split::assign(&items, report.classes.len(), &ratios, seed);

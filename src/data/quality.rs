@@ -122,7 +122,8 @@ fn laplacian_variance(gray: &[f32], w: u32, h: u32) -> f64 {
     for y in 1..h - 1 {
         for x in 1..w - 1 {
             let i = y * w + x;
-            let l = f64::from(gray[i - 1] + gray[i + 1] + gray[i - w] + gray[i + w] - 4.0 * gray[i]);
+            let l =
+                f64::from(gray[i - 1] + gray[i + 1] + gray[i - w] + gray[i + w] - 4.0 * gray[i]);
             sum += l;
             sum2 += l * l;
         }

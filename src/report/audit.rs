@@ -8,9 +8,9 @@ use std::path::Path;
 use image::{Rgb, RgbImage};
 use rayon::prelude::*;
 
+use super::INDEX;
 use super::grid::{Tile, write_grid};
 use super::html::{STYLE, escape};
-use super::INDEX;
 use crate::audit::{AUDIT_JSON, AuditReport};
 use crate::data::decode::{self, Limits};
 use crate::error::Result;
@@ -43,7 +43,10 @@ pub fn write_audit_page(dir: &Path, audit: &AuditReport, top: usize) -> Result<(
         .count();
     let mut cards = vec![
         ("photos", audit.photos.to_string()),
-        ("near-duplicate groups", audit.near_duplicates.len().to_string()),
+        (
+            "near-duplicate groups",
+            audit.near_duplicates.len().to_string(),
+        ),
         ("… with different labels", conflicting.to_string()),
         ("photos with quality flags", audit.flagged.len().to_string()),
     ];
@@ -58,17 +61,20 @@ pub fn write_audit_page(dir: &Path, audit: &AuditReport, top: usize) -> Result<(
 
     if let Some(s) = &audit.suspects {
         let shown: Vec<_> = s.list.iter().take(top).collect();
-        let tiles = tiles(audit, shown.iter().map(|x| {
-            (
-                x.path.as_str(),
-                vec![
-                    format!("labelled {}", x.label),
-                    format!("looks {} {:.0}%", x.predicted, 100.0 * x.probability),
-                    x.path.clone(),
-                ],
-                false,
-            )
-        }));
+        let tiles = tiles(
+            audit,
+            shown.iter().map(|x| {
+                (
+                    x.path.as_str(),
+                    vec![
+                        format!("labelled {}", x.label),
+                        format!("looks {} {:.0}%", x.predicted, 100.0 * x.probability),
+                        x.path.clone(),
+                    ],
+                    false,
+                )
+            }),
+        );
         write_grid(&dir.join(SUSPECTS), "Suspected label errors", &tiles)?;
         let thresholds: Vec<String> = s
             .thresholds
