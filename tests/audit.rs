@@ -131,9 +131,6 @@ fn planted_copies_of_real_photos_are_found_and_distinct_photos_rarely_pair() {
     for (a, b, d) in &close {
         println!("  close: {} {} ({d} bits)", names[*a], names[*b]);
     }
-    // About 1 in 300,000 pairs of distinct photos at the threshold (README); the sample
-    // holds one real duplicate (dog.74 = dog.180) beside them.
-    assert!(close.len() <= 2 + pairs / 100_000, "{close:?}");
 
     for (name, change) in CHANGES {
         let mut distances: Vec<u32> = photos
@@ -153,10 +150,22 @@ fn planted_copies_of_real_photos_are_found_and_distinct_photos_rarely_pair() {
             distances[distances.len() / 2],
             distances[distances.len() - 1]
         );
+        let within = |t: u32| distances.iter().filter(|d| **d <= t).count();
+        println!(
+            "  {:<22} found within 8/10/12/14 bits: {}/{}/{}/{}",
+            "",
+            within(8),
+            within(10),
+            within(12),
+            within(14)
+        );
         if ALWAYS_FOUND.contains(&name) {
             assert!(recall >= 0.99, "{name}: {recall}");
         }
     }
+    // About 1 in 400,000 pairs of distinct photos at the threshold (README); the sample
+    // holds one real duplicate (dog.74 = dog.180) beside them.
+    assert!(close.len() <= 2 + pairs / 100_000, "{close:?}");
 }
 
 /// A photo of random coloured blocks: its hash is as far from any other's as chance
