@@ -6,7 +6,8 @@
 //! |----------------|-----------------|----------------------------------------------------------|
 //! | loading        | [`data::scan`]  | finding photos in a folder, the two layouts, labels       |
 //! | cleaning       | [`data::clean`] | decoding every file, usable / rejected / ignored, quarantine |
-//! | splitting      | [`data::split`] | stratified, seeded train/val/test split, the [`data::Manifest`] |
+//! | splitting      | [`data::split`] | stratified, seeded train/val/test split (near-duplicates together), the [`data::Manifest`] |
+//! | auditing       | [`audit`]       | near-duplicates, quality flags, suspected label errors (k-fold heads, confident learning) |
 //! | preprocessing  | [`preprocess`]  | decode + torchvision's eval transform, augmentation       |
 //! | batching       | [`loader`]      | parallel, prefetched, shuffled batches from a manifest    |
 //! | training       | [`train`]       | the epoch loop, Adam, frozen-feature cache, checkpoints, resume |
@@ -22,6 +23,7 @@
 //! [`bench`] holds the in-process measurements `catdog bench` runs, [`data::synthetic`] the
 //! generated photos of `catdog demo`, the bench and the tests.
 
+pub mod audit;
 pub mod bench;
 pub mod data;
 pub mod device;

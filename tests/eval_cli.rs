@@ -94,6 +94,7 @@ fn fixture(test: &str) -> Fixture {
             seed: 1,
             limits: Limits::default(),
             exclude: None,
+            keep_near_conflicts: false,
         },
         &Quiet,
     )

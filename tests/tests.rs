@@ -14,6 +14,7 @@ mod serve_common;
 #[path = "../src/cli/bench/process.rs"]
 mod process;
 
+mod audit;
 mod cli_model;
 mod data_pipeline;
 mod eval_cli;

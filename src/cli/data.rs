@@ -3,7 +3,7 @@
 use std::path::{Path, PathBuf};
 
 use anyhow::{Context, Result};
-use catdog::data::manifest::conflicts_text;
+use catdog::data::manifest::{conflicts_text, near_text};
 use catdog::data::split::DEFAULT_SEED;
 use catdog::data::{self, Layout, Limits, Manifest, Prepare, Ratios, Split};
 use catdog::fsio;
@@ -26,7 +26,7 @@ pub struct DataArgs {
 }
 
 impl DataArgs {
-    fn limits(&self) -> Limits {
+    pub fn limits(&self) -> Limits {
         Limits {
             max_pixels: self.max_pixels,
             max_file_bytes: self.max_file_bytes,
@@ -59,6 +59,9 @@ pub struct SplitArgs {
     /// Where to write the manifest (JSON)
     #[arg(long, default_value = "manifest.json")]
     pub out: PathBuf,
+    /// Split near-duplicates whose labels differ like the others, instead of leaving them out
+    #[arg(long)]
+    pub keep_near_conflicts: bool,
 }
 
 pub fn clean(args: CleanArgs) -> Result<()> {
@@ -72,6 +75,8 @@ pub fn clean(args: CleanArgs) -> Result<()> {
     bar.finish();
     print!("{}", report.table());
     print!("{}", conflicts_text(&report.conflicts));
+    print!("{}", report.quality_text());
+    print!("{}", near_text(&report.near_duplicates, None));
     let moved = args
         .quarantine
         .as_ref()
@@ -83,12 +88,32 @@ pub fn clean(args: CleanArgs) -> Result<()> {
         println!("moved {n} rejected file(s) to {}", dir.display());
     }
     println!("report: {}", args.report.display());
+    print!("{}", where_to_look(&report, &args.data.data));
     Ok(())
 }
 
+/// Where the details of the quality flags and near-duplicates are, when there are any.
+fn where_to_look(report: &data::CleanReport, data: &Path) -> String {
+    if report.quality_counts().0 == 0 && report.near_duplicates.is_empty() {
+        return String::new();
+    }
+    format!(
+        "to see them: `catdog audit {}` (pictures, and suspected label errors)\n",
+        data.display()
+    )
+}
+
 pub fn split(args: SplitArgs) -> Result<()> {
-    let manifest = prepare(&args.data, args.ratios, args.seed, &args.out, None)?;
+    let (manifest, report) = prepare(
+        &args.data,
+        args.ratios,
+        args.seed,
+        args.keep_near_conflicts,
+        &args.out,
+        None,
+    )?;
     print_split(&manifest, &args.out);
+    print!("{}", where_to_look(&report, &args.data.data));
     Ok(())
 }
 
@@ -98,9 +123,10 @@ pub fn prepare(
     args: &DataArgs,
     ratios: Ratios,
     seed: u64,
+    keep_near_conflicts: bool,
     out: &Path,
     report_path: Option<&Path>,
-) -> Result<Manifest> {
+) -> Result<(Manifest, data::CleanReport)> {
     let bar = Bar::new("decoding");
     let (manifest, report) = data::prepare(
         &Prepare {
@@ -110,16 +136,18 @@ pub fn prepare(
             seed,
             limits: args.limits(),
             exclude: None,
+            keep_near_conflicts,
         },
         &bar,
     )?;
     bar.finish();
     print!("{}", report.table());
+    print!("{}", report.quality_text());
     if let Some(path) = report_path {
         fsio::write_json(path, &report)?;
     }
     manifest.save(out).with_context(|| "saving the manifest")?;
-    Ok(manifest)
+    Ok((manifest, report))
 }
 
 pub fn print_split(manifest: &Manifest, path: &Path) {
@@ -132,6 +160,13 @@ pub fn print_split(manifest: &Manifest, path: &Path) {
         );
     }
     print!("{}", conflicts_text(&manifest.conflicts));
+    print!(
+        "{}",
+        near_text(
+            &manifest.near_duplicates,
+            Some(manifest.near_conflicts_kept)
+        )
+    );
     println!("seed {}; manifest: {}", manifest.seed, path.display());
     for split in manifest.empty_splits() {
         let consequence = match split {

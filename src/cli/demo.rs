@@ -48,10 +48,11 @@ pub fn run(args: DemoArgs) -> Result<()> {
         max_file_bytes: Limits::default().max_file_bytes,
     };
     let report_path = args.out.join("clean-report.json");
-    let manifest = data::prepare(
+    let (manifest, _) = data::prepare(
         &data_args,
         Ratios::default(),
         args.seed,
+        false,
         &manifest_path,
         Some(&report_path),
     )?;

@@ -1,6 +1,7 @@
 //! Subcommands. Each file holds one group of commands and only turns
 //! arguments into library calls and results into text.
 
+mod audit;
 mod bench;
 mod data;
 mod demo;
@@ -79,6 +80,8 @@ enum Command {
     Clean(data::CleanArgs),
     /// Clean, then split into train/val/test and write the manifest
     Split(data::SplitArgs),
+    /// Look for near-duplicates, quality problems and suspected label errors; writes audit.json and a page
+    Audit(audit::AuditArgs),
     /// Manage the pretrained ImageNet weights
     Weights(weights::WeightsArgs),
     /// Classify photos into the 1000 ImageNet classes with the pretrained network
@@ -103,6 +106,7 @@ pub fn main() -> ExitCode {
         Command::Demo(args) => demo::run(args),
         Command::Clean(args) => data::clean(args),
         Command::Split(args) => data::split(args),
+        Command::Audit(args) => audit::run(args),
         Command::Weights(args) => weights::run(args),
         Command::Imagenet(args) => imagenet::run(args),
         Command::Train(args) => train::run(*args),

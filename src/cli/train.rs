@@ -9,7 +9,7 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use anyhow::{Result, bail};
 use catdog::data::Ratios;
 use catdog::data::Split;
-use catdog::data::manifest::conflicts_text;
+use catdog::data::manifest::{conflicts_text, near_text};
 use catdog::model::Precision;
 use catdog::model::weights::WeightsChoice;
 use catdog::preprocess::Preprocessing;
@@ -234,7 +234,14 @@ impl Show {
     fn line(&self, event: &Event<'_>) -> String {
         let run = self.run.display();
         match event {
-            Event::Prepared(report) => report.table(),
+            Event::Prepared(report) => format!(
+                "{}{}{}",
+                report.table(),
+                report.quality_text(),
+                near_text(&report.near_duplicates, Some(false))
+            )
+            .trim_end()
+            .to_owned(),
             Event::Conflicts(conflicts) => conflicts_text(conflicts),
             Event::Weights(origin) => format!("weights: {origin}"),
             Event::EpochsChanged { from, to } => {

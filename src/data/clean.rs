@@ -12,7 +12,10 @@ use rayon::prelude::*;
 use serde::{Deserialize, Serialize};
 
 use super::decode::{self, Limits, RejectReason, Rejection, Warning, WarningKind};
-use super::manifest::{Conflict, LabelledFile};
+use super::manifest::{Conflict, LabelledFile, NearGroup};
+use super::near;
+use super::phash::{self, Hashes};
+use super::quality::{self, Flag};
 use super::scan::{Layout, Scan};
 use crate::error::{Error, Result};
 use crate::fsio;
@@ -44,6 +47,12 @@ pub struct FileReport {
     pub hash: Option<String>,
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub warnings: Vec<Warning>,
+    /// Perceptual hashes (usable files), for near-duplicates.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub phash: Option<Hashes>,
+    /// Quality flags (usable files): warnings for a person, never a reason to leave it out.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub quality: Vec<Flag>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub rejection: Option<Rejection>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -64,6 +73,9 @@ pub struct ClassSummary {
     pub with_warnings: usize,
     pub rejected: BTreeMap<RejectReason, usize>,
     pub ignored: usize,
+    /// Usable files per quality flag.
+    #[serde(default)]
+    pub quality: BTreeMap<Flag, usize>,
 }
 
 /// The full result of the clean step, written as JSON by `catdog clean --report`.
@@ -81,6 +93,12 @@ pub struct CleanReport {
     /// leaves them out.
     #[serde(default)]
     pub conflicts: Vec<Conflict>,
+    /// Perceptual hashes at most this many bits apart mark near-duplicates.
+    #[serde(default)]
+    pub near_threshold: u32,
+    /// Groups of near-duplicate usable files (not all identical), in path order.
+    #[serde(default)]
+    pub near_duplicates: Vec<NearGroup>,
 }
 
 /// Decodes every candidate of `scan` (in parallel) and reports on each.
@@ -110,8 +128,41 @@ pub fn clean(scan: &Scan, limits: &Limits, progress: &dyn Progress) -> CleanRepo
         summary,
         quarantine: None,
         conflicts: conflicts(&files),
+        near_threshold: near::DEFAULT_THRESHOLD,
+        near_duplicates: near_duplicates(&files, near::DEFAULT_THRESHOLD),
         files,
     }
+}
+
+/// The groups of usable files within `threshold` bits of each other, leaving out
+/// groups of identical files only (those are [`conflicts`] or plain duplicates).
+fn near_duplicates(files: &[FileReport], threshold: u32) -> Vec<NearGroup> {
+    let hashed: Vec<(&FileReport, Hashes)> = files
+        .iter()
+        .filter(|f| f.status == FileStatus::Usable)
+        .filter_map(|f| f.phash.map(|h| (f, h)))
+        .collect();
+    let hashes: Vec<Hashes> = hashed.iter().map(|(_, h)| *h).collect();
+    let pairs = near::pairs(&hashes, threshold);
+    let mut farthest = vec![0u32; hashed.len()];
+    for p in &pairs {
+        farthest[p.a] = farthest[p.a].max(p.distance);
+    }
+    near::groups(hashed.len(), &pairs)
+        .into_iter()
+        .filter(|g| g.iter().any(|&i| hashed[i].0.hash != hashed[g[0]].0.hash))
+        .map(|g| NearGroup {
+            distance: g.iter().map(|&i| farthest[i]).max().unwrap_or(0),
+            files: g
+                .iter()
+                .map(|&i| LabelledFile {
+                    path: hashed[i].0.path.clone(),
+                    label: hashed[i].0.class.clone().unwrap_or_default(),
+                })
+                .collect(),
+            split: None,
+        })
+        .collect()
 }
 
 /// The groups of usable files with identical content whose labels disagree,
@@ -153,6 +204,9 @@ fn check_file(root: &Path, rel: &str, class: Option<String>, limits: &Limits) ->
             report.width = Some(d.image.width());
             report.height = Some(d.image.height());
             report.hash = Some(hash);
+            report.phash = Some(phash::hashes(&d.image));
+            let converted = d.warnings.iter().any(|w| w.kind == WarningKind::Converted);
+            report.quality = quality::assess(&d.image, converted);
             report.warnings = d.warnings;
         }
         Err(rejection) => report.rejection = Some(rejection),
@@ -171,6 +225,8 @@ impl FileReport {
             height: None,
             hash: None,
             warnings: Vec::new(),
+            phash: None,
+            quality: Vec::new(),
             rejection: None,
             ignored_because: None,
             quarantined_to: None,
@@ -215,6 +271,9 @@ fn summarise(classes: &[String], files: &[FileReport]) -> Vec<ClassSummary> {
                 row.converted +=
                     usize::from(f.warnings.iter().any(|w| w.kind == WarningKind::Converted));
                 row.with_warnings += usize::from(!f.warnings.is_empty());
+                for flag in &f.quality {
+                    *row.quality.entry(*flag).or_default() += 1;
+                }
             }
             FileStatus::Rejected => {
                 let reason = f
@@ -243,7 +302,35 @@ impl CleanReport {
             .filter(|f| f.status == FileStatus::Rejected)
     }
 
-    /// The summary as a text table, one row per class.
+    /// Usable files with any quality flag, and the count of each flag.
+    pub fn quality_counts(&self) -> (usize, BTreeMap<Flag, usize>) {
+        let mut counts = BTreeMap::new();
+        for s in &self.summary {
+            for (flag, n) in &s.quality {
+                *counts.entry(*flag).or_default() += n;
+            }
+        }
+        let flagged = self.usable().filter(|f| !f.quality.is_empty()).count();
+        (flagged, counts)
+    }
+
+    /// One line on the quality flags, empty when no photo has any.
+    pub fn quality_text(&self) -> String {
+        let (flagged, counts) = self.quality_counts();
+        if flagged == 0 {
+            return String::new();
+        }
+        let each: Vec<String> = counts
+            .iter()
+            .map(|(f, n)| format!("{} {n}", f.label()))
+            .collect();
+        format!(
+            "quality flags (warnings only, nothing is left out): {flagged} photo(s): {}\n",
+            each.join(", ")
+        )
+    }
+
+    /// The summary as a text table, one row per class (the `q:` columns: quality flags).
     pub fn table(&self) -> String {
         let reasons: Vec<RejectReason> = {
             let mut r: Vec<_> = self
@@ -263,6 +350,11 @@ impl CleanReport {
         ];
         header.extend(reasons.iter().map(|r| format!("rej: {}", r.label())));
         header.push("ignored".into());
+        let flags: Vec<Flag> = Flag::ALL
+            .into_iter()
+            .filter(|f| self.summary.iter().any(|s| s.quality.contains_key(f)))
+            .collect();
+        header.extend(flags.iter().map(|f| format!("q: {}", f.label())));
         let mut rows = vec![header];
         let mut total = vec![0usize; rows[0].len() - 1];
         for s in &self.summary {
@@ -273,6 +365,7 @@ impl CleanReport {
                     .map(|r| s.rejected.get(r).copied().unwrap_or(0)),
             );
             nums.push(s.ignored);
+            nums.extend(flags.iter().map(|f| s.quality.get(f).copied().unwrap_or(0)));
             for (t, n) in total.iter_mut().zip(&nums) {
                 *t += n;
             }

@@ -38,6 +38,15 @@ pub struct Manifest {
     /// of every split, since one of each group would always be scored wrong.
     #[serde(default)]
     pub conflicts: Vec<Conflict>,
+    /// Groups of near-duplicates (resized, re-encoded, cropped, mirrored copies): each
+    /// shares one split; one whose labels differ is left out of every split unless
+    /// [`Manifest::near_conflicts_kept`].
+    #[serde(default)]
+    pub near_duplicates: Vec<NearGroup>,
+    /// Whether near-duplicates with different labels were split like the others
+    /// (`catdog split --keep-near-conflicts`).
+    #[serde(default)]
+    pub near_conflicts_kept: bool,
     pub rejected: Vec<RejectedFile>,
     pub ignored: Vec<Ignored>,
 }
@@ -70,6 +79,24 @@ pub struct Conflict {
     pub files: Vec<LabelledFile>,
 }
 
+/// Photos whose perceptual hashes are within the near-duplicate threshold of each other
+/// (through a chain of pairs), not all identical.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct NearGroup {
+    pub files: Vec<LabelledFile>,
+    /// The largest distance (bits of 63) among the pairs that joined the group.
+    pub distance: u32,
+    /// Where the group went; none in the clean report, and for a group left out.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub split: Option<Split>,
+}
+
+impl NearGroup {
+    pub fn labels_agree(&self) -> bool {
+        self.files.iter().all(|f| f.label == self.files[0].label)
+    }
+}
+
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub struct LabelledFile {
     pub path: String,
@@ -100,25 +127,62 @@ pub struct Prepare<'a> {
     pub limits: Limits,
     /// A folder under the root to leave out (the quarantine folder).
     pub exclude: Option<&'a Path>,
+    /// Split near-duplicates with different labels like the others, instead of leaving
+    /// them out.
+    pub keep_near_conflicts: bool,
 }
 
 /// Runs [`Prepare`]: returns the manifest and the clean step's full report.
 pub fn prepare(p: &Prepare<'_>, progress: &dyn Progress) -> Result<(Manifest, CleanReport)> {
     let scan = scan::scan(p.root, p.layout, p.exclude)?;
     let report = clean::clean(&scan, &p.limits, progress);
-    let manifest = Manifest::from_report(&report, p.ratios, p.seed)?;
+    let manifest = Manifest::from_report(&report, p.ratios, p.seed, p.keep_near_conflicts)?;
     Ok((manifest, report))
 }
 
 impl Manifest {
-    /// Splits the usable files of a clean report.
-    pub fn from_report(report: &CleanReport, ratios: Ratios, seed: u64) -> Result<Manifest> {
+    /// Splits the usable files of a clean report: near-duplicates and identical files
+    /// share a split; near-duplicates with different labels are left out unless
+    /// `keep_near_conflicts`.
+    pub fn from_report(
+        report: &CleanReport,
+        ratios: Ratios,
+        seed: u64,
+        keep_near_conflicts: bool,
+    ) -> Result<Manifest> {
         // One of each conflicting group would always be scored wrong.
-        let conflicted: BTreeSet<&str> = report
+        let mut conflicted: BTreeSet<&str> = report
             .conflicts
             .iter()
             .flat_map(|c| c.files.iter().map(|f| f.path.as_str()))
             .collect();
+        if !keep_near_conflicts {
+            conflicted.extend(
+                report
+                    .near_duplicates
+                    .iter()
+                    .filter(|g| !g.labels_agree())
+                    .flat_map(|g| g.files.iter().map(|f| f.path.as_str())),
+            );
+        }
+        // A near-duplicate moves with its group: its split key is the group's smallest
+        // content hash. Identical copies hash alike, so they are always in one group.
+        let hash_of: BTreeMap<&str, &str> = report
+            .usable()
+            .filter_map(|f| Some((f.path.as_str(), f.hash.as_deref()?)))
+            .collect();
+        let mut group_key: BTreeMap<&str, &str> = BTreeMap::new();
+        for g in &report.near_duplicates {
+            let key = g
+                .files
+                .iter()
+                .filter_map(|f| hash_of.get(f.path.as_str()).copied())
+                .min()
+                .unwrap_or_default();
+            for f in &g.files {
+                group_key.insert(&f.path, key);
+            }
+        }
         let usable: Vec<&clean::FileReport> = report
             .usable()
             .filter(|f| !conflicted.contains(f.path.as_str()))
@@ -134,7 +198,10 @@ impl Manifest {
             .iter()
             .map(|f| split::Item {
                 class: class_index(f.class.as_deref().expect("usable files have a class")),
-                hash: f.hash.as_deref().expect("usable files have a hash"),
+                hash: group_key
+                    .get(f.path.as_str())
+                    .copied()
+                    .unwrap_or_else(|| f.hash.as_deref().expect("usable files have a hash")),
             })
             .collect();
         let splits = split::assign(&items, report.classes.len(), &ratios, seed);
@@ -184,6 +251,18 @@ impl Manifest {
             counts,
             duplicates: duplicate_groups(&files),
             conflicts: report.conflicts.clone(),
+            near_duplicates: report
+                .near_duplicates
+                .iter()
+                .map(|g| {
+                    let split = files
+                        .iter()
+                        .find(|f| f.path == g.files[0].path)
+                        .map(|f| f.split);
+                    NearGroup { split, ..g.clone() }
+                })
+                .collect(),
+            near_conflicts_kept: keep_near_conflicts,
             rejected: report
                 .rejected()
                 .map(|f| {
@@ -344,6 +423,30 @@ pub fn conflicts_text(conflicts: &[Conflict]) -> String {
         text += &format!("  {}\n", files.join(" = "));
     }
     text
+}
+
+/// One line on near-duplicates and where to look, empty when there are none. `kept`:
+/// those with different labels were split like the others.
+pub fn near_text(groups: &[NearGroup], kept: Option<bool>) -> String {
+    if groups.is_empty() {
+        return String::new();
+    }
+    let photos: usize = groups.iter().map(|g| g.files.len()).sum();
+    let conflicting = groups.iter().filter(|g| !g.labels_agree()).count();
+    let fate = match kept {
+        None => "",
+        Some(true) => ", split like the others (--keep-near-conflicts)",
+        Some(false) => ", left out of every split (--keep-near-conflicts keeps them)",
+    };
+    let shared = if kept.is_some() {
+        ", each kept in one split"
+    } else {
+        ""
+    };
+    format!(
+        "near-duplicates: {} group(s) of {photos} photos{shared}; {conflicting} with different labels{fate}\n",
+        groups.len()
+    )
 }
 
 fn duplicate_groups(files: &[ManifestFile]) -> Vec<DuplicateGroup> {

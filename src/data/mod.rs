@@ -4,6 +4,8 @@
 //! - [`scan`]: find the photos and their labels (the two layouts).
 //! - [`decode`]: read one file safely (limits, formats, colour modes, EXIF).
 //! - [`clean`]: decode every file and sort it into usable / rejected / ignored.
+//! - [`phash`]: perceptual hashes; [`near`]: near-duplicate pairs and groups through an index.
+//! - [`quality`]: quality flags (tiny, blurry, dark...), warnings only.
 //! - [`split`]: the stratified, seeded train/val/test assignment.
 //! - [`manifest`]: the prepared data set as one JSON file, and [`prepare`] to make it.
 //! - [`synthetic`]: generated photos (the demo's data set, the bench's and the tests' stand-ins).
@@ -11,6 +13,9 @@
 pub mod clean;
 pub mod decode;
 pub mod manifest;
+pub mod near;
+pub mod phash;
+pub mod quality;
 pub mod scan;
 pub mod split;
 pub mod synthetic;

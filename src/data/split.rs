@@ -101,13 +101,14 @@ impl Ratios {
     }
 }
 
-/// One file to assign: its class index and content hash.
+/// One file to assign: its class index and the key of the group it moves with (its
+/// content hash, or its near-duplicate group's smallest one).
 pub struct Item<'a> {
     pub class: usize,
     pub hash: &'a str,
 }
 
-/// Assigns a split to every item. Items sharing a hash form one group that
+/// Assigns a split to every item. Items sharing a key form one group that
 /// moves together; a group counts toward the class of its first item. Groups
 /// are ordered by hash before the seeded shuffle, which makes the result
 /// depend only on the seed and the set of files.

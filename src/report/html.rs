@@ -42,7 +42,7 @@ const PICTURES: [(&str, &str, &str); 5] = [
     ),
 ];
 
-const STYLE: &str = "
+pub(crate) const STYLE: &str = "
 body { font: 16px/1.5 system-ui, -apple-system, 'Segoe UI', Roboto, sans-serif; color: #212529;
        max-width: 1000px; margin: 0 auto; padding: 1rem; }
 h1 { font-size: 1.6rem; margin: .5rem 0 1rem; }
@@ -187,7 +187,7 @@ fn flatten(key: &str, value: &Value, rows: &mut Vec<(String, String)>) {
     }
 }
 
-fn escape(text: &str) -> String {
+pub(crate) fn escape(text: &str) -> String {
     let mut out = String::with_capacity(text.len());
     for c in text.chars() {
         match c {

@@ -9,6 +9,7 @@
 //! one function here that runs the model (evaluation, and Grad-CAM from
 //! [`crate::model::gradcam`]) to get those numbers.
 
+mod audit;
 mod confusion;
 mod curves;
 mod draw;
@@ -18,6 +19,7 @@ mod html;
 mod run;
 mod text;
 
+pub use audit::{NEAR_DUPLICATES, SUSPECTS, write_audit_page};
 pub use confusion::write_confusion;
 pub use curves::write_curves;
 pub use gradcam::overlay;

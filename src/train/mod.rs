@@ -169,6 +169,7 @@ impl Session {
                         seed: settings.seed,
                         limits: Limits::default(),
                         exclude: Some(&run.root),
+                        keep_near_conflicts: false,
                     },
                     &StepProgress::new(Step::Decoding, on),
                 )?;
