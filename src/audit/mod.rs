@@ -225,12 +225,9 @@ fn suspects(
     // fp32: the features the training runs of the same photos cache (and share).
     let net = EvalNet::new(&model.valid(), &device, Precision::Fp32);
     let cache = match (&settings.cache_dir, &sha) {
-        (Some(dir), Some(sha)) => Some(FeatureCache::new(
-            dir,
-            sha,
-            &preprocessing,
-            Precision::Fp32,
-        )),
+        (Some(dir), Some(sha)) => {
+            Some(FeatureCache::new(dir, sha, &preprocessing, Precision::Fp32))
+        }
         _ => None,
     };
     let loader = LoaderConfig {

@@ -6,9 +6,9 @@ use burn::prelude::*;
 use super::fused::FusedResNet18;
 use super::{Precision, ResNet18};
 
+// Boxed: both are large, and this is built once per loaded model.
 pub enum EvalNet {
-    Cpu(FusedResNet18),
-    // Boxed: a burn module is large, and this is built once per loaded model.
+    Cpu(Box<FusedResNet18>),
     Burn {
         model: Box<ResNet18>,
         device: Device,
@@ -22,7 +22,7 @@ impl EvalNet {
     pub fn new(model: &ResNet18, device: &Device, precision: Precision) -> Self {
         let device = device.clone().without_autodiff();
         if device == Device::flex() {
-            EvalNet::Cpu(FusedResNet18::new(model, precision.on_this_cpu()))
+            EvalNet::Cpu(Box::new(FusedResNet18::new(model, precision.on_this_cpu())))
         } else {
             EvalNet::Burn {
                 model: Box::new(model.clone().valid().to_device(&device)),

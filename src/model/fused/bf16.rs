@@ -250,8 +250,10 @@ unsafe fn kernel(t: &Tile, out: *mut f32, drs: usize) {
         // SAFETY: p < kp, and the tile holds kp rows of NR words of b and MR rows of a.
         let (b0, b1): (__m512bh, __m512bh) = unsafe {
             (
-                std::mem::transmute(_mm512_loadu_si512(b.add(p * NR).cast())),
-                std::mem::transmute(_mm512_loadu_si512(b.add(p * NR + 16).cast())),
+                std::mem::transmute::<__m512i, __m512bh>(_mm512_loadu_si512(b.add(p * NR).cast())),
+                std::mem::transmute::<__m512i, __m512bh>(_mm512_loadu_si512(
+                    b.add(p * NR + 16).cast(),
+                )),
             )
         };
         for (i, acc) in acc.iter_mut().enumerate() {
@@ -361,7 +363,11 @@ unsafe fn convert_row(src: &[f32], dst: &mut [u32]) {
         // fit in dst (2 * pairs >= k).
         unsafe {
             let v = _mm512_cvtneps_pbh(_mm512_maskz_loadu_ps(mask, src.as_ptr().add(c)));
-            _mm256_mask_storeu_epi16(out.add(c).cast(), mask, std::mem::transmute(v));
+            _mm256_mask_storeu_epi16(
+                out.add(c).cast(),
+                mask,
+                std::mem::transmute::<__m256bh, __m256i>(v),
+            );
         }
     }
 }
