@@ -48,7 +48,9 @@ fn best_on_test(f: &Fixture) -> (Metrics, Predictions) {
 }
 
 fn evaluate_test(f: &Fixture) -> catdog::Result<(Metrics, Predictions)> {
-    RunModel::load(&f.run, Which::Best, &Device::flex())?.evaluate(Split::Test, BATCH_SIZE, &Quiet)
+    let (evaluation, predictions) = RunModel::load(&f.run, Which::Best, &Device::flex())?
+        .evaluate(Split::Test, BATCH_SIZE, &Quiet)?;
+    Ok((evaluation.metrics, predictions))
 }
 
 fn fixture(test: &str) -> Fixture {

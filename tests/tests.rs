@@ -14,6 +14,7 @@ mod serve_common;
 #[path = "../src/cli/bench/process.rs"]
 mod process;
 
+mod calibration;
 mod cli_model;
 mod data_pipeline;
 mod eval_cli;

@@ -9,6 +9,7 @@
 //! one function here that runs the model (evaluation, and Grad-CAM from
 //! [`crate::model::gradcam`]) to get those numbers.
 
+mod calibration;
 mod confusion;
 mod curves;
 mod draw;
@@ -18,6 +19,7 @@ mod html;
 mod run;
 mod text;
 
+pub use calibration::{write_reliability, write_roc};
 pub use confusion::write_confusion;
 pub use curves::write_curves;
 pub use gradcam::overlay;
@@ -31,6 +33,8 @@ pub const CONFUSION: &str = "confusion.png";
 pub const PREDICTIONS: &str = "predictions.png";
 pub const TOP_LOSSES: &str = "top-losses.png";
 pub const GRADCAM: &str = "gradcam.png";
+pub const RELIABILITY: &str = "reliability.png";
+pub const ROC: &str = "roc.png";
 pub const INDEX: &str = "index.html";
 
 /// Test photos in each picture of photos (predictions, top losses, Grad-CAM) by default.
