@@ -5,6 +5,7 @@ use std::path::PathBuf;
 use anyhow::Result;
 use burn::prelude::Device;
 use catdog::data::Split;
+use catdog::evaluate::calibration::FalseRateLimit;
 use catdog::evaluate::{BATCH_SIZE, Evaluation, RunModel};
 use catdog::fsio;
 use catdog::model::calibration::{DecisionRule, ERROR_RATE};
@@ -30,6 +31,10 @@ pub struct EvaluateArgs {
     /// the most probable class)
     #[arg(long, default_value_t = DecisionRule::default())]
     pub decision: DecisionRule,
+    /// CLASS=RATE: choose on the validation split the threshold on CLASS's probability that
+    /// takes at most RATE of the other photos for CLASS (e.g. dog=0.01), and report its rates
+    #[arg(long, value_name = "CLASS=RATE")]
+    pub max_false_rate: Option<FalseRateLimit>,
     /// Photos per forward pass
     #[arg(long, default_value_t = BATCH_SIZE as u16, value_parser = clap::value_parser!(u16).range(1..))]
     pub batch_size: u16,
@@ -69,6 +74,7 @@ pub fn evaluate(args: EvaluateArgs) -> Result<()> {
     let run = RunDir::new(&args.run);
     let mut loaded = RunModel::load(&run, args.checkpoint, &args.device.device()?)?;
     loaded.judge.rule = args.decision;
+    loaded.false_rate = args.max_false_rate;
     if loaded.judge.calibration().is_none() && args.decision == DecisionRule::Calibrated {
         eprintln!(
             "note: {} has no calibration, so every answer is the most probable class; fit one with `catdog calibrate {}`",

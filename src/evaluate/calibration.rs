@@ -359,6 +359,91 @@ pub fn check_error_rate(error_rate: f64) -> Result<()> {
     }
 }
 
+/// `--max-false-rate CLASS=RATE`: at most this share of the photos of other classes may be
+/// answered CLASS (what a content filter needs: few photos wrongly let through, or blocked).
+#[derive(Clone, Debug, PartialEq)]
+pub struct FalseRateLimit {
+    pub class: String,
+    pub rate: f64,
+}
+
+impl std::str::FromStr for FalseRateLimit {
+    type Err = Error;
+
+    fn from_str(text: &str) -> Result<Self> {
+        let bad = |problem: String| Error::setting("--max-false-rate", problem);
+        let (class, rate) = text
+            .split_once('=')
+            .ok_or_else(|| bad(format!("'{text}' is not CLASS=RATE, e.g. dog=0.01")))?;
+        let rate: f64 = rate
+            .parse()
+            .ok()
+            .filter(|r| (0.0..1.0).contains(r))
+            .ok_or_else(|| bad(format!("'{rate}' is not a share from 0 to below 1, e.g. 0.01")))?;
+        Ok(FalseRateLimit {
+            class: class.to_owned(),
+            rate,
+        })
+    }
+}
+
+/// A class's threshold for a [`FalseRateLimit`], and what it achieves.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct OperatingPoint {
+    pub class: String,
+    pub max_false_rate: f64,
+    /// The class is answered when its calibrated probability is above this.
+    pub threshold: f64,
+    /// On the validation split, where the threshold was chosen.
+    pub validation: Rates,
+    /// On the evaluated split.
+    pub evaluated: Rates,
+}
+
+/// What a threshold does on a set of photos.
+#[derive(Clone, Copy, Debug, PartialEq, Serialize, Deserialize)]
+pub struct Rates {
+    /// The share of the other classes' photos answered as the class.
+    pub false_rate: f64,
+    /// The share of the class's photos answered as it.
+    pub recall: f64,
+}
+
+/// The lowest threshold (the most photos of the class found) whose false rate on these photos
+/// is at most `max_false_rate`: the class is answered when its score is above the
+/// ⌊max_false_rate · negatives⌋+1-th highest score of the other photos.
+pub fn threshold_for(scores: &[f64], positive: &[bool], max_false_rate: f64) -> f64 {
+    let mut negatives: Vec<f64> = scores
+        .iter()
+        .zip(positive)
+        .filter(|(_, p)| !**p)
+        .map(|(s, _)| *s)
+        .collect();
+    negatives.sort_by(|a, b| b.total_cmp(a));
+    let allowed = (max_false_rate * negatives.len() as f64).floor() as usize;
+    negatives.get(allowed).copied().unwrap_or(0.0)
+}
+
+/// The false rate and recall of answering the class above `threshold`.
+pub fn rates(scores: &[f64], positive: &[bool], threshold: f64) -> Rates {
+    let (mut fp, mut tp) = (0usize, 0usize);
+    for (&s, &p) in scores.iter().zip(positive) {
+        if s > threshold {
+            if p {
+                tp += 1;
+            } else {
+                fp += 1;
+            }
+        }
+    }
+    let pos = positive.iter().filter(|&&p| p).count();
+    let neg = positive.len() - pos;
+    Rates {
+        false_rate: fp as f64 / neg.max(1) as f64,
+        recall: tp as f64 / pos.max(1) as f64,
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use rand::{Rng, SeedableRng};
@@ -397,6 +482,24 @@ mod tests {
         let report = CalibrationReport::compute(&labels, &logits, fit_temperature(&labels, &logits));
         assert!(report.ece_before > 0.1 && report.ece_after < 0.03, "{report:?}");
         assert!(report.nll_after < report.nll_before && report.brier_after < report.brier_before);
+    }
+
+    #[test]
+    fn the_false_rate_threshold_is_chosen_on_one_set_and_measured_on_another() {
+        let limit: FalseRateLimit = "dog=0.25".parse().unwrap();
+        assert_eq!((limit.class.as_str(), limit.rate), ("dog", 0.25));
+        for bad in ["dog", "dog=2", "dog=x"] {
+            let err = bad.parse::<FalseRateLimit>().unwrap_err().to_string();
+            assert!(err.contains("--max-false-rate"), "{err}");
+        }
+        // Cats score 0.1 0.2 0.6 0.9; one of four may pass: above 0.6.
+        let scores = [0.1, 0.2, 0.6, 0.9, 0.5, 0.7, 0.95];
+        let dog = [false, false, false, false, true, true, true];
+        let t = threshold_for(&scores, &dog, limit.rate);
+        assert_eq!(t, 0.6);
+        let r = rates(&scores, &dog, t);
+        assert_eq!((r.false_rate, r.recall), (0.25, 2.0 / 3.0));
+        assert_eq!(threshold_for(&scores, &dog, 0.0), 0.9);
     }
 
     #[test]

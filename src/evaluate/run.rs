@@ -4,7 +4,9 @@ use burn::module::Module;
 use burn::prelude::Device;
 use serde::{Deserialize, Serialize};
 
-use super::calibration::CalibrationReport;
+use super::calibration::{
+    CalibrationReport, FalseRateLimit, OperatingPoint, rates, threshold_for,
+};
 use super::{Metrics, Predictions, predict_samples};
 use crate::data::{Manifest, Split};
 use crate::error::{Error, Result};
@@ -12,7 +14,7 @@ use crate::fsio;
 use crate::model::calibration::{Decision, DecisionRule, Judge};
 use crate::model::checkpoint::{self, CheckpointMeta};
 use crate::model::{EvalNet, ResNet18};
-use crate::progress::Progress;
+use crate::progress::{Progress, Quiet};
 use crate::run::{RunDir, Which};
 
 /// Photos per forward pass when the caller does not choose.
@@ -29,6 +31,8 @@ pub struct RunModel {
     pub meta: CheckpointMeta,
     /// How answers are decided: [`DecisionRule::Calibrated`] unless changed.
     pub judge: Judge,
+    /// A class's threshold to choose on the validation split and measure (`--max-false-rate`).
+    pub false_rate: Option<FalseRateLimit>,
     pub manifest: Manifest,
     /// The device the model is on: the one given to [`RunModel::load`], without autodiff.
     pub device: Device,
@@ -65,6 +69,7 @@ impl RunModel {
         let judge = Judge::load(&run.checkpoint(which), &meta, DecisionRule::Calibrated)?;
         Ok(RunModel {
             judge,
+            false_rate: None,
             run: run.clone(),
             which,
             net: EvalNet::new(&model, &device),
@@ -101,9 +106,66 @@ impl RunModel {
             batch_size,
             progress,
         )?;
-        let evaluation = Evaluation::compute(&predictions, &self.judge, &self.meta.class_names);
+        let mut evaluation =
+            Evaluation::compute(&predictions, &self.judge, &self.meta.class_names);
+        if let Some(limit) = &self.false_rate {
+            evaluation.operating_point =
+                Some(self.operating_point(limit, split, &predictions, batch_size)?);
+        }
         fsio::write_json(&self.run.eval(self.which, split), &evaluation)?;
         Ok((evaluation, predictions))
+    }
+}
+
+impl RunModel {
+    /// The threshold on `limit.class`'s probability chosen on the validation split, and the
+    /// rates it gives there and on `predictions` (of `split`).
+    fn operating_point(
+        &self,
+        limit: &FalseRateLimit,
+        split: Split,
+        predictions: &Predictions,
+        batch_size: usize,
+    ) -> Result<OperatingPoint> {
+        let classes = &self.meta.class_names;
+        let Some(class) = classes.iter().position(|c| c == &limit.class) else {
+            return Err(Error::setting(
+                "--max-false-rate",
+                format!(
+                    "'{}' is not a class of this model ({})",
+                    limit.class,
+                    classes.join(", ")
+                ),
+            ));
+        };
+        let validation = match split {
+            Split::Val => predictions.clone(),
+            _ => predict_samples(
+                &self.net,
+                &self.judge,
+                &self.manifest.samples(Split::Val),
+                &self.meta.preprocessing,
+                batch_size,
+                &Quiet,
+            )?,
+        };
+        let scores = |p: &Predictions| -> (Vec<f64>, Vec<bool>) {
+            p.judgements
+                .iter()
+                .zip(&p.labels)
+                .map(|(j, &l)| (f64::from(j.probabilities[class]), l == class))
+                .unzip()
+        };
+        let (val_scores, val_positive) = scores(&validation);
+        let threshold = threshold_for(&val_scores, &val_positive, limit.rate);
+        let (scores, positive) = scores(predictions);
+        Ok(OperatingPoint {
+            class: limit.class.clone(),
+            max_false_rate: limit.rate,
+            threshold,
+            validation: rates(&val_scores, &val_positive, threshold),
+            evaluated: rates(&scores, &positive, threshold),
+        })
     }
 }
 
@@ -125,6 +187,9 @@ pub struct Evaluation {
     pub conformal: Option<Conformal>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub out_of_distribution: Option<OutOfDistribution>,
+    /// With `--max-false-rate`: the class's threshold and the rates it gives.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub operating_point: Option<OperatingPoint>,
 }
 
 /// The prediction sets on the evaluated photos, next to what they promise.
@@ -201,6 +266,7 @@ impl Evaluation {
                         .count(),
                 ),
             }),
+            operating_point: None,
         }
     }
 }
@@ -256,6 +322,21 @@ impl std::fmt::Display for Evaluation {
                 100.0 * c.coverage,
                 100.0 * c.promised_coverage,
                 100.0 * c.unsure
+            )?;
+        }
+        if let Some(o) = &self.operating_point {
+            writeln!(
+                f,
+                "{} when p({}) > {:.4} (at most {:.2}% of the others on validation): {:.2}% of the others taken for {}, recall {:.2}% (validation: {:.2}%, {:.2}%)",
+                o.class,
+                o.class,
+                o.threshold,
+                100.0 * o.max_false_rate,
+                100.0 * o.evaluated.false_rate,
+                o.class,
+                100.0 * o.evaluated.recall,
+                100.0 * o.validation.false_rate,
+                100.0 * o.validation.recall
             )?;
         }
         if let Some(o) = &self.out_of_distribution {
