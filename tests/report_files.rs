@@ -189,7 +189,7 @@ fn every_picture_is_a_sensible_png_and_the_page_shows_it() {
     )
     .unwrap();
     let bins = reliability(&labels, &probabilities);
-    report::write_reliability(&dir.join(report::RELIABILITY), "Reliability", &bins, Some(&bins))
+    report::write_reliability(&dir.join(report::RELIABILITY), "Reliability", &bins, Some(bins.as_slice()))
         .unwrap();
     let scores: Vec<f32> = probabilities.iter().map(|p| p[1]).collect();
     let dogs: Vec<bool> = labels.iter().map(|&l| l == 1).collect();

@@ -21,6 +21,7 @@ mod eval_cli;
 mod interruptions;
 mod model_parity;
 mod odd_trees;
+mod ood_sets;
 mod preprocess_golden;
 mod report_files;
 mod serve_api;

@@ -276,7 +276,7 @@ impl Show {
 }
 
 /// What a fitted calibration means, in a few lines.
-pub fn calibrated_text(fitted: &catdog::evaluate::calibration::Fitted) -> String {
+fn calibrated_text(fitted: &catdog::evaluate::calibration::Fitted) -> String {
     let c = &fitted.calibration;
     let v = &fitted.validation;
     format!(

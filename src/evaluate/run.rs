@@ -250,7 +250,7 @@ impl Evaluation {
                     coverage: share(
                         sets.iter()
                             .zip(&predictions.labels)
-                            .filter(|(s, l)| s.contains(l))
+                            .filter(|(s, l)| s.contains(*l))
                             .count(),
                     ),
                     unsure: share(sets.iter().filter(|s| s.len() > 1).count()),
@@ -289,7 +289,7 @@ impl std::fmt::Display for Evaluation {
             .max()
             .unwrap_or(0)
             .max(corner.len());
-        let count_width = name_width.min(9).max(7);
+        let count_width = name_width.clamp(7, 9);
         write!(f, "{corner:<name_width$}")?;
         for name in &self.decision_names {
             write!(f, " {name:>count_width$}")?;

@@ -64,9 +64,9 @@ pub fn calibrate(
             ));
         }
         let progress = StepProgress::new(Step::Features(split), on);
-        let cache = cache.as_ref().filter(|c| c.fits(&meta.preprocessing));
-        let (features, _) = features::extract(&net, &samples, cache.map(|c| &c.cache), &loader, &progress, &never)?
-            .expect("never stopped");
+        let (features, _) =
+            features::extract(&net, &samples, cache.as_ref(), &loader, &progress, &never)?
+                .expect("never stopped");
         let labels: Vec<usize> = samples.iter().map(|s| s.label).collect();
         seen.push((labels, features));
     }
@@ -102,20 +102,8 @@ pub fn calibrate(
 }
 
 /// Frozen mode's feature cache, for a run whose config.json says it trained a head on a
-/// weights file's fixed backbone.
-struct FrozenCache {
-    cache: FeatureCache,
-    preprocessing: crate::preprocess::Preprocessing,
-}
-
-impl FrozenCache {
-    /// The cache holds features of this preprocessing only.
-    fn fits(&self, preprocessing: &crate::preprocess::Preprocessing) -> bool {
-        &self.preprocessing == preprocessing
-    }
-}
-
-fn frozen_cache(config: &Path) -> Option<FrozenCache> {
+/// weights file's fixed backbone (whose features the cache holds).
+fn frozen_cache(config: &Path) -> Option<FeatureCache> {
     // Only a shortcut: a run folder without a readable config.json is calibrated all the same,
     // by computing the features.
     let config: RunConfig = fsio::read_json(config, "run configuration").ok()?;
@@ -123,9 +111,9 @@ fn frozen_cache(config: &Path) -> Option<FrozenCache> {
     if s.mode != Mode::Frozen {
         return None;
     }
-    let cache = FeatureCache::new(s.cache_dir.as_ref()?, config.weights_sha256.as_ref()?, &s.preprocessing);
-    Some(FrozenCache {
-        cache,
-        preprocessing: s.preprocessing.clone(),
-    })
+    Some(FeatureCache::new(
+        s.cache_dir.as_ref()?,
+        config.weights_sha256.as_ref()?,
+        &s.preprocessing,
+    ))
 }
