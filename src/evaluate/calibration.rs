@@ -112,8 +112,8 @@ pub fn brier(labels: &[usize], probabilities: &[Vec<f32>]) -> f64 {
 
 /// The temperature T that minimises the mean NLL of softmax(logits / T). With b = 1/T, the
 /// NLL is convex in b and its derivative, mean(E_softmax[z] - z_true), increases with b, so
-/// bisection on its sign finds the minimum; T stays within [0.01, 100] (perfectly separated
-/// photos would push it to 0).
+/// bisection on its sign finds the minimum; T stays within [0.05, 20] (a validation split the
+/// model separates perfectly would push it to 0, and every answer to certainty).
 pub fn fit_temperature(labels: &[usize], logits: &[Vec<f32>]) -> f64 {
     let derivative = |b: f64| -> f64 {
         let total: f64 = labels
@@ -127,7 +127,7 @@ pub fn fit_temperature(labels: &[usize], logits: &[Vec<f32>]) -> f64 {
             .sum();
         total / labels.len().max(1) as f64
     };
-    let (mut low, mut high) = ((0.01f64).ln(), (100.0f64).ln());
+    let (mut low, mut high) = ((0.05f64).ln(), (20.0f64).ln());
     for _ in 0..60 {
         let mid = 0.5 * (low + high);
         if derivative(mid.exp()) < 0.0 {

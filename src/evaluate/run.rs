@@ -256,7 +256,10 @@ impl Evaluation {
                     unsure: share(sets.iter().filter(|s| s.len() > 1).count()),
                 }
             }),
-            out_of_distribution: calibration.map(|c| OutOfDistribution {
+            // Scores exist only where the calibrated rule judged the photos.
+            out_of_distribution: calibration
+                .filter(|_| judge.rule == DecisionRule::Calibrated)
+                .map(|c| OutOfDistribution {
                 threshold: c.ood_threshold,
                 neither: share(
                     predictions
