@@ -10,6 +10,8 @@
 use std::path::Path;
 use std::sync::atomic::AtomicBool;
 
+use burn::module::Module;
+
 use super::event::StepProgress;
 use super::features::{self, FeatureCache};
 use super::{Event, Mode, OnEvent, RunConfig, Step};
