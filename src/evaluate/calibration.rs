@@ -589,9 +589,9 @@ mod tests {
         let threshold = quantile(real.clone(), OOD_PASS);
         let caught = outliers.iter().filter(|&&s| s > threshold).count();
         assert!(caught > 950, "{caught} of 1000 outliers caught");
-        // A squared Mahalanobis distance of Gaussian data is χ² with `dim` degrees of freedom:
-        // its mean is `dim`.
+        // A squared Mahalanobis distance of Gaussian data is χ² with `dim` degrees of freedom,
+        // of mean `dim`; the shrinkage raises the smallest variances, so a little less here.
         let mean = real.iter().sum::<f64>() / real.len() as f64;
-        assert!((mean - dim as f64).abs() < 0.6, "{mean}");
+        assert!(mean < dim as f64 && mean > dim as f64 - 1.5, "{mean}");
     }
 }

@@ -346,7 +346,8 @@ mod tests {
     fn decisions_follow_the_threshold_then_the_sets_and_argmax_ignores_both() {
         // Identity precision, means at 0 and at (10, 0): the score is the squared distance.
         let ood = OodModel::new(2, vec![0.0, 0.0, 10.0, 0.0], vec![1.0, 0.0, 0.0, 1.0]);
-        let judge = Judge::new(DecisionRule::Calibrated, Some((calibration(0.3), ood)));
+        // With two classes, a set holds both only above a threshold of 0.5.
+        let judge = Judge::new(DecisionRule::Calibrated, Some((calibration(0.6), ood)));
         let near = [1.0, 1.0];
         // Logit gap 4 at temperature 2: p = sigmoid(2) = 0.88 for class 1.
         let sure = judge.judge(&[0.0, 4.0], &near);
@@ -356,7 +357,7 @@ mod tests {
         assert!((sure.raw_probabilities[1] - 0.9820).abs() < 1e-4);
         assert_eq!(judge.judge(&[0.0, 0.5], &near).decision, Decision::Unsure);
         let far = judge.judge(&[0.0, 4.0], &[5.0, 5.0]);
-        assert_eq!((far.decision, far.ood_score), (Decision::Neither, Some(25.0)));
+        assert_eq!((far.decision, far.ood_score), (Decision::Neither, Some(50.0)));
 
         let argmax = Judge {
             rule: DecisionRule::Argmax,
