@@ -39,7 +39,11 @@ fn training_calibrates_and_every_answer_uses_it() {
     for class in ["cat", "dog"] {
         for i in 0..24 {
             let name = format!("{class}.{i}.jpg");
-            fs::copy(shared.join("data/kaggle-sample").join(&name), data.join(name)).unwrap();
+            fs::copy(
+                shared.join("data/kaggle-sample").join(&name),
+                data.join(name),
+            )
+            .unwrap();
         }
     }
     let run = tmp.path().join("run");
@@ -68,7 +72,10 @@ fn training_calibrates_and_every_answer_uses_it() {
         &s(&cache),
     ]);
     let stdout = String::from_utf8_lossy(&out.stdout);
-    assert!(stdout.contains("calibrated on the validation split"), "{stdout}");
+    assert!(
+        stdout.contains("calibrated on the validation split"),
+        "{stdout}"
+    );
 
     let best = run.join("best");
     let meta = read_json(&best.join("model.json"));

@@ -37,14 +37,21 @@ const PER_SET: usize = 40;
 #[ignore = "needs ../shared"]
 fn out_of_distribution_sets_against_the_real_test_photos() {
     let shared = common::shared();
-    let (per_class, size) = (setting("CATDOG_OOD_PHOTOS", 40), setting("CATDOG_OOD_SIZE", 64));
+    let (per_class, size) = (
+        setting("CATDOG_OOD_PHOTOS", 40),
+        setting("CATDOG_OOD_SIZE", 64),
+    );
     let tmp = tempfile::tempdir().unwrap();
     let data = tmp.path().join("data");
     std::fs::create_dir_all(&data).unwrap();
     for class in ["cat", "dog"] {
         for i in 0..per_class {
             let name = format!("{class}.{i}.jpg");
-            std::fs::copy(shared.join("data/kaggle-sample").join(&name), data.join(name)).unwrap();
+            std::fs::copy(
+                shared.join("data/kaggle-sample").join(&name),
+                data.join(name),
+            )
+            .unwrap();
         }
     }
     let run = RunDir::new(tmp.path().join("run"));
@@ -87,7 +94,10 @@ fn out_of_distribution_sets_against_the_real_test_photos() {
         real.len(),
         evaluation.metrics.accuracy
     );
-    println!("{}", serde_json::to_string(&evaluation.calibration).unwrap());
+    println!(
+        "{}",
+        serde_json::to_string(&evaluation.calibration).unwrap()
+    );
     println!("{}", serde_json::to_string(&evaluation.conformal).unwrap());
 
     let photos: Vec<RgbImage> = predictions
@@ -98,9 +108,18 @@ fn out_of_distribution_sets_against_the_real_test_photos() {
         .collect();
     let mut rng = ChaCha8Rng::seed_from_u64(17);
     let sets: Vec<(&str, Vec<RgbImage>)> = vec![
-        ("uniform noise", (0..PER_SET).map(|_| noise(&mut rng)).collect()),
-        ("flat colours", (0..PER_SET).map(|_| flat(&mut rng)).collect()),
-        ("gradients", (0..PER_SET).map(|_| gradient(&mut rng)).collect()),
+        (
+            "uniform noise",
+            (0..PER_SET).map(|_| noise(&mut rng)).collect(),
+        ),
+        (
+            "flat colours",
+            (0..PER_SET).map(|_| flat(&mut rng)).collect(),
+        ),
+        (
+            "gradients",
+            (0..PER_SET).map(|_| gradient(&mut rng)).collect(),
+        ),
         (
             "shuffled 16x16 patches",
             photos.iter().map(|p| shuffled(p, &mut rng)).collect(),
@@ -214,7 +233,16 @@ fn text(seed: usize) -> RgbImage {
     let font = FontRef::try_from_slice(dejavu::sans::regular()).unwrap();
     let scaled = font.as_scaled(PxScale::from(22.0 + (seed % 4) as f32 * 4.0));
     let mut out = RgbImage::from_pixel(256, 256, Rgb([255, 255, 255]));
-    let words = ["invoice", "total", "cat", "dog", "screenshot", "settings", "2026", "ok"];
+    let words = [
+        "invoice",
+        "total",
+        "cat",
+        "dog",
+        "screenshot",
+        "settings",
+        "2026",
+        "ok",
+    ];
     for line in 0..7 {
         let mut pen = 8.0;
         let baseline = 34.0 + line as f32 * 32.0;
@@ -232,7 +260,10 @@ fn text(seed: usize) -> RgbImage {
             if let Some(outline) = font.outline_glyph(glyph) {
                 let bounds = outline.px_bounds();
                 outline.draw(|x, y, coverage| {
-                    let (px, py) = (bounds.min.x as i32 + x as i32, bounds.min.y as i32 + y as i32);
+                    let (px, py) = (
+                        bounds.min.x as i32 + x as i32,
+                        bounds.min.y as i32 + y as i32,
+                    );
                     if (0..256).contains(&px) && (0..256).contains(&py) {
                         let v = (255.0 * (1.0 - coverage)) as u8;
                         out.put_pixel(px as u32, py as u32, Rgb([v, v, v]));

@@ -189,12 +189,29 @@ fn every_picture_is_a_sensible_png_and_the_page_shows_it() {
     )
     .unwrap();
     let bins = reliability(&labels, &probabilities);
-    report::write_reliability(&dir.join(report::RELIABILITY), "Reliability", &bins, Some(bins.as_slice()))
-        .unwrap();
+    report::write_reliability(
+        &dir.join(report::RELIABILITY),
+        "Reliability",
+        &bins,
+        Some(bins.as_slice()),
+    )
+    .unwrap();
     let scores: Vec<f32> = probabilities.iter().map(|p| p[1]).collect();
     let dogs: Vec<bool> = labels.iter().map(|&l| l == 1).collect();
-    report::write_roc(&dir.join(report::ROC), "ROC", &scores, &dogs, Some((0.25, 0.75))).unwrap();
-    report::write_index(&dir, &settings(), &evaluation(&labels, &probabilities, &classes)).unwrap();
+    report::write_roc(
+        &dir.join(report::ROC),
+        "ROC",
+        &scores,
+        &dogs,
+        Some((0.25, 0.75)),
+    )
+    .unwrap();
+    report::write_index(
+        &dir,
+        &settings(),
+        &evaluation(&labels, &probabilities, &classes),
+    )
+    .unwrap();
 
     for name in common::REPORT_PICTURES {
         let (width, height) = png_size(&dir.join(name));
@@ -235,8 +252,12 @@ fn page_shows_only_the_pictures_beside_it() {
     let (dir, _keep) = out_dir("curves-only");
     let (labels, probabilities) = predictions();
     report::write_curves(&dir.join(report::CURVES), &history()).unwrap();
-    report::write_index(&dir, &settings(), &evaluation(&labels, &probabilities, &classes()))
-        .unwrap();
+    report::write_index(
+        &dir,
+        &settings(),
+        &evaluation(&labels, &probabilities, &classes()),
+    )
+    .unwrap();
     let page = fs::read_to_string(dir.join(report::INDEX)).unwrap();
     assert!(page.contains("<img src=\"curves.png\""));
     assert_eq!(page.matches("<img").count(), 1, "{page}");

@@ -84,25 +84,32 @@ pub fn run(args: PredictArgs) -> Result<()> {
     let mut failed = 0;
     let size = usize::from(args.batch_size);
     let net = EvalNet::new(&model, &device);
-    predict_files(&net, &judge, &meta.preprocessing, &files, size, |path, result| {
-        let line = match (result, args.json) {
-            (Ok(judgement), true) => json_line(path, classes, &judgement),
-            (Ok(judgement), false) => text_line(path, classes, &judgement),
-            (Err(reason), json) => {
-                failed += 1;
-                if !json {
-                    eprintln!("error: {}: {reason}", path.display());
-                    return;
+    predict_files(
+        &net,
+        &judge,
+        &meta.preprocessing,
+        &files,
+        size,
+        |path, result| {
+            let line = match (result, args.json) {
+                (Ok(judgement), true) => json_line(path, classes, &judgement),
+                (Ok(judgement), false) => text_line(path, classes, &judgement),
+                (Err(reason), json) => {
+                    failed += 1;
+                    if !json {
+                        eprintln!("error: {}: {reason}", path.display());
+                        return;
+                    }
+                    let error = JsonError {
+                        path: path.display().to_string(),
+                        error: reason.to_string(),
+                    };
+                    serde_json::to_string(&error).expect("plain data serialises")
                 }
-                let error = JsonError {
-                    path: path.display().to_string(),
-                    error: reason.to_string(),
-                };
-                serde_json::to_string(&error).expect("plain data serialises")
-            }
-        };
-        println!("{line}");
-    });
+            };
+            println!("{line}");
+        },
+    );
     if failed > 0 {
         bail!("{failed} of {} files could not be classified", files.len());
     }

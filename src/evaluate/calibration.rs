@@ -282,11 +282,7 @@ fn invert_spd(a: &[f64], dim: usize) -> Vec<f64> {
     let mut out = vec![0.0f64; dim * dim];
     out.par_chunks_mut(dim).enumerate().for_each(|(a, row)| {
         for (b, o) in row.iter_mut().enumerate() {
-            *o = columns[a]
-                .iter()
-                .zip(&columns[b])
-                .map(|(x, y)| x * y)
-                .sum();
+            *o = columns[a].iter().zip(&columns[b]).map(|(x, y)| x * y).sum();
         }
     });
     out
@@ -354,7 +350,9 @@ pub fn check_error_rate(error_rate: f64) -> Result<()> {
     } else {
         Err(Error::setting(
             "--error-rate",
-            format!("{error_rate} is not between 0 and 1 (e.g. 0.05: the true class is missed for at most 5% of photos)"),
+            format!(
+                "{error_rate} is not between 0 and 1 (e.g. 0.05: the true class is missed for at most 5% of photos)"
+            ),
         ))
     }
 }
@@ -379,7 +377,11 @@ impl std::str::FromStr for FalseRateLimit {
             .parse()
             .ok()
             .filter(|r| (0.0..1.0).contains(r))
-            .ok_or_else(|| bad(format!("'{rate}' is not a share from 0 to below 1, e.g. 0.01")))?;
+            .ok_or_else(|| {
+                bad(format!(
+                    "'{rate}' is not a share from 0 to below 1, e.g. 0.01"
+                ))
+            })?;
         Ok(FalseRateLimit {
             class: class.to_owned(),
             rate,
@@ -479,8 +481,12 @@ mod tests {
             assert!((t / planted_t - 1.0).abs() < 0.08, "{planted_t}: {t}");
         }
         let (labels, logits) = planted(4000, 3.0, 8);
-        let report = CalibrationReport::compute(&labels, &logits, fit_temperature(&labels, &logits));
-        assert!(report.ece_before > 0.1 && report.ece_after < 0.03, "{report:?}");
+        let report =
+            CalibrationReport::compute(&labels, &logits, fit_temperature(&labels, &logits));
+        assert!(
+            report.ece_before > 0.1 && report.ece_after < 0.03,
+            "{report:?}"
+        );
         assert!(report.nll_after < report.nll_before && report.brier_after < report.brier_before);
     }
 
@@ -585,7 +591,9 @@ mod tests {
         let real: Vec<f64> = (0..1000)
             .map(|i| ood.score(&draw(Some(i % 2), &mut rng)))
             .collect();
-        let outliers: Vec<f64> = (0..1000).map(|_| ood.score(&draw(None, &mut rng))).collect();
+        let outliers: Vec<f64> = (0..1000)
+            .map(|_| ood.score(&draw(None, &mut rng)))
+            .collect();
         let threshold = quantile(real.clone(), OOD_PASS);
         let caught = outliers.iter().filter(|&&s| s > threshold).count();
         assert!(caught > 950, "{caught} of 1000 outliers caught");

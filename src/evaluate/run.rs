@@ -4,9 +4,7 @@ use burn::module::Module;
 use burn::prelude::Device;
 use serde::{Deserialize, Serialize};
 
-use super::calibration::{
-    CalibrationReport, FalseRateLimit, OperatingPoint, rates, threshold_for,
-};
+use super::calibration::{CalibrationReport, FalseRateLimit, OperatingPoint, rates, threshold_for};
 use super::{Metrics, Predictions, predict_samples};
 use crate::data::{Manifest, Split};
 use crate::error::{Error, Result};
@@ -106,8 +104,7 @@ impl RunModel {
             batch_size,
             progress,
         )?;
-        let mut evaluation =
-            Evaluation::compute(&predictions, &self.judge, &self.meta.class_names);
+        let mut evaluation = Evaluation::compute(&predictions, &self.judge, &self.meta.class_names);
         if let Some(limit) = &self.false_rate {
             evaluation.operating_point =
                 Some(self.operating_point(limit, split, &predictions, batch_size)?);
@@ -260,15 +257,15 @@ impl Evaluation {
             out_of_distribution: calibration
                 .filter(|_| judge.rule == DecisionRule::Calibrated)
                 .map(|c| OutOfDistribution {
-                threshold: c.ood_threshold,
-                neither: share(
-                    predictions
-                        .judgements
-                        .iter()
-                        .filter(|j| j.ood_score.is_some_and(|s| s > c.ood_threshold))
-                        .count(),
-                ),
-            }),
+                    threshold: c.ood_threshold,
+                    neither: share(
+                        predictions
+                            .judgements
+                            .iter()
+                            .filter(|j| j.ood_score.is_some_and(|s| s > c.ood_threshold))
+                            .count(),
+                    ),
+                }),
             operating_point: None,
         }
     }

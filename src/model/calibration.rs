@@ -198,10 +198,7 @@ impl Judge {
 /// softmax(logits / temperature), computed in f64: exp(x - max) / sum, the shift keeping exp
 /// finite for any logits.
 pub fn softmax(logits: &[f32], temperature: f64) -> Vec<f32> {
-    let scaled: Vec<f64> = logits
-        .iter()
-        .map(|&l| f64::from(l) / temperature)
-        .collect();
+    let scaled: Vec<f64> = logits.iter().map(|&l| f64::from(l) / temperature).collect();
     let max = scaled.iter().copied().fold(f64::NEG_INFINITY, f64::max);
     let exp: Vec<f64> = scaled.iter().map(|&l| (l - max).exp()).collect();
     let total: f64 = exp.iter().sum();
@@ -260,9 +257,8 @@ impl OodModel {
     /// Writes `means` (`classes x dim`) and `precision` (`dim x dim`), f64, as safetensors,
     /// atomically.
     pub fn save(&self, path: &Path) -> Result<()> {
-        let bytes = |values: &[f64]| -> Vec<u8> {
-            values.iter().flat_map(|x| x.to_le_bytes()).collect()
-        };
+        let bytes =
+            |values: &[f64]| -> Vec<u8> { values.iter().flat_map(|x| x.to_le_bytes()).collect() };
         let (means, precision) = (bytes(&self.means), bytes(&self.precision));
         let classes = self.means.len() / self.dim;
         let views = [
@@ -288,7 +284,9 @@ impl OodModel {
             )
         };
         let bytes = std::fs::read(path).map_err(|e| match e.kind() {
-            std::io::ErrorKind::NotFound => bad("is missing, but model.json has a calibration".into()),
+            std::io::ErrorKind::NotFound => {
+                bad("is missing, but model.json has a calibration".into())
+            }
             _ => Error::io("cannot read", path, e),
         })?;
         let tensors = SafeTensors::deserialize(&bytes)
@@ -357,7 +355,10 @@ mod tests {
         assert!((sure.raw_probabilities[1] - 0.9820).abs() < 1e-4);
         assert_eq!(judge.judge(&[0.0, 0.5], &near).decision, Decision::Unsure);
         let far = judge.judge(&[0.0, 4.0], &[5.0, 5.0]);
-        assert_eq!((far.decision, far.ood_score), (Decision::Neither, Some(50.0)));
+        assert_eq!(
+            (far.decision, far.ood_score),
+            (Decision::Neither, Some(50.0))
+        );
 
         let argmax = Judge {
             rule: DecisionRule::Argmax,

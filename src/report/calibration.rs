@@ -81,7 +81,10 @@ pub fn write_roc(
             GRID.stroke_width(2),
         ))?;
         if let Some(curve) = &curve {
-            chart.draw_series(LineSeries::new(curve.iter().copied(), AFTER.stroke_width(3)))?;
+            chart.draw_series(LineSeries::new(
+                curve.iter().copied(),
+                AFTER.stroke_width(3),
+            ))?;
         }
         if let Some(point) = operating {
             chart.draw_series([Circle::new(point, 8, BEFORE.filled())])?;
@@ -122,7 +125,11 @@ type Chart<'a, 'b> = ChartContext<
 >;
 
 /// A unit square chart with percent axes.
-fn square_chart<'a, 'b>(area: &'a Canvas<'b>, x: &str, y: &str) -> Result<Chart<'a, 'b>, Box<dyn std::error::Error>> {
+fn square_chart<'a, 'b>(
+    area: &'a Canvas<'b>,
+    x: &str,
+    y: &str,
+) -> Result<Chart<'a, 'b>, Box<dyn std::error::Error>> {
     let mut chart = ChartBuilder::on(area)
         .margin_left(16)
         .margin_right(32)
@@ -160,7 +167,10 @@ fn header(area: &Canvas, title: &str, legend: &[(&str, RGBColor)]) -> Drawn {
     )?;
     let mut x = 40;
     for (name, colour) in legend {
-        area.draw(&PathElement::new([(x, 62), (x + 28, 62)], colour.stroke_width(3)))?;
+        area.draw(&PathElement::new(
+            [(x, 62), (x + 28, 62)],
+            colour.stroke_width(3),
+        ))?;
         label(area, name, (x + 36, 62), HPos::Left, font(17.0).color(&INK))?;
         x += 36 + super::text::text_width(name, 17.0, false) as i32 + 28;
     }

@@ -21,8 +21,8 @@ use crate::evaluate::calibration::{ece, reliability};
 use crate::evaluate::{
     BATCH_SIZE, Evaluation, Predictions, RunModel, Verdict, instructive, predicted, top_losses,
 };
-use crate::model::calibration::{Calibration, softmax};
 use crate::fsio;
+use crate::model::calibration::{Calibration, softmax};
 use crate::model::gradcam::gradcam_maps;
 use crate::progress::Progress;
 use crate::run::{RunDir, Which, best_epoch};
@@ -199,7 +199,11 @@ fn write_calibration_pictures(
 
     let m = &evaluation.metrics;
     let positive = 1.min(m.classes.len() - 1);
-    let scores: Vec<f32> = predictions.probabilities.iter().map(|p| p[positive]).collect();
+    let scores: Vec<f32> = predictions
+        .probabilities
+        .iter()
+        .map(|p| p[positive])
+        .collect();
     let is_positive: Vec<bool> = labels.iter().map(|&l| l == positive).collect();
     // Where the most probable class puts the photos: recall of the positive class, and the
     // share of the others taken for it.

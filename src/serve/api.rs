@@ -20,8 +20,8 @@ use super::error::ApiError;
 use super::inference::{Engine, Job, Refused, StatsSnapshot};
 use super::upload::{self, ImageSummary};
 use super::{Config, ModelInfo};
-use crate::model::gradcam::HeatMap;
 use crate::model::calibration::Decision;
+use crate::model::gradcam::HeatMap;
 use crate::report::overlay;
 
 /// The page at `/`: HTML, CSS and script in one file, in the binary.

@@ -232,7 +232,11 @@ impl Worker {
 
     /// Each image's judgement, and for the images with `explain` set their Grad-CAM map
     /// for their most probable class.
-    fn forward(&self, inputs: Vec<f32>, explain: &[bool]) -> (Vec<Judgement>, Vec<Option<HeatMap>>) {
+    fn forward(
+        &self,
+        inputs: Vec<f32>,
+        explain: &[bool],
+    ) -> (Vec<Judgement>, Vec<Option<HeatMap>>) {
         let per_image = inputs.len() / explain.len();
         // Grad-CAM runs its images again, with gradients; the plain pass says which class each
         // map is for.
@@ -243,10 +247,11 @@ impl Worker {
             .flat_map(|(image, _)| image)
             .copied()
             .collect();
-        let judgements: Vec<Judgement> = judge_batch(&self.net, &self.judge, inputs, self.image_size)
-            .into_iter()
-            .map(|(_, judgement)| judgement)
-            .collect();
+        let judgements: Vec<Judgement> =
+            judge_batch(&self.net, &self.judge, inputs, self.image_size)
+                .into_iter()
+                .map(|(_, judgement)| judgement)
+                .collect();
         let top: Vec<usize> = judgements
             .iter()
             .zip(explain)
