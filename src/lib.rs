@@ -12,6 +12,7 @@
 //! | batching       | [`loader`]      | parallel, prefetched, shuffled batches from a manifest    |
 //! | training       | [`train`]       | the epoch loop, Adam, frozen-feature cache, checkpoints, resume |
 //! | evaluation     | [`evaluate`]    | a checkpoint over a split or files; accuracy, loss, confusion matrix, per-class scores, ROC AUC |
+//! | calibration    | [`model::calibration`], [`evaluate::calibration`] | cat, dog, `unsure` or `neither`: temperature, conformal sets, out-of-distribution score; fitting them, ECE |
 //! | reporting      | [`report`]      | curves, confusion, photo grids, Grad-CAM overlays, `index.html`; a run's whole report |
 //! | serving        | [`serve`]       | HTTP API and web page, batched inference, Grad-CAM        |
 //!

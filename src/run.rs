@@ -27,8 +27,7 @@ use crate::model::checkpoint;
 use crate::train::state::Best;
 
 /// What a finished run folder holds, as a person reads it.
-pub const CONTENTS: &str =
-    "config.json, manifest.json, metrics.jsonl, metrics.csv, best/, last/, eval-test.json, report/";
+pub const CONTENTS: &str = "config.json, manifest.json, metrics.jsonl, metrics.csv, best/ (with its calibration), last/, eval-test.json, report/";
 
 /// One epoch of training: a line of `metrics.jsonl` and a row of
 /// `metrics.csv`, written by training and plotted by the report.

@@ -12,7 +12,7 @@ use std::process::{Command, Output};
 
 use burn::prelude::Device;
 use catdog::data::{self, Limits, Manifest, Prepare, Ratios, Split};
-use catdog::evaluate::{BATCH_SIZE, Metrics, Predictions, RunModel};
+use catdog::evaluate::{BATCH_SIZE, Evaluation, Predictions, RunModel};
 use catdog::model::ResNet18;
 use catdog::model::checkpoint::{self, CheckpointMeta};
 use catdog::model::weights::load_into;
@@ -43,11 +43,11 @@ impl Fixture {
 
 /// A run folder: manifest.json, best/ (64-pixel inputs), metrics.jsonl, config.json.
 /// The run's best checkpoint evaluated on its test split, through the library.
-fn best_on_test(f: &Fixture) -> (Metrics, Predictions) {
+fn best_on_test(f: &Fixture) -> (Evaluation, Predictions) {
     evaluate_test(f).unwrap()
 }
 
-fn evaluate_test(f: &Fixture) -> catdog::Result<(Metrics, Predictions)> {
+fn evaluate_test(f: &Fixture) -> catdog::Result<(Evaluation, Predictions)> {
     RunModel::load(&f.run, Which::Best, &Device::flex(), Default::default())?.evaluate(
         Split::Test,
         BATCH_SIZE,
@@ -187,6 +187,9 @@ fn evaluate_writes_the_metrics_of_the_split_and_prints_them() {
         "accuracy",
         "classes",
         "confusion_matrix",
+        "decision_names",
+        "decision_rule",
+        "decisions",
         "f1",
         "images",
         "loss",
@@ -219,8 +222,8 @@ fn evaluate_writes_the_metrics_of_the_split_and_prints_them() {
 
     let out = catdog(&["evaluate", arg(f.root()), "--split", "val", "--json"]);
     assert!(out.status.success(), "{}", text(&out.stderr));
-    let printed: Metrics = serde_json::from_slice(&out.stdout).unwrap();
-    assert_eq!(printed.images, f.count(Split::Val));
+    let printed: Evaluation = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(printed.metrics.images, f.count(Split::Val));
     assert_eq!(
         serde_json::to_value(&printed).unwrap(),
         read_json(&f.run.eval(Which::Best, Split::Val))

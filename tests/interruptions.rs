@@ -169,7 +169,7 @@ fn check_run_folder(run: &Path, whole: &Path) {
                     assert!(text.ends_with('\n'));
                     is_prefix(&got, &path);
                 }
-                "model.safetensors" | "optimizer.safetensors" => {
+                "model.safetensors" | "optimizer.safetensors" | "ood.safetensors" => {
                     // Checks the header and that the data is exactly as long as it says.
                     let tensors = safetensors::SafeTensors::deserialize(&bytes)
                         .unwrap_or_else(|e| panic!("{} is torn: {e}", rel.display()));

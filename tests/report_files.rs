@@ -9,7 +9,9 @@ use crate::common;
 use std::fs;
 use std::path::{Path, PathBuf};
 
-use catdog::evaluate::{Metrics, top_losses};
+use catdog::evaluate::calibration::reliability;
+use catdog::evaluate::{Evaluation, Metrics, Predictions, top_losses};
+use catdog::model::calibration::{DecisionRule, Judge};
 use catdog::model::gradcam::gradcam_map;
 use catdog::report::{self, EpochRecord, Tile, overlay};
 use image::{Rgb, RgbImage};
@@ -70,6 +72,23 @@ fn predictions() -> (Vec<usize>, Vec<Vec<f32>>) {
     ];
     let labels = (0..16).map(|i| usize::from(i >= 8)).collect();
     (labels, p_dog.iter().map(|&d| vec![1.0 - d, d]).collect())
+}
+
+/// The evaluation of these predictions by a model without calibration.
+fn evaluation(labels: &[usize], probabilities: &[Vec<f32>], classes: &[String]) -> Evaluation {
+    let judge = Judge::new(DecisionRule::Argmax, None);
+    let logits: Vec<Vec<f32>> = probabilities
+        .iter()
+        .map(|p| p.iter().map(|x| x.ln()).collect())
+        .collect();
+    let predictions = Predictions {
+        labels: labels.to_vec(),
+        probabilities: probabilities.to_vec(),
+        judgements: logits.iter().map(|z| judge.judge(z, &[])).collect(),
+        logits,
+        paths: Vec::new(),
+    };
+    Evaluation::compute(&predictions, &judge, classes)
 }
 
 fn history() -> Vec<EpochRecord> {
@@ -169,7 +188,30 @@ fn every_picture_is_a_sensible_png_and_the_page_shows_it() {
         &cams,
     )
     .unwrap();
-    report::write_index(&dir, &settings(), &metrics).unwrap();
+    let bins = reliability(&labels, &probabilities);
+    report::write_reliability(
+        &dir.join(report::RELIABILITY),
+        "Reliability",
+        &bins,
+        Some(bins.as_slice()),
+    )
+    .unwrap();
+    let scores: Vec<f32> = probabilities.iter().map(|p| p[1]).collect();
+    let dogs: Vec<bool> = labels.iter().map(|&l| l == 1).collect();
+    report::write_roc(
+        &dir.join(report::ROC),
+        "ROC",
+        &scores,
+        &dogs,
+        Some((0.25, 0.75)),
+    )
+    .unwrap();
+    report::write_index(
+        &dir,
+        &settings(),
+        &evaluation(&labels, &probabilities, &classes),
+    )
+    .unwrap();
 
     for name in common::REPORT_PICTURES {
         let (width, height) = png_size(&dir.join(name));
@@ -213,7 +255,7 @@ fn page_shows_only_the_pictures_beside_it() {
     report::write_index(
         &dir,
         &settings(),
-        &Metrics::compute(&labels, &probabilities, &classes()),
+        &evaluation(&labels, &probabilities, &classes()),
     )
     .unwrap();
     let page = fs::read_to_string(dir.join(report::INDEX)).unwrap();

@@ -84,7 +84,7 @@ fn a_person_picks_a_photo_and_sees_the_prediction() {
             shown.get("error").is_none(),
             "the page shows an error: {shown}"
         );
-        assert_eq!(shown["class"], expected["class"], "{shown}");
+        assert_eq!(shown["class"], expected["decision"], "{shown}");
         let percent: f64 = shown["probability"]
             .as_str()
             .and_then(|p| p.strip_suffix('%')?.parse().ok())

@@ -15,12 +15,14 @@ mod serve_common;
 mod process;
 
 mod audit;
+mod calibration;
 mod cli_model;
 mod data_pipeline;
 mod eval_cli;
 mod interruptions;
 mod model_parity;
 mod odd_trees;
+mod ood_sets;
 mod preprocess_golden;
 mod report_files;
 mod serve_api;

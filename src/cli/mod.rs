@@ -92,6 +92,8 @@ enum Command {
     Bench(bench::BenchArgs),
     /// Score a training run's checkpoint on a split of its data; writes RUN/eval-SPLIT.json (eval-last-SPLIT.json for last/)
     Evaluate(evaluate::EvaluateArgs),
+    /// Fit a run's calibration again (temperature, unsure and neither thresholds); train does it at its end
+    Calibrate(evaluate::CalibrateArgs),
     /// Classify photos with a trained model
     Predict(predict::PredictArgs),
     /// Write a training run's report: pictures and index.html in RUN/report/
@@ -112,6 +114,7 @@ pub fn main() -> ExitCode {
         Command::Train(args) => train::run(*args),
         Command::Bench(args) => bench::run(args),
         Command::Evaluate(args) => evaluate::evaluate(args),
+        Command::Calibrate(args) => evaluate::calibrate(args),
         Command::Predict(args) => predict::run(args),
         Command::Report(args) => evaluate::report(args),
         Command::Serve(args) => serve::run(args),

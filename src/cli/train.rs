@@ -276,6 +276,7 @@ impl Show {
                 100.0 * record.val_acc,
                 record.seconds
             ),
+            Event::Calibrated(fitted) => calibrated_text(fitted),
             Event::Stopped {
                 epoch,
                 batches_done,
@@ -288,4 +289,22 @@ impl Show {
             Event::Progress { .. } | Event::Batch { .. } => unreachable!("drawn as bars"),
         }
     }
+}
+
+/// What a fitted calibration means, in a few lines.
+fn calibrated_text(fitted: &catdog::evaluate::calibration::Fitted) -> String {
+    let c = &fitted.calibration;
+    let v = &fitted.validation;
+    format!(
+        "calibrated on the validation split: temperature {:.3} (ECE {:.4} -> {:.4}, NLL {:.4} -> {:.4})\n\
+         prediction sets: the true class is kept for at least {:.0}% of photos; two classes kept: unsure\n\
+         out-of-distribution score above {:.1} (beyond 95% of real photos): neither",
+        c.temperature,
+        v.ece_before,
+        v.ece_after,
+        v.nll_before,
+        v.nll_after,
+        100.0 * (1.0 - c.error_rate),
+        c.ood_threshold
+    )
 }

@@ -11,8 +11,8 @@ use crate::data::Sample;
 use crate::data::decode::{self, Limits, Rejection};
 use crate::error::{Error, Result};
 use crate::loader::{Loader, LoaderConfig};
-use crate::model::EvalNet;
-use crate::model::predict::probabilities;
+use crate::model::calibration::{Judge, Judgement};
+use crate::model::{EvalNet, FEATURES};
 use crate::preprocess::Preprocessing;
 use crate::progress::Progress;
 
@@ -22,8 +22,13 @@ use crate::progress::Progress;
 pub struct Predictions {
     /// The true class of each photo.
     pub labels: Vec<usize>,
-    /// Each photo's softmax probability for every class, in class order.
+    /// Each photo's softmax probability for every class, in class order (raw: at
+    /// temperature 1).
     pub probabilities: Vec<Vec<f32>>,
+    /// Each photo's logits.
+    pub logits: Vec<Vec<f32>>,
+    /// What the model's decision rule says about each photo.
+    pub judgements: Vec<Judgement>,
     pub paths: Vec<PathBuf>,
 }
 
@@ -38,10 +43,12 @@ impl Predictions {
 }
 
 /// Runs `model` over `samples` with the eval transform, in order, `batch_size`
-/// photos per forward pass while the loader prepares the next batches.
-/// `progress` counts photos. A file that no longer loads is an error naming it.
+/// photos per forward pass while the loader prepares the next batches, and
+/// `judge` over its outputs. `progress` counts photos. A file that no longer
+/// loads is an error naming it.
 pub fn predict_samples(
     net: &EvalNet,
+    judge: &Judge,
     samples: &[Sample],
     preprocessing: &Preprocessing,
     batch_size: usize,
@@ -61,8 +68,12 @@ pub fn predict_samples(
     for batch in Loader::new(Arc::from(samples), config, 0, 0) {
         let batch = batch?;
         let n = batch.len();
-        out.probabilities
-            .extend(probabilities(net, batch.images, batch.image_size));
+        for judgement in judge_batch(net, judge, batch.images, batch.image_size) {
+            out.logits.push(judgement.0);
+            out.probabilities
+                .push(judgement.1.raw_probabilities.clone());
+            out.judgements.push(judgement.1);
+        }
         out.labels.extend(batch.labels);
         out.paths.extend(batch.paths);
         progress.advance(n as u64);
@@ -70,16 +81,38 @@ pub fn predict_samples(
     Ok(out)
 }
 
+/// Each image's logits and `judge`'s judgement of them, from one forward pass over `batch`
+/// (CHW images of `3 x image_size x image_size` values back to back).
+pub fn judge_batch(
+    net: &EvalNet,
+    judge: &Judge,
+    batch: Vec<f32>,
+    image_size: usize,
+) -> Vec<(Vec<f32>, Judgement)> {
+    if batch.is_empty() {
+        return Vec::new();
+    }
+    let features = net.features(batch, image_size);
+    let logits = net.head(features.clone());
+    let classes = logits.len() / (features.len() / FEATURES);
+    features
+        .chunks_exact(FEATURES)
+        .zip(logits.chunks_exact(classes))
+        .map(|(f, z)| (z.to_vec(), judge.judge(z, f)))
+        .collect()
+}
+
 /// Classifies the files at `paths`, `batch_size` per forward pass, decoding
 /// each batch in parallel with the same limits and checks as the data stage.
-/// Calls `each` once per file, in order, with its class probabilities or the
+/// Calls `each` once per file, in order, with `judge`'s judgement or the
 /// reason it could not be read; a bad file costs only itself.
 pub fn predict_files(
     net: &EvalNet,
+    judge: &Judge,
     preprocessing: &Preprocessing,
     paths: &[PathBuf],
     batch_size: usize,
-    mut each: impl FnMut(&Path, std::result::Result<Vec<f32>, Rejection>),
+    mut each: impl FnMut(&Path, std::result::Result<Judgement, Rejection>),
 ) {
     let limits = Limits::default();
     for chunk in paths.chunks(batch_size.max(1)) {
@@ -94,7 +127,9 @@ pub fn predict_files(
             .collect();
         let batch: Vec<f32> = tensors.iter().flatten().flatten().copied().collect();
         let size = preprocessing.image_size as usize;
-        let mut rows = probabilities(net, batch, size).into_iter();
+        let mut rows = judge_batch(net, judge, batch, size)
+            .into_iter()
+            .map(|(_, judgement)| judgement);
         for (path, tensor) in chunk.iter().zip(tensors) {
             each(
                 path,

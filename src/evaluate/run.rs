@@ -2,14 +2,17 @@
 
 use burn::module::Module;
 use burn::prelude::Device;
+use serde::{Deserialize, Serialize};
 
+use super::calibration::{CalibrationReport, FalseRateLimit, OperatingPoint, rates, threshold_for};
 use super::{Metrics, Predictions, predict_samples};
 use crate::data::{Manifest, Split};
 use crate::error::{Error, Result};
 use crate::fsio;
+use crate::model::calibration::{Decision, DecisionRule, Judge};
 use crate::model::checkpoint::{self, CheckpointMeta};
 use crate::model::{EvalNet, Precision, ResNet18};
-use crate::progress::Progress;
+use crate::progress::{Progress, Quiet};
 use crate::run::{RunDir, Which};
 
 /// Photos per forward pass when the caller does not choose.
@@ -24,6 +27,10 @@ pub struct RunModel {
     /// The same network prepared for the predictions of [`RunModel::evaluate`].
     pub net: EvalNet,
     pub meta: CheckpointMeta,
+    /// How answers are decided: [`DecisionRule::Calibrated`] unless changed.
+    pub judge: Judge,
+    /// A class's threshold to choose on the validation split and measure (`--max-false-rate`).
+    pub false_rate: Option<FalseRateLimit>,
     pub manifest: Manifest,
     /// The device the model is on: the one given to [`RunModel::load`], without autodiff.
     pub device: Device,
@@ -62,7 +69,10 @@ impl RunModel {
         }
         // valid(): batch norm uses its running statistics and nothing tracks gradients.
         let model = model.valid();
+        let judge = Judge::load(&run.checkpoint(which), &meta, DecisionRule::Calibrated)?;
         Ok(RunModel {
+            judge,
+            false_rate: None,
             run: run.clone(),
             which,
             net: EvalNet::new(&model, &device, precision),
@@ -74,13 +84,13 @@ impl RunModel {
     }
 
     /// Predicts every photo of `split`, scores the predictions and writes the
-    /// metrics to the checkpoint's evaluation file ([`RunDir::eval`]). An empty split is an error.
+    /// evaluation to the checkpoint's evaluation file ([`RunDir::eval`]). An empty split is an error.
     pub fn evaluate(
         &self,
         split: Split,
         batch_size: usize,
         progress: &dyn Progress,
-    ) -> Result<(Metrics, Predictions)> {
+    ) -> Result<(Evaluation, Predictions)> {
         let samples = self.manifest.samples(split);
         if samples.is_empty() {
             return Err(Error::data(
@@ -93,17 +103,255 @@ impl RunModel {
         }
         let predictions = predict_samples(
             &self.net,
+            &self.judge,
             &samples,
             &self.meta.preprocessing,
             batch_size,
             progress,
         )?;
-        let metrics = Metrics::compute(
-            &predictions.labels,
-            &predictions.probabilities,
-            &self.meta.class_names,
-        );
-        fsio::write_json(&self.run.eval(self.which, split), &metrics)?;
-        Ok((metrics, predictions))
+        let mut evaluation = Evaluation::compute(&predictions, &self.judge, &self.meta.class_names);
+        if let Some(limit) = &self.false_rate {
+            evaluation.operating_point =
+                Some(self.operating_point(limit, split, &predictions, batch_size)?);
+        }
+        fsio::write_json(&self.run.eval(self.which, split), &evaluation)?;
+        Ok((evaluation, predictions))
+    }
+}
+
+impl RunModel {
+    /// The threshold on `limit.class`'s probability chosen on the validation split, and the
+    /// rates it gives there and on `predictions` (of `split`).
+    fn operating_point(
+        &self,
+        limit: &FalseRateLimit,
+        split: Split,
+        predictions: &Predictions,
+        batch_size: usize,
+    ) -> Result<OperatingPoint> {
+        let classes = &self.meta.class_names;
+        let Some(class) = classes.iter().position(|c| c == &limit.class) else {
+            return Err(Error::setting(
+                "--max-false-rate",
+                format!(
+                    "'{}' is not a class of this model ({})",
+                    limit.class,
+                    classes.join(", ")
+                ),
+            ));
+        };
+        let validation = match split {
+            Split::Val => predictions.clone(),
+            _ => predict_samples(
+                &self.net,
+                &self.judge,
+                &self.manifest.samples(Split::Val),
+                &self.meta.preprocessing,
+                batch_size,
+                &Quiet,
+            )?,
+        };
+        let scores = |p: &Predictions| -> (Vec<f64>, Vec<bool>) {
+            p.judgements
+                .iter()
+                .zip(&p.labels)
+                .map(|(j, &l)| (f64::from(j.probabilities[class]), l == class))
+                .unzip()
+        };
+        let (val_scores, val_positive) = scores(&validation);
+        let threshold = threshold_for(&val_scores, &val_positive, limit.rate);
+        let (scores, positive) = scores(predictions);
+        Ok(OperatingPoint {
+            class: limit.class.clone(),
+            max_false_rate: limit.rate,
+            threshold,
+            validation: rates(&val_scores, &val_positive, threshold),
+            evaluated: rates(&scores, &positive, threshold),
+        })
+    }
+}
+
+/// What an evaluation file holds: the metrics of the most probable class, and where the model
+/// is calibrated, its calibration, the coverage of its prediction sets and its answers.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct Evaluation {
+    #[serde(flatten)]
+    pub metrics: Metrics,
+    /// The rule that made `decisions`.
+    pub decision_rule: DecisionRule,
+    /// `decisions[t][d]`: photos of true class `t` answered `decision_names[d]`.
+    pub decisions: Vec<Vec<u64>>,
+    /// The classes, then `unsure` and `neither`.
+    pub decision_names: Vec<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub calibration: Option<CalibrationReport>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub conformal: Option<Conformal>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub out_of_distribution: Option<OutOfDistribution>,
+    /// With `--max-false-rate`: the class's threshold and the rates it gives.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub operating_point: Option<OperatingPoint>,
+}
+
+/// The prediction sets on the evaluated photos, next to what they promise.
+#[derive(Clone, Copy, Debug, PartialEq, Serialize, Deserialize)]
+pub struct Conformal {
+    pub error_rate: f64,
+    /// 1 - error_rate: the share of photos whose set should hold the true class.
+    pub promised_coverage: f64,
+    /// The share whose set does.
+    pub coverage: f64,
+    /// The share whose set holds more than one class.
+    pub unsure: f64,
+}
+
+/// The out-of-distribution threshold on the evaluated (real) photos.
+#[derive(Clone, Copy, Debug, PartialEq, Serialize, Deserialize)]
+pub struct OutOfDistribution {
+    pub threshold: f64,
+    /// The share of the photos above it, answered `neither` (about 5% by construction).
+    pub neither: f64,
+}
+
+impl Evaluation {
+    /// Scores `predictions` (judged by `judge`) of a model with these classes.
+    pub fn compute(predictions: &Predictions, judge: &Judge, classes: &[String]) -> Evaluation {
+        let metrics = Metrics::compute(&predictions.labels, &predictions.probabilities, classes);
+        let n = classes.len();
+        let mut decisions = vec![vec![0u64; n + 2]; n];
+        for (&label, judgement) in predictions.labels.iter().zip(&predictions.judgements) {
+            decisions[label][judgement.decision.column(n)] += 1;
+        }
+        let decision_names = Decision::all(n)
+            .iter()
+            .map(|d| d.name(classes).to_owned())
+            .collect();
+        let images = predictions.len().max(1) as f64;
+        let share = |count: usize| count as f64 / images;
+        let calibration = judge.calibration();
+        Evaluation {
+            metrics,
+            decision_rule: judge.rule,
+            decisions,
+            decision_names,
+            calibration: calibration.map(|c| {
+                CalibrationReport::compute(&predictions.labels, &predictions.logits, c.temperature)
+            }),
+            conformal: calibration.map(|c| {
+                let sets: Vec<Vec<usize>> = predictions
+                    .logits
+                    .iter()
+                    .map(|z| {
+                        c.prediction_set(&crate::model::calibration::softmax(z, c.temperature))
+                    })
+                    .collect();
+                Conformal {
+                    error_rate: c.error_rate,
+                    promised_coverage: 1.0 - c.error_rate,
+                    coverage: share(
+                        sets.iter()
+                            .zip(&predictions.labels)
+                            .filter(|(s, l)| s.contains(*l))
+                            .count(),
+                    ),
+                    unsure: share(sets.iter().filter(|s| s.len() > 1).count()),
+                }
+            }),
+            // Scores exist only where the calibrated rule judged the photos.
+            out_of_distribution: calibration
+                .filter(|_| judge.rule == DecisionRule::Calibrated)
+                .map(|c| OutOfDistribution {
+                    threshold: c.ood_threshold,
+                    neither: share(
+                        predictions
+                            .judgements
+                            .iter()
+                            .filter(|j| j.ood_score.is_some_and(|s| s > c.ood_threshold))
+                            .count(),
+                    ),
+                }),
+            operating_point: None,
+        }
+    }
+}
+
+/// The metrics table, then the answers per true class and the calibration's figures.
+impl std::fmt::Display for Evaluation {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "{}", self.metrics)?;
+        writeln!(f)?;
+        writeln!(
+            f,
+            "answers ({} decision; rows: true class)",
+            self.decision_rule
+        )?;
+        let corner = "true \\ answer";
+        let name_width = self
+            .decision_names
+            .iter()
+            .map(|c| c.chars().count())
+            .max()
+            .unwrap_or(0)
+            .max(corner.len());
+        let count_width = name_width.clamp(7, 9);
+        write!(f, "{corner:<name_width$}")?;
+        for name in &self.decision_names {
+            write!(f, " {name:>count_width$}")?;
+        }
+        writeln!(f)?;
+        for (class, row) in self.metrics.classes.iter().zip(&self.decisions) {
+            write!(f, "{class:<name_width$}")?;
+            for count in row {
+                write!(f, " {count:>count_width$}")?;
+            }
+            writeln!(f)?;
+        }
+        if let Some(c) = &self.calibration {
+            writeln!(
+                f,
+                "\ncalibration: temperature {:.3}; ECE {:.4} -> {:.4}, NLL {:.4} -> {:.4}, Brier {:.4} -> {:.4}",
+                c.temperature,
+                c.ece_before,
+                c.ece_after,
+                c.nll_before,
+                c.nll_after,
+                c.brier_before,
+                c.brier_after
+            )?;
+        }
+        if let Some(c) = &self.conformal {
+            writeln!(
+                f,
+                "prediction sets: the true class kept for {:.2}% of photos (promised: at least {:.2}%); {:.2}% unsure",
+                100.0 * c.coverage,
+                100.0 * c.promised_coverage,
+                100.0 * c.unsure
+            )?;
+        }
+        if let Some(o) = &self.operating_point {
+            writeln!(
+                f,
+                "{} when p({}) > {:.4} (at most {:.2}% of the others on validation): {:.2}% of the others taken for {}, recall {:.2}% (validation: {:.2}%, {:.2}%)",
+                o.class,
+                o.class,
+                o.threshold,
+                100.0 * o.max_false_rate,
+                100.0 * o.evaluated.false_rate,
+                o.class,
+                100.0 * o.evaluated.recall,
+                100.0 * o.validation.false_rate,
+                100.0 * o.validation.recall
+            )?;
+        }
+        if let Some(o) = &self.out_of_distribution {
+            writeln!(
+                f,
+                "out of distribution: {:.2}% of these photos score above {:.1} (neither)",
+                100.0 * o.neither,
+                o.threshold
+            )?;
+        }
+        Ok(())
     }
 }

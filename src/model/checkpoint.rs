@@ -10,6 +10,7 @@ use burn::store::{BurnToPyTorchAdapter, ModuleSnapshot, SafetensorsStore};
 use serde::{Deserialize, Serialize};
 
 use super::ResNet18;
+use super::calibration::Calibration;
 use super::weights;
 use crate::error::{Error, Result};
 use crate::fsio;
@@ -33,6 +34,10 @@ pub struct CheckpointMeta {
     pub preprocessing: Preprocessing,
     /// catdog version that wrote the checkpoint.
     pub catdog_version: String,
+    /// How raw outputs become answers, once fitted (`catdog calibrate`, the end of `catdog
+    /// train`); absent in a model that was never calibrated.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub calibration: Option<Calibration>,
 }
 
 impl CheckpointMeta {
@@ -44,6 +49,7 @@ impl CheckpointMeta {
             class_names,
             preprocessing,
             catdog_version: env!("CARGO_PKG_VERSION").to_string(),
+            calibration: None,
         }
     }
 

@@ -42,6 +42,18 @@ impl EvalNet {
         }
     }
 
+    /// The head's outputs, one row per image, of features from [`EvalNet::features`].
+    pub fn head(&self, features: Vec<f32>) -> Vec<f32> {
+        match self {
+            EvalNet::Cpu(fused) => fused.head(&features),
+            EvalNet::Burn { model, device } => {
+                let n = features.len() / super::FEATURES;
+                let features = TensorData::new(features, [n, super::FEATURES]);
+                values(model.head_forward(Tensor::from_data(features, device)))
+            }
+        }
+    }
+
     /// Logits, one row of the head's outputs per image, of images as for [`EvalNet::features`].
     pub fn logits(&self, batch: Vec<f32>, image_size: usize) -> Vec<f32> {
         match self {

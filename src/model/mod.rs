@@ -9,11 +9,14 @@
 //! - [`eval_net`]: a trained network ready for eval-mode passes on its device.
 //! - [`fused`]: the eval-mode forward pass on the CPU with batch norm folded in, catdog's own
 //!   kernels (faster than the same network through burn's generic operations).
+//! - [`calibration`]: from outputs to a decision (a class, `unsure`, `neither`) with
+//!   calibrated probabilities.
 //! - [`predict`]: ranked class probabilities for preprocessed images.
 //! - [`gradcam`]: Grad-CAM heat maps, which parts of an image drove a class's score.
 //! - [`imagenet_classes`]: the 1000 ImageNet class names.
 
 mod batch_norm;
+pub mod calibration;
 pub mod checkpoint;
 pub mod download;
 pub mod eval_net;

@@ -6,14 +6,14 @@ use std::path::Path;
 
 use serde_json::Value;
 
-use super::{CONFUSION, CURVES, GRADCAM, INDEX, PREDICTIONS, TOP_LOSSES};
+use super::{CONFUSION, CURVES, GRADCAM, INDEX, PREDICTIONS, RELIABILITY, ROC, TOP_LOSSES};
 use crate::error::Result;
-use crate::evaluate::Metrics;
+use crate::evaluate::{Evaluation, Metrics};
 use crate::fsio::write_atomic;
 
 /// The pictures in the order the page shows them, each with a heading and a
 /// line on how to read it.
-const PICTURES: [(&str, &str, &str); 5] = [
+const PICTURES: [(&str, &str, &str); 7] = [
     (
         CURVES,
         "Training curves",
@@ -24,6 +24,19 @@ const PICTURES: [(&str, &str, &str); 5] = [
         CONFUSION,
         "Confusion matrix",
         "Rows are the true class, columns the predicted one; each cell's share is of its row.",
+    ),
+    (
+        RELIABILITY,
+        "Reliability",
+        "Per band of confidence, the share of photos the most probable class gets right: on the \
+         dashed diagonal, a photo given 80% is right 80% of the time. Calibration (a temperature \
+         fitted on the validation split) brings the points towards it.",
+    ),
+    (
+        ROC,
+        "ROC curve",
+        "How many of a class the model finds (up) against how many others it takes for it \
+         (right), as the threshold moves; the dot is where the most probable class answers.",
     ),
     (
         PREDICTIONS,
@@ -70,7 +83,8 @@ td code { font-size: .9rem; word-break: break-all; }
 /// Its `report` object, when present, names the page: `run` (the run's name),
 /// `checkpoint`, `epoch` (the checkpoint's), `trained` (a date) and `split`
 /// (what the metrics are measured on).
-pub fn write_index(dir: &Path, settings: &Value, metrics: &Metrics) -> Result<()> {
+pub fn write_index(dir: &Path, settings: &Value, evaluation: &Evaluation) -> Result<()> {
+    let metrics = &evaluation.metrics;
     let about = |key: &str| match &settings["report"][key] {
         Value::Null => None,
         Value::String(text) => Some(escape(text)),
@@ -99,6 +113,7 @@ pub fn write_index(dir: &Path, settings: &Value, metrics: &Metrics) -> Result<()
         page += &format!("<p class=\"about\">{}</p>\n", facts.join(" · "));
     }
     page += &metrics_section(metrics, about("split").as_deref());
+    page += &answers_section(evaluation);
     for (file, heading, note) in PICTURES {
         if dir.join(file).is_file() {
             page += &format!(
@@ -164,6 +179,50 @@ fn metrics_section(m: &Metrics, split: Option<&str>) -> String {
         html += "</tr>\n";
     }
     html + "</table></div>\n"
+}
+
+/// The answers per true class, and what calibration measured.
+fn answers_section(e: &Evaluation) -> String {
+    let mut html = format!(
+        "<h2>Answers</h2>\n<p>With the {} decision: a class, <i>unsure</i> (both classes \
+         plausible) or <i>neither</i> (unlike the training photos).</p>\n\
+         <div class=\"scroll\"><table>\n<tr><th>true \\ answer</th>",
+        e.decision_rule
+    );
+    for name in &e.decision_names {
+        html += &format!("<th>{}</th>", escape(name));
+    }
+    html += "</tr>\n";
+    for (class, row) in e.metrics.classes.iter().zip(&e.decisions) {
+        html += &format!("<tr><td>{}</td>", escape(class));
+        for count in row {
+            html += &format!("<td>{count}</td>");
+        }
+        html += "</tr>\n";
+    }
+    html += "</table></div>\n";
+    if let Some(c) = &e.calibration {
+        html += &format!(
+            "<p>Calibration: temperature {:.3}; expected calibration error {:.4} before, {:.4} \
+             after; NLL {:.4} → {:.4}; Brier score {:.4} → {:.4}.</p>\n",
+            c.temperature,
+            c.ece_before,
+            c.ece_after,
+            c.nll_before,
+            c.nll_after,
+            c.brier_before,
+            c.brier_after
+        );
+    }
+    if let Some(c) = &e.conformal {
+        html += &format!(
+            "<p>Prediction sets kept the true class for {:.2}% of these photos (promised: at \
+             least {:.2}%).</p>\n",
+            100.0 * c.coverage,
+            100.0 * c.promised_coverage
+        );
+    }
+    html
 }
 
 /// `value` as (dotted key, text) rows: objects are opened, strings shown as

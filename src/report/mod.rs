@@ -10,6 +10,7 @@
 //! [`crate::model::gradcam`]) to get those numbers.
 
 mod audit;
+mod calibration;
 mod confusion;
 mod curves;
 mod draw;
@@ -20,6 +21,7 @@ mod run;
 mod text;
 
 pub use audit::{NEAR_DUPLICATES, SUSPECTS, write_audit_page};
+pub use calibration::{write_reliability, write_roc};
 pub use confusion::write_confusion;
 pub use curves::write_curves;
 pub use gradcam::overlay;
@@ -33,6 +35,8 @@ pub const CONFUSION: &str = "confusion.png";
 pub const PREDICTIONS: &str = "predictions.png";
 pub const TOP_LOSSES: &str = "top-losses.png";
 pub const GRADCAM: &str = "gradcam.png";
+pub const RELIABILITY: &str = "reliability.png";
+pub const ROC: &str = "roc.png";
 pub const INDEX: &str = "index.html";
 
 /// Test photos in each picture of photos (predictions, top losses, Grad-CAM) by default.

@@ -10,17 +10,20 @@ use rayon::prelude::*;
 use serde_json::{Value, json};
 
 use super::{
-    CONFUSION, CURVES, EpochRecord, GRADCAM, INDEX, PREDICTIONS, TOP_LOSSES, Tile, overlay,
-    write_confusion, write_curves, write_grid, write_index,
+    CONFUSION, CURVES, EpochRecord, GRADCAM, INDEX, PREDICTIONS, RELIABILITY, ROC, TOP_LOSSES,
+    Tile, overlay, write_confusion, write_curves, write_grid, write_index, write_reliability,
+    write_roc,
 };
 use crate::data::Split;
 use crate::data::decode::{self, Limits};
 use crate::error::{Error, Result};
+use crate::evaluate::calibration::{ece, reliability};
 use crate::evaluate::{
-    BATCH_SIZE, Predictions, RunModel, Verdict, instructive, predicted, top_losses,
+    BATCH_SIZE, Evaluation, Predictions, RunModel, Verdict, instructive, predicted, top_losses,
 };
 use crate::fsio;
 use crate::model::Precision;
+use crate::model::calibration::{Calibration, softmax};
 use crate::model::gradcam::gradcam_maps;
 use crate::progress::Progress;
 use crate::run::{RunDir, Which, best_epoch};
@@ -40,8 +43,10 @@ pub fn write_run_report(
     progress: &dyn Progress,
 ) -> Result<PathBuf> {
     let loaded = RunModel::load(run, which, device, precision)?;
-    let (metrics, predictions) = loaded.evaluate(Split::Test, BATCH_SIZE, progress)?;
+    let (evaluation, predictions) = loaded.evaluate(Split::Test, BATCH_SIZE, progress)?;
+    let metrics = &evaluation.metrics;
     let dir = run.report_dir();
+    write_calibration_pictures(&dir, &evaluation, &predictions, loaded.judge.calibration())?;
 
     let curves = dir.join(CURVES);
     let history = read_history(&run.metrics_jsonl())?;
@@ -55,7 +60,7 @@ pub fn write_run_report(
             _ => {}
         },
     }
-    write_confusion(&dir.join(CONFUSION), &metrics)?;
+    write_confusion(&dir.join(CONFUSION), metrics)?;
 
     let n = predictions.len();
     let sample = spread(n, samples);
@@ -162,8 +167,64 @@ pub fn write_run_report(
         }
         other => *other = json!({ "config": other.clone(), "report": report }),
     }
-    write_index(&dir, &settings, &metrics)?;
+    write_index(&dir, &settings, &evaluation)?;
     Ok(dir.join(INDEX))
+}
+
+/// `reliability.png` (raw, and calibrated where the model is) and `roc.png` of the second
+/// class against the others, with the operating point of the most probable class.
+fn write_calibration_pictures(
+    dir: &Path,
+    evaluation: &Evaluation,
+    predictions: &Predictions,
+    calibration: Option<&Calibration>,
+) -> Result<()> {
+    let labels = &predictions.labels;
+    let before = reliability(labels, &predictions.probabilities);
+    let calibrated: Option<Vec<Vec<f32>>> = calibration.map(|c| {
+        predictions
+            .logits
+            .iter()
+            .map(|z| softmax(z, c.temperature))
+            .collect()
+    });
+    let after = calibrated.as_ref().map(|p| reliability(labels, p));
+    let mut title = format!(
+        "Reliability · ECE {:.3}",
+        ece(labels, &predictions.probabilities)
+    );
+    if let Some(p) = &calibrated {
+        title += &format!(" raw, {:.3} calibrated", ece(labels, p));
+    }
+    write_reliability(&dir.join(RELIABILITY), &title, &before, after.as_deref())?;
+
+    let m = &evaluation.metrics;
+    let positive = 1.min(m.classes.len() - 1);
+    let scores: Vec<f32> = predictions
+        .probabilities
+        .iter()
+        .map(|p| p[positive])
+        .collect();
+    let is_positive: Vec<bool> = labels.iter().map(|&l| l == positive).collect();
+    // Where the most probable class puts the photos: recall of the positive class, and the
+    // share of the others taken for it.
+    let negatives: u64 = (0..m.classes.len())
+        .filter(|&k| k != positive)
+        .map(|k| m.confusion_matrix[k].iter().sum::<u64>())
+        .sum();
+    let false_positives: u64 = (0..m.classes.len())
+        .filter(|&k| k != positive)
+        .map(|k| m.confusion_matrix[k][positive])
+        .sum();
+    let operating = (negatives > 0).then(|| {
+        (
+            false_positives as f64 / negatives as f64,
+            m.recall[positive],
+        )
+    });
+    let auc = m.roc_auc.map_or("n/a".to_owned(), |a| format!("{a:.3}"));
+    let title = format!("ROC · {} against the rest · AUC {auc}", m.classes[positive]);
+    write_roc(&dir.join(ROC), &title, &scores, &is_positive, operating)
 }
 
 /// The epochs in `metrics.jsonl` (one [`EpochRecord`] per line), or `None`

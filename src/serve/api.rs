@@ -20,8 +20,8 @@ use super::error::ApiError;
 use super::inference::{Engine, Job, Refused, StatsSnapshot};
 use super::upload::{self, ImageSummary};
 use super::{Config, ModelInfo};
+use crate::model::calibration::Decision;
 use crate::model::gradcam::HeatMap;
-use crate::model::predict::top_k;
 use crate::report::overlay;
 
 /// The page at `/`: HTML, CSS and script in one file, in the binary.
@@ -106,11 +106,21 @@ struct PredictQuery {
 /// The answer to `POST /v1/predict`.
 #[derive(Serialize)]
 struct Prediction {
+    /// What to act on: a class, `unsure` or `neither`.
+    decision: String,
+    /// The decision in a sentence, for people.
+    message: String,
     /// The most probable class.
     class: String,
+    /// Its calibrated probability.
     probability: f32,
-    /// Every class, in the model's output order.
+    /// Its probability before calibration.
+    raw_probability: f32,
+    /// Every class, calibrated, in the model's output order.
     probabilities: Vec<ClassProbability>,
+    /// The out-of-distribution score (absent for a model without calibration).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    ood_score: Option<f64>,
     /// Time of the forward pass of the batch this image was in.
     model_ms: f64,
     /// Images in that batch.
@@ -172,13 +182,18 @@ async fn predict(
         _ => None,
     };
     let classes = &shared.info.classes;
-    let top = top_k(&answer.probabilities, 1)[0];
+    let judgement = &answer.judgement;
+    let top = judgement.label;
     Ok(Json(Prediction {
-        class: classes[top.index].clone(),
-        probability: top.probability,
+        decision: judgement.decision.name(classes).to_owned(),
+        message: message(judgement.decision, classes),
+        class: classes[top].clone(),
+        probability: judgement.probabilities[top],
+        raw_probability: judgement.raw_probabilities[top],
+        ood_score: judgement.ood_score,
         probabilities: classes
             .iter()
-            .zip(&answer.probabilities)
+            .zip(&judgement.probabilities)
             .map(|(class, &probability)| ClassProbability {
                 class: class.clone(),
                 probability,
@@ -190,6 +205,22 @@ async fn predict(
         warnings: prepared.warnings,
         gradcam_png,
     }))
+}
+
+/// A decision as the page says it.
+fn message(decision: Decision, classes: &[String]) -> String {
+    let any = |joiner: &str| {
+        classes
+            .iter()
+            .map(|c| format!("a {c}"))
+            .collect::<Vec<_>>()
+            .join(joiner)
+    };
+    match decision {
+        Decision::Class(k) => format!("this looks like a {}", classes[k]),
+        Decision::Unsure => format!("unsure: this could be {}", any(" or ")),
+        Decision::Neither => format!("this does not look like {}", any(" or ")),
+    }
 }
 
 /// `explain=1` (or `true`, `yes`, or bare `explain`) asks for Grad-CAM.

@@ -16,9 +16,10 @@ use tokio::sync::oneshot;
 
 use super::Config;
 use crate::error::{Error, Result};
+use crate::evaluate::judge_batch;
+use crate::model::calibration::{DecisionRule, Judge, Judgement};
 use crate::model::checkpoint::{self, CheckpointMeta};
 use crate::model::gradcam::{HeatMap, gradcam_maps};
-use crate::model::predict::{probabilities, top_k};
 use crate::model::{EvalNet, ResNet18};
 
 /// One image for the model.
@@ -32,8 +33,8 @@ pub(super) struct Job {
 
 /// The model's answer for one image.
 pub(super) struct Answer {
-    /// Softmax probabilities, in the model's class order.
-    pub probabilities: Vec<f32>,
+    /// The decision, with the calibrated and raw probabilities in the model's class order.
+    pub judgement: Judgement,
     /// Where the model looked for its most probable class, when asked for.
     pub gradcam: Option<HeatMap>,
     /// Time the model took for the whole batch (with Grad-CAM's pass when one image asked).
@@ -64,11 +65,13 @@ impl Engine {
     pub fn load(dir: &Path, config: &Config) -> Result<(Engine, CheckpointMeta)> {
         let device = config.device.device()?;
         let (model, meta) = checkpoint::load(dir, &device)?;
+        let judge = Judge::load(dir, &meta, DecisionRule::Calibrated)?;
         let (jobs, queue) = crossbeam_channel::bounded(config.max_queue);
         let stats = Arc::new(Stats::new(config.max_batch));
         let image_size = meta.preprocessing.image_size as usize;
         let worker = Worker {
             net: EvalNet::new(&model, &device, config.precision),
+            judge,
             model,
             device,
             image_size,
@@ -165,6 +168,7 @@ impl Stats {
 struct Worker {
     /// For the predictions; `model` (with gradients, for Grad-CAM) for the explanations.
     net: EvalNet,
+    judge: Judge,
     model: ResNet18,
     device: Device,
     image_size: usize,
@@ -208,17 +212,17 @@ impl Worker {
         let outcome = catch_unwind(AssertUnwindSafe(|| self.forward(inputs, &explain)));
         let model_ms = started.elapsed().as_secs_f64() * 1e3;
         self.stats.busy.store(false, Ordering::Relaxed);
-        let Ok((probabilities, maps)) = outcome else {
+        let Ok((judgements, maps)) = outcome else {
             // Dropping the replies answers each request with an error.
             self.stats.failed_batches.fetch_add(1, Ordering::Relaxed);
             return;
         };
         self.stats.images.fetch_add(size as u64, Ordering::Relaxed);
         self.stats.batch_sizes[size - 1].fetch_add(1, Ordering::Relaxed);
-        for ((reply, probabilities), gradcam) in replies.into_iter().zip(probabilities).zip(maps) {
+        for ((reply, judgement), gradcam) in replies.into_iter().zip(judgements).zip(maps) {
             // The client may have gone meanwhile; nothing to do then.
             let _ = reply.send(Answer {
-                probabilities,
+                judgement,
                 gradcam,
                 model_ms,
                 batch_size: size,
@@ -226,9 +230,13 @@ impl Worker {
         }
     }
 
-    /// Each image's probabilities, and for the images with `explain` set their Grad-CAM map
+    /// Each image's judgement, and for the images with `explain` set their Grad-CAM map
     /// for their most probable class.
-    fn forward(&self, inputs: Vec<f32>, explain: &[bool]) -> (Vec<Vec<f32>>, Vec<Option<HeatMap>>) {
+    fn forward(
+        &self,
+        inputs: Vec<f32>,
+        explain: &[bool],
+    ) -> (Vec<Judgement>, Vec<Option<HeatMap>>) {
         let per_image = inputs.len() / explain.len();
         // Grad-CAM runs its images again, with gradients; the plain pass says which class each
         // map is for.
@@ -239,12 +247,16 @@ impl Worker {
             .flat_map(|(image, _)| image)
             .copied()
             .collect();
-        let probabilities = probabilities(&self.net, inputs, self.image_size);
-        let top: Vec<usize> = probabilities
+        let judgements: Vec<Judgement> =
+            judge_batch(&self.net, &self.judge, inputs, self.image_size)
+                .into_iter()
+                .map(|(_, judgement)| judgement)
+                .collect();
+        let top: Vec<usize> = judgements
             .iter()
             .zip(explain)
             .filter(|(_, wanted)| **wanted)
-            .map(|(p, _)| top_k(p, 1)[0].index)
+            .map(|(j, _)| j.label)
             .collect();
         let mut maps =
             gradcam_maps(&self.model, again, self.image_size, &top, &self.device).into_iter();
@@ -252,6 +264,6 @@ impl Worker {
             .iter()
             .map(|&wanted| if wanted { maps.next() } else { None })
             .collect();
-        (probabilities, maps)
+        (judgements, maps)
     }
 }

@@ -10,6 +10,7 @@ use crate::data::Split;
 use crate::error::{Error, Result};
 use crate::evaluate::Metrics;
 use crate::fsio;
+use crate::model::calibration::Calibration;
 use crate::model::checkpoint::{CheckpointMeta, META_FILE, WEIGHTS_FILE};
 use crate::preprocess::Preprocessing;
 use crate::run::{RunDir, Which};
@@ -30,6 +31,9 @@ pub struct ModelInfo {
     pub trained_at: Option<String>,
     /// catdog version that wrote the checkpoint.
     pub catdog_version: String,
+    /// How answers are decided (temperature, unsure and neither thresholds), where the model
+    /// was calibrated.
+    pub calibration: Option<Calibration>,
     /// The training run's settings (`RUN/config.json`), for a run's `best/` or `last/`.
     pub run_config: Option<serde_json::Value>,
     /// Accuracy on the test split (`RUN/eval-test.json`), for a run's `best/`: the checkpoint
@@ -71,6 +75,7 @@ impl ModelInfo {
             weights_sha256,
             trained_at,
             catdog_version: meta.catdog_version,
+            calibration: meta.calibration,
             run_config,
             test_accuracy,
         })

@@ -5,6 +5,7 @@ use std::sync::atomic::{AtomicU64, Ordering};
 
 use crate::data::manifest::Conflict;
 use crate::data::{CleanReport, Split};
+use crate::evaluate::calibration::Fitted;
 use crate::model::weights::Origin;
 use crate::progress::Progress;
 use crate::run::EpochRecord;
@@ -58,6 +59,9 @@ pub enum Event<'a> {
         epochs: usize,
         best: bool,
     },
+    /// The checkpoint's calibration was fitted and stored with it (the end of training, and
+    /// `catdog calibrate`).
+    Calibrated(&'a Fitted),
     /// Stopped on request after batch `batches_done` of epoch `epoch` (from 1); `last/` saved.
     Stopped { epoch: usize, batches_done: usize },
     /// Stopped on request while frozen mode's features were computed, before any epoch of
@@ -75,7 +79,7 @@ pub enum Step {
 }
 
 /// A [`Progress`] that sends its counts as [`Event::Progress`].
-pub(super) struct StepProgress<'a> {
+pub(crate) struct StepProgress<'a> {
     step: Step,
     on: OnEvent<'a>,
     total: AtomicU64,

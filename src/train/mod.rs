@@ -9,6 +9,7 @@
 //! the same numbers as an uninterrupted one.
 
 pub mod adam;
+mod calibrate;
 pub mod config;
 pub mod event;
 pub mod features;
@@ -23,6 +24,7 @@ use burn::nn::loss::CrossEntropyLossConfig;
 use burn::optim::GradientsParams;
 use burn::prelude::*;
 
+pub use calibrate::calibrate;
 pub use config::{CONFIG_VERSION, DataSource, Mode, RunConfig, TrainConfig};
 pub use event::{Event, OnEvent, Step};
 use state::{Best, OPTIMIZER_FILE, Running, TrainState};
@@ -32,6 +34,7 @@ use crate::data::{self, Limits, Manifest, Prepare, Split};
 use crate::error::{Error, Result};
 use crate::fsio;
 use crate::loader::{Loader, LoaderConfig, batch_count, epoch_order};
+use crate::model::calibration::ERROR_RATE;
 use crate::model::checkpoint::{self, CheckpointMeta};
 use crate::model::fused::{TrainNet, cross_entropy};
 use crate::model::weights;
@@ -69,7 +72,12 @@ pub fn train(run: &RunDir, start: Start, stop: &AtomicBool, on: OnEvent) -> Resu
         Start::Resume => Session::resume(run, None, on)?,
         Start::ResumeUntil(epochs) => Session::resume(run, Some(epochs), on)?,
     };
-    session.run(stop, on)
+    let outcome = session.run(stop, on)?;
+    if !outcome.stopped && outcome.best.is_some() {
+        // While the session holds the run's lock: nothing replaces best/ meanwhile.
+        calibrate(run, Which::Best, ERROR_RATE, &session.device, on)?;
+    }
+    Ok(outcome)
 }
 
 /// One batch of model input: NCHW photos of `3 x size x size` values, or frozen mode's cached

@@ -217,9 +217,11 @@ pub fn fill(path: &Path) {
 }
 
 /// Every picture a run's report holds.
-pub const REPORT_PICTURES: [&str; 5] = [
+pub const REPORT_PICTURES: [&str; 7] = [
     catdog::report::CURVES,
     catdog::report::CONFUSION,
+    catdog::report::RELIABILITY,
+    catdog::report::ROC,
     catdog::report::PREDICTIONS,
     catdog::report::TOP_LOSSES,
     catdog::report::GRADCAM,
