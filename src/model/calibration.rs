@@ -226,7 +226,7 @@ impl OodModel {
     /// # Panics
     /// If the sizes disagree (a bug in the caller).
     pub fn new(dim: usize, means: Vec<f64>, precision: Vec<f64>) -> OodModel {
-        assert!(dim > 0 && means.len() % dim == 0 && !means.is_empty());
+        assert!(dim > 0 && means.len().is_multiple_of(dim) && !means.is_empty());
         assert_eq!(precision.len(), dim * dim);
         OodModel {
             dim,

@@ -34,7 +34,7 @@ pub fn write_reliability(
             .map(|b| (b.confidence, b.accuracy))
             .collect()
     };
-    let series: Vec<(&str, RGBColor, Vec<(f64, f64)>)> = series
+    let series: Vec<_> = series
         .into_iter()
         .map(|(name, colour, bins)| (name, colour, points(bins)))
         .collect();
