@@ -37,16 +37,16 @@ impl DeviceArgs {
 #[derive(clap::Args)]
 pub struct PrecisionArgs {
     /// fp32, or bf16: matrix products on bf16 operands with f32 sums, on CPUs with
-    /// AVX512_BF16 [default: fp32]
-    #[arg(long)]
-    pub precision: Option<Precision>,
+    /// AVX512_BF16
+    #[arg(long, default_value_t = Precision::default())]
+    pub precision: Precision,
 }
 
 impl PrecisionArgs {
     /// The precision that runs on `device`: what was asked (or the default) where it can run,
     /// else fp32, said once.
     pub fn resolve(&self, device: DeviceChoice) -> Precision {
-        let asked = self.precision.unwrap_or_default();
+        let asked = self.precision;
         let runs = if device.is_cpu() {
             asked.on_this_cpu()
         } else {
