@@ -87,25 +87,29 @@ impl BatchNorm2d {
         output
     }
 
-    /// Train-mode batch norm out of tensor operations, for GPU backends. burn's fused
-    /// `batch_norm_train` (forward and backward) reduces each channel over one flattened
-    /// dimension of N*H*W elements, and on wgpu (cubecl 0.11, seen on Mesa's lavapipe) a
-    /// reduction along a dimension longer than 65,536 loses values: 401,408 for bn1 at 224 px
-    /// and batch 32 (see `gpu_reduction_of_a_long_dimension` in tests/model_parity.rs). Here
-    /// every reduction runs along one axis at a time (width, height, batch), and autodiff's
-    /// gradient of the broadcasts sums over batch and the folded H*W: all far below that size
-    /// for the images catdog trains on (H*W is 12,544 for conv1's output at 224 px).
+    /// Train-mode batch norm out of tensor operations, for GPU backends, where burn's fused
+    /// `batch_norm_train` reduces each channel over one flattened dimension of N*H*W values
+    /// (401,408 for bn1 at 224 px and batch 32), which wgpu got wrong (issue 14). The
+    /// statistics are taken one axis at a time (width, height, batch), and each per-channel
+    /// value ([1, C, 1, 1]) is widened to [1, C, 1, W] before it meets the activations, so
+    /// that autodiff sums its gradient over N*H and then W rather than over N*H*W in one
+    /// reduction (burn-autodiff's `broadcast_shape`). Without the widening, on Mesa 22.3's
+    /// lavapipe the golden step's stem gradients (conv1, bn1) were 5-17% off PyTorch's while
+    /// the batch norm alone at that size was right: the fault needs the whole graph and is
+    /// not pinned down further (PERFORMANCE.md, "The GPU path").
     /// Returns the output, the batch mean and the population variance, as `batch_norm_train`.
     fn forward_train_by_axes(&self, input: Tensor<4>) -> (Tensor<4>, Tensor<1>, Tensor<1>) {
-        let channels = input.dims()[1];
+        let [_, channels, _, width] = input.dims();
+        let row = Tensor::<4>::ones([1, 1, 1, width], &input.device());
+        let widen = |per_channel: Tensor<4>| per_channel.mul(row.clone());
         let mean_by_axes = |x: Tensor<4>| x.mean_dim(3).mean_dim(2).mean_dim(0);
         let mean = mean_by_axes(input.clone());
-        let centered = input.sub(mean.clone());
+        let centered = input.sub(widen(mean.clone()));
         let var = mean_by_axes(centered.clone().powi_scalar(2));
-        let output = centered.div(var.clone().add_scalar(EPSILON).sqrt());
+        let output = centered.div(widen(var.clone().add_scalar(EPSILON).sqrt()));
         let output = output
-            .mul(self.weight.val().reshape([1, channels, 1, 1]))
-            .add(self.bias.val().reshape([1, channels, 1, 1]));
+            .mul(widen(self.weight.val().reshape([1, channels, 1, 1])))
+            .add(widen(self.bias.val().reshape([1, channels, 1, 1])));
         (output, mean.reshape([channels]), var.reshape([channels]))
     }
 }
