@@ -15,6 +15,7 @@
 //! | calibration    | [`model::calibration`], [`evaluate::calibration`] | cat, dog, `unsure` or `neither`: temperature, conformal sets, out-of-distribution score; fitting them, ECE |
 //! | reporting      | [`report`]      | curves, confusion, photo grids, Grad-CAM overlays, `index.html`; a run's whole report |
 //! | serving        | [`serve`]       | HTTP API and web page, batched inference, Grad-CAM        |
+//! | exporting      | [`model::onnx`] | an ONNX file for other runtimes, built by the modules themselves |
 //!
 //! The network, its weight files and checkpoints live in [`model`]; what a
 //! training run leaves behind, and where, in [`run`].

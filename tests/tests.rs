@@ -22,6 +22,7 @@ mod eval_cli;
 mod interruptions;
 mod model_parity;
 mod odd_trees;
+mod onnx_export;
 mod ood_sets;
 mod preprocess_golden;
 mod report_files;

@@ -6,6 +6,7 @@ mod bench;
 mod data;
 mod demo;
 mod evaluate;
+mod export;
 mod imagenet;
 mod predict;
 mod progress;
@@ -100,6 +101,8 @@ enum Command {
     Report(evaluate::ReportArgs),
     /// Serve a trained model: HTTP API and a web page to drop photos on
     Serve(serve::ServeArgs),
+    /// Write a trained model as an ONNX file, for ONNX Runtime, OpenVINO, TensorRT, tract...
+    Export(export::ExportArgs),
 }
 
 pub fn main() -> ExitCode {
@@ -118,6 +121,7 @@ pub fn main() -> ExitCode {
         Command::Predict(args) => predict::run(args),
         Command::Report(args) => evaluate::report(args),
         Command::Serve(args) => serve::run(args),
+        Command::Export(args) => export::run(args),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,

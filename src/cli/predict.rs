@@ -17,8 +17,8 @@ pub struct PredictArgs {
     #[arg(required = true)]
     pub images: Vec<PathBuf>,
     /// One JSON object per photo: {"path", "decision", "label", "probability",
-    /// "raw_probability", "probabilities", "ood_score"}, or {"path", "error"} for a file that
-    /// cannot be read
+    /// "raw_probability", "probabilities", "ood_score", "logits"}, or {"path", "error"} for a
+    /// file that cannot be read
     #[arg(long)]
     pub json: bool,
     /// calibrated (a class, unsure or neither, from the model's calibration) or argmax (always
@@ -50,6 +50,9 @@ struct JsonPrediction<'a> {
     /// The out-of-distribution score (`null` for a model without calibration, or with
     /// `--decision argmax`).
     ood_score: Option<f64>,
+    /// The head's raw outputs, in class order: what another runtime running the model (e.g.
+    /// an ONNX export) must reproduce.
+    logits: &'a [f32],
 }
 
 /// Class name to probability, in the model's class order.
@@ -94,8 +97,8 @@ pub fn run(args: PredictArgs) -> Result<()> {
         size,
         |path, result| {
             let line = match (result, args.json) {
-                (Ok(judgement), true) => json_line(path, classes, &judgement),
-                (Ok(judgement), false) => text_line(path, classes, &judgement),
+                (Ok((logits, judgement)), true) => json_line(path, classes, &logits, &judgement),
+                (Ok((_, judgement)), false) => text_line(path, classes, &judgement),
                 (Err(reason), json) => {
                     failed += 1;
                     if !json {
@@ -119,8 +122,8 @@ pub fn run(args: PredictArgs) -> Result<()> {
 }
 
 /// `{"path": ..., "decision": "dog", "label": "dog", "probability": 0.93, "raw_probability": 0.97,
-/// "probabilities": {"cat": 0.07, "dog": 0.93}, "ood_score": 412.5}`
-fn json_line(path: &Path, classes: &[String], judgement: &Judgement) -> String {
+/// "probabilities": {"cat": 0.07, "dog": 0.93}, "ood_score": 412.5, "logits": [-1.3, 1.2]}`
+fn json_line(path: &Path, classes: &[String], logits: &[f32], judgement: &Judgement) -> String {
     let best = judgement.label;
     let line = JsonPrediction {
         path: path.display().to_string(),
@@ -130,6 +133,7 @@ fn json_line(path: &Path, classes: &[String], judgement: &Judgement) -> String {
         raw_probability: judgement.raw_probabilities[best],
         probabilities: ByClass(classes, &judgement.probabilities),
         ood_score: judgement.ood_score,
+        logits,
     };
     serde_json::to_string(&line).expect("plain data serialises")
 }

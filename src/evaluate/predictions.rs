@@ -104,15 +104,15 @@ pub fn judge_batch(
 
 /// Classifies the files at `paths`, `batch_size` per forward pass, decoding
 /// each batch in parallel with the same limits and checks as the data stage.
-/// Calls `each` once per file, in order, with `judge`'s judgement or the
-/// reason it could not be read; a bad file costs only itself.
+/// Calls `each` once per file, in order, with its logits and `judge`'s judgement
+/// of them, or the reason it could not be read; a bad file costs only itself.
 pub fn predict_files(
     net: &EvalNet,
     judge: &Judge,
     preprocessing: &Preprocessing,
     paths: &[PathBuf],
     batch_size: usize,
-    mut each: impl FnMut(&Path, std::result::Result<Judgement, Rejection>),
+    mut each: impl FnMut(&Path, std::result::Result<(Vec<f32>, Judgement), Rejection>),
 ) {
     let limits = Limits::default();
     for chunk in paths.chunks(batch_size.max(1)) {
@@ -127,9 +127,7 @@ pub fn predict_files(
             .collect();
         let batch: Vec<f32> = tensors.iter().flatten().flatten().copied().collect();
         let size = preprocessing.image_size as usize;
-        let mut rows = judge_batch(net, judge, batch, size)
-            .into_iter()
-            .map(|(_, judgement)| judgement);
+        let mut rows = judge_batch(net, judge, batch, size).into_iter();
         for (path, tensor) in chunk.iter().zip(tensors) {
             each(
                 path,

@@ -13,6 +13,8 @@
 //!   calibrated probabilities.
 //! - [`predict`]: ranked class probabilities for preprocessed images.
 //! - [`gradcam`]: Grad-CAM heat maps, which parts of an image drove a class's score.
+//! - [`onnx`]: `catdog export`, a trained model as an ONNX file for other runtimes, each
+//!   module adding its own nodes ([`onnx::ToOnnx`]).
 //! - [`imagenet_classes`]: the 1000 ImageNet class names.
 
 mod batch_norm;
@@ -23,6 +25,7 @@ pub mod eval_net;
 pub mod fused;
 pub mod gradcam;
 pub mod imagenet_classes;
+pub mod onnx;
 pub mod precision;
 pub mod predict;
 mod resnet;
@@ -31,4 +34,4 @@ pub mod weights;
 pub use batch_norm::BatchNorm2d;
 pub use eval_net::EvalNet;
 pub use precision::Precision;
-pub use resnet::{BasicBlock, FEATURES, ResNet18};
+pub use resnet::{BasicBlock, FEATURES, MaxPool, ResNet18};

@@ -105,6 +105,25 @@ fn stage(
     ]
 }
 
+/// Square max-pooling windows (padding counts as minus infinity, as in PyTorch).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct MaxPool {
+    pub kernel: usize,
+    pub stride: usize,
+    pub pad: usize,
+}
+
+impl MaxPool {
+    pub fn forward(&self, x: Tensor<4>) -> Tensor<4> {
+        max_pool2d(
+            x,
+            MaxPoolOptions::new([self.kernel, self.kernel])
+                .with_stride([self.stride, self.stride])
+                .with_padding([self.pad, self.pad]),
+        )
+    }
+}
+
 /// ResNet-18 with a `num_classes`-way linear head (`fc`).
 #[derive(Module, Debug)]
 pub struct ResNet18 {
@@ -118,6 +137,14 @@ pub struct ResNet18 {
 }
 
 impl ResNet18 {
+    /// The pooling after the stem (parameter-free, so not a field: weight files have no entry
+    /// for it).
+    pub const STEM_POOL: MaxPool = MaxPool {
+        kernel: 3,
+        stride: 2,
+        pad: 1,
+    };
+
     /// A randomly initialised network, as `torchvision.models.resnet18(num_classes=...)` is
     /// (the head gets PyTorch's default `Linear` init, unseeded; see [`ResNet18::with_head`]).
     /// Batch norm is in training mode, which takes effect on an autodiff device only.
@@ -243,12 +270,7 @@ impl ResNet18 {
     /// Everything before the pooling: stem, max-pool and the four stages.
     fn trunk(&self, images: Tensor<4>) -> Tensor<4> {
         let x = relu(self.bn1.forward(self.conv1.forward(images)));
-        let x = max_pool2d(
-            x,
-            MaxPoolOptions::new([3, 3])
-                .with_stride([2, 2])
-                .with_padding([1, 1]),
-        );
+        let x = Self::STEM_POOL.forward(x);
         [&self.layer1, &self.layer2, &self.layer3, &self.layer4]
             .into_iter()
             .flatten()

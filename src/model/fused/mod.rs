@@ -84,6 +84,35 @@ fn values<const D: usize>(t: Tensor<D>) -> Vec<f32> {
         .expect("converted to f32")
 }
 
+/// `conv` followed by eval-mode `bn` as one convolution: the weights in the convolution's own
+/// `[cout, cin, k, k]` layout, each output channel scaled by `gamma / sqrt(var + eps)`, and the
+/// bias `beta + (conv bias - mean) * scale`. The fused kernels and the ONNX export both run it.
+pub fn fold_batch_norm(conv: &Conv2d, bn: &BatchNorm2d) -> (Vec<f32>, Vec<f32>) {
+    let cout = conv.weight.dims()[0];
+    let mut w = values(conv.weight.val());
+    let conv_bias = conv
+        .bias
+        .as_ref()
+        .map_or_else(|| vec![0.0; cout], |b| values(b.val()));
+    let gamma = values(bn.weight.val());
+    let beta = values(bn.bias.val());
+    let mean = values(bn.running_mean.value_sync());
+    let var = values(bn.running_var.value_sync());
+    let scale: Vec<f32> = gamma
+        .iter()
+        .zip(&var)
+        .map(|(g, v)| g / (v + EPSILON).sqrt())
+        .collect();
+    let per_channel = w.len() / cout;
+    for (row, s) in w.chunks_exact_mut(per_channel).zip(&scale) {
+        row.iter_mut().for_each(|v| *v *= s);
+    }
+    let bias = (0..cout)
+        .map(|o| beta[o] + (conv_bias[o] - mean[o]) * scale[o])
+        .collect();
+    (w, bias)
+}
+
 impl FoldedConv {
     fn new(
         conv: &Conv2d,
@@ -92,18 +121,8 @@ impl FoldedConv {
         precision: Precision,
     ) -> Self {
         let [cout, cin, kernel, _] = conv.weight.dims();
-        let w = values(conv.weight.val());
-        let gamma = values(bn.weight.val());
-        let beta = values(bn.bias.val());
-        let mean = values(bn.running_mean.value_sync());
-        let var = values(bn.running_var.value_sync());
-        let scale: Vec<f32> = gamma
-            .iter()
-            .zip(&var)
-            .map(|(g, v)| g / (v + EPSILON).sqrt())
-            .collect();
-        let bias = (0..cout).map(|o| beta[o] - mean[o] * scale[o]).collect();
-        // Each output channel's row in (ky, kx, ci) order, scaled; then the transpose to
+        let (w, bias) = fold_batch_norm(conv, bn);
+        // Each output channel's row in (ky, kx, ci) order; then the transpose to
         // [(ky, kx, ci)][cout], in blocks that stay in cache.
         let depth = kernel * kernel * cin;
         let mut rows = vec![0.0; cout * depth];
@@ -111,7 +130,7 @@ impl FoldedConv {
             let src = &w[o * depth..][..depth];
             for i in 0..cin {
                 for t in 0..kernel * kernel {
-                    row[t * cin + i] = src[i * kernel * kernel + t] * scale[o];
+                    row[t * cin + i] = src[i * kernel * kernel + t];
                 }
             }
         }
