@@ -14,7 +14,7 @@ use serde::{Deserialize, Serialize};
 use crate::data::decode::{self, Limits};
 use crate::error::{Error, Result};
 use crate::model::Precision;
-use crate::model::fused::{FusedResNet18, TrainNet};
+use crate::model::fused::{FusedResNet18, Loss, TrainNet};
 use crate::model::{FEATURES, ResNet18};
 use crate::preprocess::Preprocessing;
 use crate::train::adam::Adam;
@@ -161,7 +161,7 @@ pub fn train_step(batch: usize, size: usize, precision: Precision) -> Figure {
     let labels: Vec<usize> = (0..batch).map(|i| i % 2).collect();
     let mut adam = Adam::new(1e-3);
     let t = median_seconds(1, 3, || {
-        net.step(&x, size, &labels);
+        net.step(&x, size, &labels, &Loss::default());
         adam.step_slices(
             net.slots_mut()
                 .into_iter()

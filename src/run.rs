@@ -24,6 +24,7 @@ use serde::{Deserialize, Serialize};
 use crate::data::Split;
 use crate::error::{Error, Result};
 use crate::model::checkpoint;
+use crate::train::Monitor;
 use crate::train::state::Best;
 
 /// What a finished run folder holds, as a person reads it.
@@ -41,14 +42,17 @@ pub struct EpochRecord {
     pub val_acc: f64,
     /// Wall-clock time the epoch took, training and validation.
     pub seconds: f64,
+    /// The learning rate of the epoch's last batch (`None` in runs from before schedules,
+    /// which kept `--lr` throughout).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub lr: Option<f64>,
 }
 
-/// The epoch `best/` holds: the highest validation accuracy, ties to the lower
-/// validation loss (the rule training applies, [`Best::beaten_by`]).
-pub fn best_epoch(history: &[EpochRecord]) -> Option<&EpochRecord> {
+/// The epoch `best/` holds by `monitor` (the rule training applies, [`Best::beaten_by`]).
+pub fn best_epoch(history: &[EpochRecord], monitor: Monitor) -> Option<&EpochRecord> {
     let mut best: Option<(&EpochRecord, Best)> = None;
     for r in history {
-        if best.as_ref().is_none_or(|(_, b)| b.beaten_by(r)) {
+        if best.as_ref().is_none_or(|(_, b)| b.beaten_by(r, monitor)) {
             let b = Best {
                 epoch: r.epoch,
                 val_acc: r.val_acc,

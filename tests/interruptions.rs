@@ -157,12 +157,12 @@ fn check_run_folder(run: &Path, whole: &Path) {
                     let mut lines = text.lines();
                     assert_eq!(
                         lines.next(),
-                        Some("epoch,train_loss,train_acc,val_loss,val_acc,seconds")
+                        Some("epoch,train_loss,train_acc,val_loss,val_acc,seconds,lr")
                     );
                     let got: Vec<[f64; 4]> = lines
                         .map(|l| {
                             let f: Vec<f64> = l.split(',').map(|x| x.parse().unwrap()).collect();
-                            assert_eq!(f.len(), 6, "torn row: {l}");
+                            assert_eq!(f.len(), 7, "torn row: {l}");
                             [f[1], f[2], f[3], f[4]]
                         })
                         .collect();
@@ -224,9 +224,15 @@ fn sigkill_at_random_moments_never_tears_a_file_and_resume_ends_the_same() {
         .unwrap_or(8);
     let dir = tempfile::tempdir().unwrap();
     let data = demo_data(dir.path(), 12);
+    // A head-only first epoch, then two of every layer, on a schedule: the phase change and
+    // the rates must survive a kill too.
+    let options: Vec<&str> = finetune("3")
+        .into_iter()
+        .chain(["--freeze-epochs", "1", "--schedule", "one-cycle"])
+        .collect();
     let whole = dir.path().join("whole");
     let t = Instant::now();
-    run_ok(&train_args(&data, &whole, &finetune("2")));
+    run_ok(&train_args(&data, &whole, &options));
     let full = t.elapsed();
 
     // Kill the same run again and again at moments drawn over a whole run's
@@ -240,7 +246,7 @@ fn sigkill_at_random_moments_never_tears_a_file_and_resume_ends_the_same() {
         } else {
             // Killed before its config was written: nothing to resume, so the
             // documented remedy is the same command again.
-            train_args(&data, &run, &finetune("2"))
+            train_args(&data, &run, &options)
         };
         let child = spawn(&args);
         let at = full.mul_f64(rng.random_range(0.05..0.9));
@@ -258,7 +264,7 @@ fn sigkill_at_random_moments_never_tears_a_file_and_resume_ends_the_same() {
     if run.join("config.json").exists() {
         run_ok(&resume(&run));
     } else {
-        run_ok(&train_args(&data, &run, &finetune("2")));
+        run_ok(&train_args(&data, &run, &options));
     }
     eprintln!(
         "seed {seed}: whole run {:.1} s, killed after {}",

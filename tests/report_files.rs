@@ -14,6 +14,7 @@ use catdog::evaluate::{Evaluation, Metrics, Predictions, top_losses};
 use catdog::model::calibration::{DecisionRule, Judge};
 use catdog::model::gradcam::gradcam_map;
 use catdog::report::{self, EpochRecord, Tile, overlay};
+use catdog::train::Monitor;
 use image::{Rgb, RgbImage};
 
 /// The folder to write into: `$CATDOG_REPORT_OUT/name` when set, kept after
@@ -102,6 +103,7 @@ fn history() -> Vec<EpochRecord> {
                 val_loss: 0.45 / e.sqrt() + 0.01 * e,
                 val_acc: 0.97 - 0.2 / e,
                 seconds: 97.5,
+                lr: Some(1e-3 * (0.5 + 0.5 * (std::f64::consts::PI * e / 8.0).cos())),
             }
         })
         .collect()
@@ -155,7 +157,7 @@ fn every_picture_is_a_sensible_png_and_the_page_shows_it() {
     let tile =
         |i: usize, image: RgbImage| Tile::prediction(image, &classes, labels[i], &probabilities[i]);
 
-    report::write_curves(&dir.join(report::CURVES), &history()).unwrap();
+    report::write_curves(&dir.join(report::CURVES), &history(), Monitor::ValAcc).unwrap();
     report::write_confusion(&dir.join(report::CONFUSION), &metrics).unwrap();
     let all: Vec<Tile> = photos
         .iter()
@@ -251,7 +253,7 @@ fn every_picture_is_a_sensible_png_and_the_page_shows_it() {
 fn page_shows_only_the_pictures_beside_it() {
     let (dir, _keep) = out_dir("curves-only");
     let (labels, probabilities) = predictions();
-    report::write_curves(&dir.join(report::CURVES), &history()).unwrap();
+    report::write_curves(&dir.join(report::CURVES), &history(), Monitor::ValAcc).unwrap();
     report::write_index(
         &dir,
         &settings(),
@@ -268,7 +270,7 @@ fn edge_cases_still_draw() {
     let (dir, _keep) = out_dir("edge-cases");
     // One epoch; many epochs near 100 %; a diverged run; an empty grid; one photo; three classes, one with a long
     // name, one never predicted.
-    report::write_curves(&dir.join("one-epoch.png"), &history()[..1]).unwrap();
+    report::write_curves(&dir.join("one-epoch.png"), &history()[..1], Monitor::ValAcc).unwrap();
     let long_run: Vec<EpochRecord> = (1..=40)
         .map(|epoch| {
             let e = epoch as f64;
@@ -280,14 +282,15 @@ fn edge_cases_still_draw() {
                 val_loss: 0.1 / e.sqrt(),
                 val_acc,
                 seconds: 400.0,
+                lr: None,
             }
         })
         .collect();
-    report::write_curves(&dir.join("long-run.png"), &long_run).unwrap();
+    report::write_curves(&dir.join("long-run.png"), &long_run, Monitor::ValAcc).unwrap();
     let mut diverged = history();
     diverged[5].train_loss = f64::INFINITY;
     (diverged[6].train_loss, diverged[6].val_loss) = (f64::NAN, f64::NAN);
-    report::write_curves(&dir.join("diverged.png"), &diverged).unwrap();
+    report::write_curves(&dir.join("diverged.png"), &diverged, Monitor::ValAcc).unwrap();
     report::write_grid(
         &dir.join("empty.png"),
         "Top losses: the most confidently wrong",

@@ -125,7 +125,7 @@ fn learns_the_classes_and_repeats_itself_exactly() {
     }
     let csv = std::fs::read_to_string(run.metrics_csv()).unwrap();
     assert!(
-        csv.starts_with("epoch,train_loss,train_acc,val_loss,val_acc,seconds\n")
+        csv.starts_with("epoch,train_loss,train_acc,val_loss,val_acc,seconds,lr\n")
             && csv.lines().count() == 5,
         "{csv}"
     );
@@ -445,4 +445,194 @@ fn fine_tuning_fits_real_photos() {
     );
     assert!(h[4][0] < 0.5 * h[0][0], "training loss did not fall: {h:?}");
     assert!(h[4][1] >= 0.85, "training accuracy stayed low: {h:?}");
+}
+
+/// Trains, setting the stop flag once batch `batch` (from 1) of epoch `epoch` ends; returns
+/// the outcome and the early stop, if any, as (epoch, best epoch).
+fn train_stopping_at(
+    run: &Path,
+    start: Start,
+    at: Option<(usize, usize)>,
+) -> (train::Outcome, Option<(usize, usize)>) {
+    let stop = AtomicBool::new(false);
+    let early = Mutex::new(None);
+    let on = |event: Event| match event {
+        Event::Batch { epoch, images, .. }
+            if at.is_some_and(|(e, b)| e == epoch && images >= b * 8) =>
+        {
+            stop.store(true, std::sync::atomic::Ordering::SeqCst)
+        }
+        Event::EarlyStopped { epoch, best, .. } => {
+            *early.lock().unwrap() = Some((epoch, best.epoch));
+        }
+        _ => {}
+    };
+    let outcome = train::train(&RunDir::new(run), start, &stop, &on).unwrap();
+    (outcome, early.into_inner().unwrap())
+}
+
+fn rates(run: &Path) -> Vec<f64> {
+    std::fs::read_to_string(RunDir::new(run).metrics_jsonl())
+        .unwrap()
+        .lines()
+        .map(|l| {
+            serde_json::from_str::<catdog::report::EpochRecord>(l)
+                .unwrap()
+                .lr
+                .unwrap()
+        })
+        .collect()
+}
+
+/// A cosine schedule with warmup (and AdamW, label smoothing, class weights) stopped in the
+/// middle of its second epoch resumes to exactly the numbers of an uninterrupted run, and
+/// metrics.jsonl records each epoch's last rate as the schedule's definition gives it.
+#[test]
+fn a_schedule_resumes_mid_run_exactly_and_records_its_rates() {
+    let dir = tempfile::tempdir().unwrap();
+    let data = demo_data(dir.path(), 20);
+    let settings = TrainConfig {
+        schedule: train::Schedule::Cosine,
+        warmup: Some(0.5),
+        weight_decay: 0.01,
+        label_smoothing: 0.1,
+        class_weights: "1,3".parse().unwrap(),
+        ..config(&data, Mode::Finetune, "none", 3)
+    };
+    let whole = dir.path().join("whole");
+    train_stopping_at(&whole, Start::New(Box::new(settings.clone())), None);
+    let cut = dir.path().join("cut");
+    let (stopped, _) = train_stopping_at(&cut, Start::New(Box::new(settings)), Some((2, 1)));
+    assert!(stopped.stopped && stopped.epochs_done == 1);
+    let (resumed, _) = train_stopping_at(&cut, Start::Resume, None);
+    assert_eq!(resumed.epochs_done, 3);
+    assert_eq!(history(&whole), history(&cut));
+    assert_eq!(rates(&whole), rates(&cut));
+
+    // By hand: B batches an epoch, B/2 of warmup, then cosine over the 3B - B/2 steps left.
+    let manifest = catdog::data::Manifest::load(&RunDir::new(&whole).manifest()).unwrap();
+    let b = manifest.count(Split::Train).div_ceil(8) as f64;
+    let expected: Vec<f64> = (0..3)
+        .map(|e| {
+            let (t, warm) = (e as f64 * b + b - 1.0, b / 2.0);
+            let factor = if t < warm {
+                (t + 1.0) / warm
+            } else {
+                0.5 * (1.0 + (std::f64::consts::PI * (t - warm) / (3.0 * b - warm)).cos())
+            };
+            1e-3 * factor
+        })
+        .collect();
+    for (ours, theirs) in rates(&whole).iter().zip(&expected) {
+        assert!(
+            (ours - theirs).abs() < 1e-15,
+            "{:?} vs {expected:?}",
+            rates(&whole)
+        );
+    }
+    let config = config_json(&whole);
+    assert_eq!(
+        (
+            &config["schedule"],
+            &config["warmup"],
+            &config["class_weights"]
+        ),
+        (
+            &serde_json::json!("cosine"),
+            &serde_json::json!(0.5),
+            &serde_json::json!("1,3")
+        )
+    );
+}
+
+/// `--freeze-epochs 1`: the first epoch is a frozen-mode epoch on the cached features (the
+/// same numbers), the second trains the backbone too; stopped inside the second, the run
+/// resumes to the uninterrupted numbers.
+#[test]
+fn freeze_epochs_train_the_head_first_then_every_layer() {
+    let dir = tempfile::tempdir().unwrap();
+    let data = demo_data(dir.path(), 16);
+    let weights = random_weights(dir.path());
+    let mut frozen = config(&data, Mode::Frozen, weights.to_str().unwrap(), 1);
+    frozen.cache_dir = Some(dir.path().join("cache"));
+    let staged = TrainConfig {
+        mode: Mode::Finetune,
+        epochs: 2,
+        freeze_epochs: 1,
+        lr_backbone: Some(5e-4),
+        ..frozen.clone()
+    };
+    train_stopping_at(
+        &dir.path().join("frozen"),
+        Start::New(Box::new(frozen)),
+        None,
+    );
+    let whole = dir.path().join("whole");
+    let (_, seen) = train(&whole, Start::New(Box::new(staged.clone())), false);
+    assert!(
+        matches!(
+            seen[..],
+            [
+                Seen::Features { .. },
+                Seen::Features { .. },
+                Seen::Saved { epoch: 1 },
+                Seen::Saved { epoch: 2 }
+            ]
+        ),
+        "{seen:?}"
+    );
+    assert_eq!(history(&whole)[0], history(&dir.path().join("frozen"))[0]);
+    let conv1 = |run: &Path| -> Vec<f32> {
+        let device = burn::prelude::Device::flex();
+        let (model, _) = catdog::model::checkpoint::load(
+            &RunDir::new(run).checkpoint(catdog::run::Which::Last),
+            &device,
+        )
+        .unwrap();
+        model.conv1.weight.val().into_data().try_into_vec().unwrap()
+    };
+    assert_ne!(
+        conv1(&whole),
+        conv1(&dir.path().join("frozen")),
+        "the backbone never trained"
+    );
+
+    let cut = dir.path().join("cut");
+    let (stopped, _) = train_stopping_at(&cut, Start::New(Box::new(staged)), Some((2, 1)));
+    assert!(stopped.stopped && stopped.epochs_done == 1);
+    train_stopping_at(&cut, Start::Resume, None);
+    assert_eq!(history(&whole), history(&cut));
+    assert_eq!(conv1(&whole), conv1(&cut));
+}
+
+/// `--patience 1` on the validation loss: a head trained at a rate far too high swings, the
+/// run stops one epoch after its lowest validation loss so far is not beaten, says so, best/
+/// holds that epoch, and a resume of the stopped run trains nothing more.
+#[test]
+fn patience_stops_when_the_monitor_stops_improving() {
+    let dir = tempfile::tempdir().unwrap();
+    let data = demo_data(dir.path(), 16);
+    let weights = random_weights(dir.path());
+    let mut c = config(&data, Mode::Frozen, weights.to_str().unwrap(), 6);
+    c.cache_dir = Some(dir.path().join("cache"));
+    c.lr = 5.0;
+    c.patience = Some(1);
+    c.monitor = train::Monitor::ValLoss;
+    let run = dir.path().join("run");
+    let (outcome, early) = train_stopping_at(&run, Start::New(Box::new(c)), None);
+    let h = history(&run);
+    let (stopped, best) = early.unwrap_or_else(|| panic!("never stopped early: {h:?}"));
+    assert!(
+        stopped < 6 && stopped == h.len() && stopped - best == 1,
+        "{early:?} {h:?}"
+    );
+    let lowest = h[best - 1][2];
+    assert!(h.iter().all(|r| r[2] >= lowest), "{h:?}");
+    assert!(h[..best - 1].iter().all(|r| r[2] > lowest), "{h:?}");
+    assert_eq!(
+        (outcome.epochs_done, outcome.best.unwrap().epoch),
+        (stopped, best)
+    );
+    let (again, early) = train_stopping_at(&run, Start::Resume, None);
+    assert_eq!((again.epochs_done, early), (stopped, Some((stopped, best))));
 }

@@ -39,6 +39,10 @@ pub struct EvaluateArgs {
     /// Photos per forward pass
     #[arg(long, default_value_t = BATCH_SIZE as u16, value_parser = clap::value_parser!(u16).range(1..))]
     pub batch_size: u16,
+    /// Also score test-time augmentation: each photo's eval crop and its mirror image,
+    /// probabilities averaged (twice the time), reported beside the plain figures
+    #[arg(long)]
+    pub tta: bool,
     #[command(flatten)]
     pub device: super::DeviceArgs,
     #[command(flatten)]
@@ -81,6 +85,7 @@ pub fn evaluate(args: EvaluateArgs) -> Result<()> {
     let mut loaded = RunModel::load(&run, args.checkpoint, &args.device.device()?, precision)?;
     loaded.judge.rule = args.decision;
     loaded.false_rate = args.max_false_rate;
+    loaded.tta = args.tta;
     if loaded.judge.calibration().is_none() && args.decision == DecisionRule::Calibrated {
         eprintln!(
             "note: {} has no calibration, so every answer is the most probable class; fit one with `catdog calibrate {}`",

@@ -15,7 +15,10 @@ use catdog::model::weights::WeightsChoice;
 use catdog::preprocess::Preprocessing;
 use catdog::report;
 use catdog::run::{self, RunDir, Which};
-use catdog::train::{self, DataSource, Event, Mode, Outcome, Start, Step, TrainConfig};
+use catdog::train::{
+    self, ClassWeights, DataSource, Event, Mode, Monitor, Outcome, Schedule, Start, Step,
+    TrainConfig,
+};
 
 use super::progress::Bar;
 
@@ -33,7 +36,9 @@ pub struct TrainArgs {
     /// (only --epochs may be given: train on until that many epochs in all)
     #[arg(long, value_name = "RUN", conflicts_with_all = [
         "data", "out", "manifest", "weights", "mode", "batch_size", "lr", "image_size",
-        "augment", "seed", "ratios", "device", "precision", "cache_dir",
+        "augment", "seed", "ratios", "device", "precision", "cache_dir", "schedule", "warmup",
+        "weight_decay", "label_smoothing", "class_weights", "patience", "monitor",
+        "freeze_epochs", "lr_backbone",
     ])]
     pub resume: Option<PathBuf>,
     /// Use this manifest (from `catdog split`) instead of preparing the data; the data
@@ -53,9 +58,40 @@ pub struct TrainArgs {
     /// Photos per training step
     #[arg(long, default_value_t = TrainConfig::default().batch_size)]
     pub batch_size: usize,
-    /// Adam's learning rate
+    /// Adam's learning rate: the peak of a schedule, the head's with --lr-backbone
     #[arg(long, default_value_t = TrainConfig::default().lr, allow_negative_numbers = true)]
     pub lr: f64,
+    /// How the rate moves, stepped per batch: constant, one-cycle (PyTorch's OneCycleLR) or
+    /// cosine (to 0); with --freeze-epochs, over each phase
+    #[arg(long, default_value_t = TrainConfig::default().schedule)]
+    pub schedule: Schedule,
+    /// Epochs (fractions too) of linear warmup at the start of each phase; for one-cycle, its
+    /// rise [default: none; one-cycle: 30% of the phase]
+    #[arg(long, value_name = "EPOCHS", allow_negative_numbers = true)]
+    pub warmup: Option<f64>,
+    /// AdamW's decoupled weight decay, as torch.optim.AdamW (0: Adam)
+    #[arg(long, default_value_t = TrainConfig::default().weight_decay, allow_negative_numbers = true)]
+    pub weight_decay: f64,
+    /// Share of the training target spread over all classes
+    #[arg(long, default_value_t = TrainConfig::default().label_smoothing, allow_negative_numbers = true)]
+    pub label_smoothing: f64,
+    /// Weights of the classes in the training loss: equal, auto (from the training split's
+    /// counts) or one per class, e.g. 1,2.5
+    #[arg(long, default_value_t = TrainConfig::default().class_weights)]
+    pub class_weights: ClassWeights,
+    /// Stop after N epochs without a better --monitor [default: never early]
+    #[arg(long, value_name = "N")]
+    pub patience: Option<usize>,
+    /// What best/ keeps and --patience watches: val-acc or val-loss
+    #[arg(long, default_value_t = TrainConfig::default().monitor)]
+    pub monitor: Monitor,
+    /// With --mode finetune: first train only the head for N epochs, on the frozen
+    /// backbone's cached features, then every layer
+    #[arg(long, value_name = "N", default_value_t = TrainConfig::default().freeze_epochs)]
+    pub freeze_epochs: usize,
+    /// With --mode finetune: the backbone's learning rate [default: --lr]
+    #[arg(long, value_name = "LR", allow_negative_numbers = true)]
+    pub lr_backbone: Option<f64>,
     /// Side of the square model input; the resize before the crop keeps torchvision's 256:224
     #[arg(long, default_value_t = TrainConfig::default().preprocessing.image_size)]
     pub image_size: u32,
@@ -117,6 +153,15 @@ pub fn run(args: TrainArgs) -> Result<()> {
                 precision: args.precision.resolve(args.device.device),
                 preprocessing: Preprocessing::imagenet(args.image_size),
                 cache_dir: args.cache_dir.or_else(train::default_cache_dir),
+                schedule: args.schedule,
+                warmup: args.warmup,
+                weight_decay: args.weight_decay,
+                label_smoothing: args.label_smoothing,
+                class_weights: args.class_weights,
+                patience: args.patience,
+                monitor: args.monitor,
+                freeze_epochs: args.freeze_epochs,
+                lr_backbone: args.lr_backbone,
             };
             (RunDir::new(out), Start::New(Box::new(config)))
         }
@@ -268,13 +313,47 @@ impl Show {
                 computed,
             } => format!("features ({split}): {hits} from the feature cache, {computed} computed"),
             Event::Saved { record, epochs, .. } => format!(
-                "epoch {}/{epochs}: train loss {:.4} acc {:.2}% | val loss {:.4} acc {:.2}% | {:.1}s",
+                "epoch {}/{epochs}: train loss {:.4} acc {:.2}% | val loss {:.4} acc {:.2}% | lr {:.2e} | {:.1}s",
                 record.epoch,
                 record.train_loss,
                 100.0 * record.train_acc,
                 record.val_loss,
                 100.0 * record.val_acc,
+                record.lr.unwrap_or(f64::NAN),
                 record.seconds
+            ),
+            Event::Classes {
+                names,
+                counts,
+                weights,
+            } => {
+                let each: Vec<String> = names
+                    .iter()
+                    .zip(counts.iter())
+                    .enumerate()
+                    .map(|(i, (name, count))| match weights.get(i) {
+                        Some(w) => format!("{name} {count} (weight {w:.3})"),
+                        None => format!("{name} {count}"),
+                    })
+                    .collect();
+                let advice = if weights.is_empty() {
+                    "; unbalanced: --class-weights auto weighs each class equally in the loss"
+                } else {
+                    ""
+                };
+                format!("training photos per class: {}{advice}", each.join(", "))
+            }
+            Event::EarlyStopped {
+                epoch,
+                best,
+                monitor,
+                patience,
+            } => format!(
+                "stopped early after epoch {epoch}: {monitor} has not improved for {patience} epoch(s) since epoch {} (--patience {patience}); best/ holds epoch {} (val acc {:.2}%, loss {:.4})",
+                best.epoch,
+                best.epoch,
+                100.0 * best.val_acc,
+                best.val_loss
             ),
             Event::Calibrated(fitted) => calibrated_text(fitted),
             Event::Stopped {

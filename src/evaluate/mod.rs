@@ -16,4 +16,4 @@ mod run;
 
 pub use metrics::{Metrics, Verdict, image_loss, instructive, predicted, top_losses};
 pub use predictions::{Predictions, image_files, judge_batch, predict_files, predict_samples};
-pub use run::{BATCH_SIZE, Conformal, Evaluation, OutOfDistribution, RunModel};
+pub use run::{BATCH_SIZE, Conformal, Evaluation, OutOfDistribution, RunModel, Tta};

@@ -81,6 +81,51 @@ pub fn predict_samples(
     Ok(out)
 }
 
+/// Test-time augmentation (`evaluate --tta`): each photo's probabilities averaged over its
+/// eval crop and the crop's mirror image, given the crop's own probabilities (`plain`, raw, in
+/// the order of `samples`). The mirror of the preprocessed crop stands for the crop of the
+/// mirrored photo: the centred resize and crop are symmetric (to a pixel where the resized
+/// width is odd).
+pub fn tta_probabilities(
+    net: &EvalNet,
+    samples: &[Sample],
+    plain: &[Vec<f32>],
+    preprocessing: &Preprocessing,
+    batch_size: usize,
+) -> Result<Vec<Vec<f32>>> {
+    let config = LoaderConfig {
+        batch_size: batch_size.max(1),
+        shuffle: false,
+        augment: false,
+        seed: 0,
+        preprocessing: preprocessing.clone(),
+        prefetch: 2,
+        limits: Limits::default(),
+    };
+    let mut out = Vec::with_capacity(samples.len());
+    for batch in Loader::new(Arc::from(samples), config, 0, 0) {
+        let batch = batch?;
+        let (size, n) = (batch.image_size, batch.len());
+        let mut images = batch.images;
+        for row in images.chunks_exact_mut(size) {
+            row.reverse();
+        }
+        let logits = net.head(net.features(images, size));
+        let classes = logits.len() / n;
+        for z in logits.chunks_exact(classes) {
+            let mirrored = crate::model::calibration::softmax(z, 1.0);
+            let p = &plain[out.len()];
+            out.push(
+                p.iter()
+                    .zip(&mirrored)
+                    .map(|(a, b)| ((f64::from(*a) + f64::from(*b)) / 2.0) as f32)
+                    .collect(),
+            );
+        }
+    }
+    Ok(out)
+}
+
 /// Each image's logits and `judge`'s judgement of them, from one forward pass over `batch`
 /// (CHW images of `3 x image_size x image_size` values back to back).
 pub fn judge_batch(

@@ -5,6 +5,7 @@ use burn::prelude::Device;
 use serde::{Deserialize, Serialize};
 
 use super::calibration::{CalibrationReport, FalseRateLimit, OperatingPoint, rates, threshold_for};
+use super::predictions::tta_probabilities;
 use super::{Metrics, Predictions, predict_samples};
 use crate::data::{Manifest, Split};
 use crate::error::{Error, Result};
@@ -31,6 +32,8 @@ pub struct RunModel {
     pub judge: Judge,
     /// A class's threshold to choose on the validation split and measure (`--max-false-rate`).
     pub false_rate: Option<FalseRateLimit>,
+    /// Also score test-time augmentation ([`Tta`]).
+    pub tta: bool,
     pub manifest: Manifest,
     /// The device the model is on: the one given to [`RunModel::load`], without autodiff.
     pub device: Device,
@@ -73,6 +76,7 @@ impl RunModel {
         Ok(RunModel {
             judge,
             false_rate: None,
+            tta: false,
             run: run.clone(),
             which,
             net: EvalNet::new(&model, &device, precision),
@@ -110,6 +114,22 @@ impl RunModel {
             progress,
         )?;
         let mut evaluation = Evaluation::compute(&predictions, &self.judge, &self.meta.class_names);
+        if self.tta {
+            let probabilities = tta_probabilities(
+                &self.net,
+                &samples,
+                &predictions.probabilities,
+                &self.meta.preprocessing,
+                batch_size,
+            )?;
+            let m = Metrics::compute(&predictions.labels, &probabilities, &self.meta.class_names);
+            evaluation.tta = Some(Tta {
+                views: TTA_VIEWS.to_owned(),
+                accuracy: m.accuracy,
+                loss: m.loss,
+                roc_auc: m.roc_auc,
+            });
+        }
         if let Some(limit) = &self.false_rate {
             evaluation.operating_point =
                 Some(self.operating_point(limit, split, &predictions, batch_size)?);
@@ -192,6 +212,21 @@ pub struct Evaluation {
     /// With `--max-false-rate`: the class's threshold and the rates it gives.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub operating_point: Option<OperatingPoint>,
+    /// With `--tta`: the most probable class of the views' mean probabilities, beside the
+    /// plain figures above.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub tta: Option<Tta>,
+}
+
+const TTA_VIEWS: &str = "eval crop and its mirror image, probabilities averaged";
+
+/// Test-time augmentation's figures, as [`Metrics`] defines them.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct Tta {
+    pub views: String,
+    pub accuracy: f64,
+    pub loss: f64,
+    pub roc_auc: Option<f64>,
 }
 
 /// The prediction sets on the evaluated photos, next to what they promise.
@@ -272,6 +307,7 @@ impl Evaluation {
                     ),
                 }),
             operating_point: None,
+            tta: None,
         }
     }
 }
@@ -342,6 +378,17 @@ impl std::fmt::Display for Evaluation {
                 100.0 * o.evaluated.recall,
                 100.0 * o.validation.false_rate,
                 100.0 * o.validation.recall
+            )?;
+        }
+        if let Some(t) = &self.tta {
+            writeln!(
+                f,
+                "test-time augmentation ({}): accuracy {:.2}% (plain {:.2}%), loss {:.4} (plain {:.4})",
+                t.views,
+                100.0 * t.accuracy,
+                100.0 * self.metrics.accuracy,
+                t.loss,
+                self.metrics.loss
             )?;
         }
         if let Some(o) = &self.out_of_distribution {

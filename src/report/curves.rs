@@ -1,4 +1,5 @@
-//! `curves.png`: loss and accuracy per epoch, training against validation.
+//! `curves.png`: loss and accuracy per epoch, training against validation, and the learning
+//! rate of each epoch where metrics.jsonl records it.
 
 use std::ops::Range;
 use std::path::Path;
@@ -11,22 +12,26 @@ use super::draw::{Canvas, Drawn, GRID, INK, MUTED, bold, draw_png, font, label};
 use super::text::text_width;
 use crate::error::Result;
 use crate::run::best_epoch;
+use crate::train::Monitor;
 
 const TRAIN: RGBColor = RGBColor(31, 119, 180);
 const VALIDATION: RGBColor = RGBColor(255, 127, 14);
+const RATE: RGBColor = RGBColor(44, 160, 44);
 /// One panel above the other, so that on a phone's narrow screen the picture
 /// shrinks less and its text stays readable.
 const WIDTH: u32 = 720;
 const PANEL: u32 = 400;
 const HEADER: u32 = 92;
-const HEIGHT: u32 = HEADER + 2 * PANEL;
 
 /// Writes two panels, loss above accuracy per epoch, each with a training and
-/// a validation line and the epoch `best/` holds marked. `history` is in
+/// a validation line and the epoch `best/` holds (by `monitor`) marked, and below them the
+/// learning rate when the history records it. `history` is in
 /// epoch order; values that are not finite (a diverged run) are skipped.
-pub fn write_curves(path: &Path, history: &[EpochRecord]) -> Result<()> {
-    let best = best_epoch(history).map(|r| r.epoch);
-    draw_png(path, WIDTH, HEIGHT, |canvas| {
+pub fn write_curves(path: &Path, history: &[EpochRecord], monitor: Monitor) -> Result<()> {
+    let best = best_epoch(history, monitor).map(|r| r.epoch);
+    let with_rate = history.iter().any(|r| r.lr.is_some());
+    let height = HEADER + PANEL * if with_rate { 3 } else { 2 };
+    draw_png(path, WIDTH, height, |canvas| {
         let (top, body) = canvas.split_vertically(HEADER);
         label(
             &top,
@@ -37,13 +42,15 @@ pub fn write_curves(path: &Path, history: &[EpochRecord]) -> Result<()> {
         )?;
         // The key sits above the charts, where it can hide no point.
         draw_legend(&top, 64, best.is_some())?;
-        let (upper, lower) = body.split_vertically(PANEL);
+        let (upper, rest) = body.split_vertically(PANEL);
+        let (lower, bottom_panel) = rest.split_vertically(PANEL);
 
-        let loss = |r: &EpochRecord| [r.train_loss, r.val_loss];
+        let loss = |r: &EpochRecord| vec![r.train_loss, r.val_loss];
         panel(
             &upper,
             "Loss (cross-entropy)",
             history,
+            &SERIES,
             loss,
             loss_axis(history),
             &|v| format!("{v:.3}"),
@@ -58,15 +65,32 @@ pub fn write_curves(path: &Path, history: &[EpochRecord]) -> Result<()> {
             .filter(|v| v.is_finite())
             .fold(1.0, f64::min);
         let bottom = ((lowest - 0.02) * 10.0).floor().clamp(0.0, 9.0) / 10.0;
-        let accuracy = |r: &EpochRecord| [r.train_acc, r.val_acc];
+        let accuracy = |r: &EpochRecord| vec![r.train_acc, r.val_acc];
         let percent = |v: &f64| format!("{:.0}%", 100.0 * v);
         panel(
             &lower,
             "Accuracy",
             history,
+            &SERIES,
             accuracy,
             bottom..1.0,
             &percent,
+            best,
+        )?;
+        if !with_rate {
+            return Ok(());
+        }
+        // A run from before schedules has no rate; NaN leaves its epochs out of the line.
+        let rate = |r: &EpochRecord| vec![r.lr.unwrap_or(f64::NAN)];
+        let highest = history.iter().filter_map(|r| r.lr).fold(0.0, f64::max);
+        panel(
+            &bottom_panel,
+            "Learning rate (each epoch's last batch)",
+            history,
+            &[("rate", RATE)],
+            rate,
+            0.0..(highest * 1.05).max(f64::MIN_POSITIVE),
+            &|v| format!("{v:.1e}"),
             best,
         )
     })
@@ -107,12 +131,14 @@ fn title(history: &[EpochRecord], best: Option<usize>) -> String {
 const SERIES: [(&str, RGBColor); 2] = [("training", TRAIN), ("validation", VALIDATION)];
 const BEST_NAME: &str = "best epoch (best/)";
 
-/// One chart: `value` gives a record's [training, validation] pair.
+/// One chart: `value` gives a record's value of each of `series`.
+#[allow(clippy::too_many_arguments)]
 fn panel(
     area: &Canvas,
     name: &str,
     history: &[EpochRecord],
-    value: impl Fn(&EpochRecord) -> [f64; 2],
+    series: &[(&str, RGBColor)],
+    value: impl Fn(&EpochRecord) -> Vec<f64>,
     y: Range<f64>,
     y_format: &dyn Fn(&f64) -> String,
     best: Option<usize>,
@@ -151,7 +177,7 @@ fn panel(
     }
     // Markers show single epochs, until there are so many that they blur the line.
     let marker = if history.len() <= 20 { 4 } else { 0 };
-    for (i, (_, colour)) in SERIES.into_iter().enumerate() {
+    for (i, &(_, colour)) in series.iter().enumerate() {
         // A diverged run's NaN or infinite losses are left out, not drawn off the chart.
         let points = history
             .iter()
@@ -218,6 +244,7 @@ mod tests {
             val_loss,
             val_acc,
             seconds: 1.0,
+            lr: None,
         }
     }
 
@@ -236,8 +263,21 @@ mod tests {
             record(2, 0.6, 0.69),
             record(3, 0.6, 0.65),
         ];
-        let best = best_epoch(&history).map(|r| r.epoch);
+        let best = best_epoch(&history, Monitor::ValAcc).map(|r| r.epoch);
         assert_eq!(best, Some(3), "ties go to the lower loss");
+        assert_eq!(
+            best_epoch(&history[..2], Monitor::ValLoss).map(|r| r.epoch),
+            Some(2)
+        );
+        let worse_loss = [record(1, 0.5, 0.6), record(2, 0.9, 0.7)];
+        assert_eq!(
+            best_epoch(&worse_loss, Monitor::ValLoss).map(|r| r.epoch),
+            Some(1)
+        );
+        assert_eq!(
+            best_epoch(&worse_loss, Monitor::ValAcc).map(|r| r.epoch),
+            Some(2)
+        );
         assert_eq!(
             title(&history, best),
             "Training curves · 3 epochs · best: epoch 3"

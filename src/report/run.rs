@@ -27,6 +27,7 @@ use crate::model::calibration::{Calibration, softmax};
 use crate::model::gradcam::gradcam_maps;
 use crate::progress::Progress;
 use crate::run::{RunDir, Which, best_epoch};
+use crate::train::Monitor;
 use chrono::{DateTime, Utc};
 
 /// Writes `RUN/report/`: the training curves (from `metrics.jsonl`, left out
@@ -48,10 +49,20 @@ pub fn write_run_report(
     let dir = run.report_dir();
     write_calibration_pictures(&dir, &evaluation, &predictions, loaded.judge.calibration())?;
 
+    let mut settings = if run.config().is_file() {
+        fsio::read_json(&run.config(), "run configuration")?
+    } else {
+        json!({})
+    };
+    // The rule that chose best/ (a config.json from before --monitor: accuracy).
+    let monitor: Monitor = settings
+        .get("monitor")
+        .and_then(|m| serde_json::from_value(m.clone()).ok())
+        .unwrap_or_default();
     let curves = dir.join(CURVES);
     let history = read_history(&run.metrics_jsonl())?;
     match &history {
-        Some(history) => write_curves(&curves, history)?,
+        Some(history) => write_curves(&curves, history, monitor)?,
         // A picture left from an earlier report would show another run's history.
         None => match fs::remove_file(&curves) {
             Err(e) if e.kind() != ErrorKind::NotFound => {
@@ -128,14 +139,9 @@ pub fn write_run_report(
     let title = "Grad-CAM of layer4: confident right, confident wrong, uncertain";
     write_grid(&dir.join(GRADCAM), title, &tiles)?;
 
-    let mut settings = if run.config().is_file() {
-        fsio::read_json(&run.config(), "run configuration")?
-    } else {
-        json!({})
-    };
     let history = history.unwrap_or_default();
     let epoch = match which {
-        Which::Best => best_epoch(&history).map(|r| r.epoch),
+        Which::Best => best_epoch(&history, monitor).map(|r| r.epoch),
         Which::Last => history.last().map(|r| r.epoch),
     };
     let checkpoint = run.checkpoint(which);
@@ -301,6 +307,7 @@ mod tests {
             val_loss: 0.6,
             val_acc: 0.75,
             seconds: 10.0,
+            lr: None,
         };
         let lines: Vec<String> = [record(1), record(2)]
             .iter()

@@ -1,4 +1,5 @@
-//! Adam as `torch.optim.Adam` computes it, with its state keyed by parameter
+//! Adam as `torch.optim.Adam` computes it (and with a weight decay, `torch.optim.AdamW`'s
+//! decoupled decay), with its state keyed by parameter
 //! name (`layer1.0.conv1.weight`). burn's own optimizer keys its state by
 //! in-memory parameter ids, which a model reloaded from safetensors does not
 //! keep; keyed by name, the state saves to safetensors beside the model and a
@@ -17,7 +18,12 @@ use crate::error::{Error, Result};
 use crate::fsio;
 
 pub struct Adam {
+    /// The head's rate at the next step (a schedule sets it before each).
     pub lr: f64,
+    /// The backbone's rate relative to the head's (`--lr-backbone` / `--lr`; 1: the same).
+    pub backbone_scale: f64,
+    /// AdamW's decoupled decay: each step first multiplies a parameter by `1 - rate * decay`.
+    pub weight_decay: f64,
     pub beta1: f64,
     pub beta2: f64,
     pub eps: f64,
@@ -74,11 +80,22 @@ impl Adam {
     pub fn new(lr: f64) -> Self {
         Adam {
             lr,
+            backbone_scale: 1.0,
+            weight_decay: 0.0,
             beta1: 0.9,
             beta2: 0.999,
             eps: 1e-8,
             step: 0,
             moments: BTreeMap::new(),
+        }
+    }
+
+    /// The rate of the parameter `name`: the head's (`fc.*`) or the backbone's.
+    fn rate(&self, name: &str) -> f64 {
+        if name.starts_with("fc.") {
+            self.lr
+        } else {
+            self.lr * self.backbone_scale
         }
     }
 
@@ -104,9 +121,11 @@ impl Adam {
         let b1 = self.beta1 as f32;
         let b2 = self.beta2 as f32;
         let bias2_sqrt = (1.0 - self.beta2.powi(t)).sqrt() as f32;
-        let step_size = (-self.lr / (1.0 - self.beta1.powi(t))) as f32;
         let eps = self.eps as f32;
         for (name, value, grad) in params {
+            let rate = self.rate(name);
+            let step_size = (-rate / (1.0 - self.beta1.powi(t))) as f32;
+            let decay = (1.0 - rate * self.weight_decay) as f32;
             let (mut m, mut v) = match self.moments.remove(name) {
                 Some(moments) => moments.into_host(),
                 None => (vec![0.0; grad.len()], vec![0.0; grad.len()]),
@@ -119,6 +138,8 @@ impl Adam {
                 .for_each(|((p, g), (m, v))| {
                     for i in 0..p.len() {
                         let g = g[i];
+                        // AdamW decays before the update, as PyTorch does; 1.0 leaves Adam.
+                        p[i] *= decay;
                         m[i] += (g - m[i]) * (1.0 - b1);
                         v[i] = v[i] * b2 + g * g * (1.0 - b2);
                         let denom = v[i].sqrt() / bias2_sqrt + eps;
@@ -217,6 +238,8 @@ impl Adam {
         }
         Ok(Adam {
             lr,
+            backbone_scale: 1.0,
+            weight_decay: 0.0,
             beta1,
             beta2,
             eps,
@@ -253,6 +276,7 @@ impl ModuleMapper for Mapper<'_> {
         let a = &mut *self.adam;
         let g = grad.reshape([n]);
         let name = self.path.join(".");
+        let rate = a.rate(&name);
         let (m, v) = match a.moments.remove(&name) {
             Some(moments) => moments.into_device(&g.device()),
             None => (g.zeros_like(), g.zeros_like()),
@@ -266,8 +290,12 @@ impl ModuleMapper for Mapper<'_> {
         let bias1 = 1.0 - a.beta1.powi(t);
         let bias2 = 1.0 - a.beta2.powi(t);
         let denom = v.clone().sqrt().div_scalar(bias2.sqrt()).add_scalar(a.eps);
-        let update = m.clone().div(denom).mul_scalar(-a.lr / bias1);
-        let value = value.reshape([n]).add(update).reshape(shape);
+        let update = m.clone().div(denom).mul_scalar(-rate / bias1);
+        let mut value = value.reshape([n]);
+        if a.weight_decay != 0.0 {
+            value = value.mul_scalar(1.0 - rate * a.weight_decay);
+        }
+        let value = value.add(update).reshape(shape);
         a.moments.insert(name, Moments::Device(m, v));
         let mut updated = Tensor::from_inner(value);
         if require_grad {
@@ -287,7 +315,8 @@ mod tests {
     }
 
     /// The CPU pass's update and burn's, two steps each on the same gradients, agree to float
-    /// rounding (burn's scalar operations round in their own order: a unit in the last place).
+    /// rounding (burn's scalar operations round in their own order: a unit in the last place),
+    /// with a weight decay and a backbone rate of its own (neither parameter is the head's).
     #[test]
     fn slice_updates_equal_burns() {
         let device = Device::flex().autodiff();
@@ -295,7 +324,12 @@ mod tests {
         let mut layer: Linear = LinearConfig::new(5, 3).init(&device);
         let mut weight = values(layer.weight.val());
         let mut bias = values(layer.bias.as_ref().expect("bias").val());
-        let (mut on_burn, mut on_slices) = (Adam::new(1e-3), Adam::new(1e-3));
+        let optimizer = || Adam {
+            weight_decay: 0.3,
+            backbone_scale: 0.5,
+            ..Adam::new(1e-3)
+        };
+        let (mut on_burn, mut on_slices) = (optimizer(), optimizer());
         for step in 0..2 {
             let x = Tensor::<2>::from_data(
                 TensorData::new(

@@ -10,6 +10,7 @@ use crate::device::DeviceChoice;
 use crate::model::Precision;
 use crate::model::weights::WeightsChoice;
 use crate::preprocess::Preprocessing;
+use crate::train::schedule::Schedule;
 
 /// What is trained.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
@@ -31,6 +32,111 @@ impl Mode {
             Mode::Frozen
         } else {
             Mode::Finetune
+        }
+    }
+}
+
+/// What `best/` keeps and `--patience` watches: the validation split's accuracy (ties: the
+/// lower loss) or its loss (ties: the higher accuracy).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum Monitor {
+    #[default]
+    ValAcc,
+    ValLoss,
+}
+
+crate::error::named_choice!(Monitor, "--monitor", Monitor::ValAcc => "val-acc", Monitor::ValLoss => "val-loss");
+
+/// How much each class's photos weigh in the training loss (`--class-weights`).
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
+#[serde(into = "String", try_from = "String")]
+pub enum ClassWeights {
+    /// Every photo the same.
+    #[default]
+    Equal,
+    /// `n / (classes * n_c)` from the training split's counts (scikit-learn's and Keras's
+    /// "balanced"): each class weighs as much in all as the others.
+    Auto,
+    /// One weight per class, in the order of the run's classes.
+    Given(Vec<f64>),
+}
+
+impl std::fmt::Display for ClassWeights {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            ClassWeights::Equal => f.write_str("equal"),
+            ClassWeights::Auto => f.write_str("auto"),
+            ClassWeights::Given(w) => {
+                let text: Vec<String> = w.iter().map(f64::to_string).collect();
+                f.write_str(&text.join(","))
+            }
+        }
+    }
+}
+
+impl std::str::FromStr for ClassWeights {
+    type Err = crate::error::Error;
+
+    fn from_str(s: &str) -> crate::error::Result<Self> {
+        match s {
+            "equal" => return Ok(ClassWeights::Equal),
+            "auto" => return Ok(ClassWeights::Auto),
+            _ => {}
+        }
+        let weights: Option<Vec<f64>> = s
+            .split(',')
+            .map(|w| {
+                w.trim()
+                    .parse()
+                    .ok()
+                    .filter(|w: &f64| w.is_finite() && *w > 0.0)
+            })
+            .collect();
+        weights.map(ClassWeights::Given).ok_or_else(|| {
+            crate::error::Error::setting(
+                "--class-weights",
+                format!("'{s}' is neither equal, auto nor positive numbers separated by commas (e.g. 1,2.5)"),
+            )
+        })
+    }
+}
+
+impl From<ClassWeights> for String {
+    fn from(w: ClassWeights) -> String {
+        w.to_string()
+    }
+}
+
+impl TryFrom<String> for ClassWeights {
+    type Error = crate::error::Error;
+
+    fn try_from(s: String) -> crate::error::Result<Self> {
+        s.parse()
+    }
+}
+
+impl ClassWeights {
+    /// The weight of each class given the training split's count of each; empty when equal.
+    pub fn resolve(&self, counts: &[usize]) -> crate::error::Result<Vec<f64>> {
+        match self {
+            ClassWeights::Equal => Ok(Vec::new()),
+            ClassWeights::Auto => {
+                let n: usize = counts.iter().sum();
+                Ok(counts
+                    .iter()
+                    .map(|&c| n as f64 / (counts.len() * c.max(1)) as f64)
+                    .collect())
+            }
+            ClassWeights::Given(w) if w.len() == counts.len() => Ok(w.clone()),
+            ClassWeights::Given(w) => Err(crate::error::Error::setting(
+                "--class-weights",
+                format!(
+                    "gives {} weight(s) for {} classes; give one per class, in the order of the classes",
+                    w.len(),
+                    counts.len()
+                ),
+            )),
         }
     }
 }
@@ -124,11 +230,38 @@ pub struct TrainConfig {
     pub preprocessing: Preprocessing,
     /// Where frozen mode caches features (`None`: no cache).
     pub cache_dir: Option<PathBuf>,
+    // The options below came later: a config.json without them reads as the seed's recipe.
+    /// How the rate moves, stepped per batch.
+    #[serde(default)]
+    pub schedule: Schedule,
+    /// Epochs of warmup at the start of each phase (`None`: the schedule's own).
+    #[serde(default)]
+    pub warmup: Option<f64>,
+    /// AdamW's decoupled weight decay (0: Adam).
+    #[serde(default)]
+    pub weight_decay: f64,
+    /// The training target's share spread over all classes (0: one-hot).
+    #[serde(default)]
+    pub label_smoothing: f64,
+    #[serde(default)]
+    pub class_weights: ClassWeights,
+    /// Stop after this many epochs without a better `monitor` (`None`: never early).
+    #[serde(default)]
+    pub patience: Option<usize>,
+    #[serde(default)]
+    pub monitor: Monitor,
+    /// Fine-tuning's first epochs that train only the head, on the frozen backbone's features.
+    #[serde(default)]
+    pub freeze_epochs: usize,
+    /// The backbone's rate once it trains (`None`: `lr`).
+    #[serde(default)]
+    pub lr_backbone: Option<f64>,
 }
 
 impl Default for TrainConfig {
-    /// The seed's recipe: ImageNet weights, cross-entropy and Adam (lr 1e-3), 5 epochs of
-    /// batches of 32, 224 px, seed 42, no augmentation, on the CPU (so frozen), no feature
+    /// The seed's recipe: ImageNet weights, cross-entropy and Adam (lr 1e-3, constant, no
+    /// weight decay), 5 epochs of batches of 32, 224 px, seed 42, no augmentation, no label
+    /// smoothing or class weights, no early stopping, on the CPU (so frozen), no feature
     /// cache. The data folder is empty: every caller names its own data.
     fn default() -> Self {
         let device = DeviceChoice::default();
@@ -149,6 +282,15 @@ impl Default for TrainConfig {
             precision: Precision::default(),
             preprocessing: Preprocessing::default(),
             cache_dir: None,
+            schedule: Schedule::Constant,
+            warmup: None,
+            weight_decay: 0.0,
+            label_smoothing: 0.0,
+            class_weights: ClassWeights::Equal,
+            patience: None,
+            monitor: Monitor::ValAcc,
+            freeze_epochs: 0,
+            lr_backbone: None,
         }
     }
 }
@@ -183,6 +325,36 @@ mod tests {
     use serde_json::{Value, json};
 
     use super::*;
+
+    /// Auto weights by hand: 30 cats and 10 dogs weigh 40/(2*30) = 2/3 and 40/(2*10) = 2, so
+    /// that each class weighs 20 photos in all.
+    #[test]
+    fn class_weights_parse_and_resolve() {
+        assert_eq!(
+            ClassWeights::Auto.resolve(&[30, 10]).unwrap(),
+            [2.0 / 3.0, 2.0]
+        );
+        let given: ClassWeights = "1,2.5".parse().unwrap();
+        assert_eq!(given.resolve(&[3, 4]).unwrap(), [1.0, 2.5]);
+        assert!(
+            given
+                .resolve(&[1, 2, 3])
+                .unwrap_err()
+                .to_string()
+                .contains("2 weight(s) for 3 classes")
+        );
+        for bad in ["", "1,-1", "1,x", "1,nan"] {
+            assert!(bad.parse::<ClassWeights>().is_err(), "{bad}");
+        }
+        let json = serde_json::to_string(&given).unwrap();
+        assert_eq!(
+            (
+                json.as_str(),
+                serde_json::from_str::<ClassWeights>(&json).unwrap()
+            ),
+            ("\"1,2.5\"", given)
+        );
+    }
 
     #[test]
     fn writes_version_2_and_reads_version_1() {
@@ -219,6 +391,20 @@ mod tests {
             "ratios".into(),
             serde_json::to_value(Ratios::default()).unwrap(),
         );
+        // Written before the training options: none of their fields.
+        for key in [
+            "schedule",
+            "warmup",
+            "weight_decay",
+            "label_smoothing",
+            "class_weights",
+            "patience",
+            "monitor",
+            "freeze_epochs",
+            "lr_backbone",
+        ] {
+            assert!(v1.remove(key).is_some(), "{key} is written");
+        }
         let old: RunConfig = serde_json::from_value(json.clone()).unwrap();
         assert_eq!(old.config_version, 1);
         assert_eq!(old.settings, config.settings);

@@ -9,6 +9,8 @@ use crate::evaluate::calibration::Fitted;
 use crate::model::weights::Origin;
 use crate::progress::Progress;
 use crate::run::EpochRecord;
+use crate::train::Monitor;
+use crate::train::state::Best;
 
 /// Where [`super::train`] sends its events, from any thread.
 pub type OnEvent<'a> = &'a (dyn Fn(Event<'_>) + Sync);
@@ -64,6 +66,21 @@ pub enum Event<'a> {
     Calibrated(&'a Fitted),
     /// Stopped on request after batch `batches_done` of epoch `epoch` (from 1); `last/` saved.
     Stopped { epoch: usize, batches_done: usize },
+    /// The training split's count of each class, and the weights of the loss (empty: equal),
+    /// when the counts are unbalanced or the classes weighted.
+    Classes {
+        names: &'a [String],
+        counts: &'a [usize],
+        weights: &'a [f64],
+    },
+    /// `--patience` epochs after the best one passed without a better `monitor`: training
+    /// ends after `epoch` epochs, before the last; `best/` holds `best`.
+    EarlyStopped {
+        epoch: usize,
+        best: Best,
+        monitor: Monitor,
+        patience: usize,
+    },
     /// Stopped on request while frozen mode's features were computed, before any epoch of
     /// this call began; the features computed so far are cached, the model is unchanged.
     StoppedExtracting,

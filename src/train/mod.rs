@@ -13,6 +13,7 @@ mod calibrate;
 pub mod config;
 pub mod event;
 pub mod features;
+pub mod schedule;
 pub mod state;
 
 use std::path::PathBuf;
@@ -20,13 +21,13 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Instant;
 
-use burn::nn::loss::CrossEntropyLossConfig;
 use burn::optim::GradientsParams;
 use burn::prelude::*;
 
 pub use calibrate::calibrate;
-pub use config::{CONFIG_VERSION, DataSource, Mode, RunConfig, TrainConfig};
+pub use config::{CONFIG_VERSION, ClassWeights, DataSource, Mode, Monitor, RunConfig, TrainConfig};
 pub use event::{Event, OnEvent, Step};
+pub use schedule::Schedule;
 use state::{Best, OPTIMIZER_FILE, Running, TrainState};
 
 use crate::data::manifest::Sample;
@@ -36,13 +37,14 @@ use crate::fsio;
 use crate::loader::{Loader, LoaderConfig, batch_count, epoch_order};
 use crate::model::calibration::ERROR_RATE;
 use crate::model::checkpoint::{self, CheckpointMeta};
-use crate::model::fused::{TrainNet, cross_entropy};
+use crate::model::fused::{Loss, TrainNet, cross_entropy};
 use crate::model::weights;
 use crate::model::{EvalNet, FEATURES, ResNet18};
 use crate::run::{EpochRecord, RunDir, RunLock, Which};
 use adam::Adam;
 use event::StepProgress;
 use features::FeatureCache;
+use schedule::Plan;
 
 /// How a run begins.
 pub enum Start {
@@ -126,6 +128,8 @@ struct Session {
     /// On the autodiff device. While `engine` trains, it holds the model's values and this
     /// is brought up to date after each epoch's training (see [`Session::sync_model`]).
     model: ResNet18,
+    /// The training objective, its class weights resolved from the training split.
+    loss: Loss,
     /// catdog's own training pass, for full fine-tuning on the CPU.
     engine: Option<TrainNet>,
     adam: Adam,
@@ -214,11 +218,13 @@ impl Session {
             settings,
         };
         let model = initial_model(&config, &device, on)?;
+        let loss = objective(&config, &manifest, on)?;
         fsio::write_json(&run.config(), &config)?;
         Ok(Session {
             run: run.clone(),
-            adam: Adam::new(config.settings.lr),
+            adam: optimizer(&config.settings),
             model,
+            loss,
             engine: None,
             state: TrainState::default(),
             device,
@@ -265,8 +271,9 @@ impl Session {
             return Ok(Session {
                 run: run.clone(),
                 model: initial_model(&config, &device, on)?,
+                loss: objective(&config, &manifest, on)?,
                 engine: None,
-                adam: Adam::new(config.settings.lr),
+                adam: optimizer(&config.settings),
                 state: TrainState::default(),
                 device,
                 manifest,
@@ -276,7 +283,9 @@ impl Session {
         }
         let ad = device.clone().autodiff();
         let (model, _) = checkpoint::load(&last, &ad)?;
-        let adam = Adam::load(&last.join(OPTIMIZER_FILE))?;
+        let mut adam = Adam::load(&last.join(OPTIMIZER_FILE))?;
+        let fresh = optimizer(&config.settings);
+        (adam.weight_decay, adam.backbone_scale) = (fresh.weight_decay, fresh.backbone_scale);
         let state = TrainState::load(&last)?;
         set_epochs(run, &mut config, epochs, state.epochs_done, on)?;
         on(Event::Resumed {
@@ -285,6 +294,7 @@ impl Session {
         });
         let session = Session {
             run: run.clone(),
+            loss: objective(&config, &manifest, on)?,
             config,
             model,
             engine: None,
@@ -301,31 +311,78 @@ impl Session {
 
     fn run(&mut self, stop: &AtomicBool, on: OnEvent) -> Result<Outcome> {
         let s = self.config.settings.clone();
-        if s.mode == Mode::Frozen {
-            self.model = self.model.clone().freeze_backbone();
-        } else if self.device.clone().without_autodiff() == Device::flex() {
-            self.engine = Some(TrainNet::new(&self.model, s.precision.on_this_cpu()));
-        }
-        let Some(source) = self.source(stop, on)? else {
-            // Nothing of the model changed since last/ (if any) was saved; the
-            // features computed so far are in the cache.
-            on(Event::StoppedExtracting);
-            return Ok(self.outcome(true));
-        };
+        let plan = self.plan();
         let ad = self.device.clone().autodiff();
-        while self.state.epochs_done < s.epochs {
+        if self.patience_spent(on) {
+            return Ok(self.outcome(false));
+        }
+        // The head alone on the fixed backbone: all of frozen mode, fine-tuning's first
+        // --freeze-epochs.
+        let head_epochs = match s.mode {
+            Mode::Frozen => s.epochs,
+            Mode::Finetune => s.freeze_epochs,
+        };
+        if self.state.epochs_done < head_epochs {
+            self.model = self.model.clone().freeze_backbone();
+            let Some(source) = self.head_source(stop, on)? else {
+                // Nothing of the model changed since last/ (if any) was saved; the
+                // features computed so far are in the cache.
+                on(Event::StoppedExtracting);
+                return Ok(self.outcome(true));
+            };
+            if let Some(ended) = self.epochs(&source, head_epochs, &plan, &ad, stop, on)? {
+                return Ok(ended);
+            }
+        }
+        if self.state.epochs_done < s.epochs {
+            self.model = self.model.clone().unfreeze();
+            if s.freeze_epochs > 0
+                && self.state.epochs_done == s.freeze_epochs
+                && self.state.batches_done == 0
+            {
+                // The backbone joins with moments of its own from zero, as a new fit starts
+                // (one step count serves every parameter, see [`Adam`]).
+                self.adam = optimizer(&s);
+            }
+            if self.device.clone().without_autodiff() == Device::flex() {
+                self.engine = Some(TrainNet::new(&self.model, s.precision.on_this_cpu()));
+            }
+            let source = Source::Photos {
+                train: self.manifest.samples(Split::Train).into(),
+                val: self.manifest.samples(Split::Val).into(),
+            };
+            if let Some(ended) = self.epochs(&source, s.epochs, &plan, &ad, stop, on)? {
+                return Ok(ended);
+            }
+        }
+        Ok(self.outcome(false))
+    }
+
+    /// Trains on `source` until `until` epochs are done. `Some` when the run ends early:
+    /// stopped on request, or by `--patience`.
+    fn epochs(
+        &mut self,
+        source: &Source,
+        until: usize,
+        plan: &Plan,
+        ad: &Device,
+        stop: &AtomicBool,
+        on: OnEvent,
+    ) -> Result<Option<Outcome>> {
+        let s = self.config.settings.clone();
+        while self.state.epochs_done < until {
             let epoch = self.state.epochs_done;
             let started = Instant::now();
-            let (train, stopped) = self.train_epoch(&source, epoch, &ad, stop, on)?;
+            let (train, stopped) = self.train_epoch(source, epoch, plan, ad, stop, on)?;
             if stopped {
                 self.save_last()?;
                 on(Event::Stopped {
                     epoch: epoch + 1,
                     batches_done: self.state.batches_done,
                 });
-                return Ok(self.outcome(true));
+                return Ok(Some(self.outcome(true)));
             }
-            let val = self.validate(&source)?;
+            let val = self.validate(source)?;
             let record = EpochRecord {
                 epoch: epoch + 1,
                 train_loss: train.loss(),
@@ -333,8 +390,12 @@ impl Session {
                 val_loss: val.loss(),
                 val_acc: val.accuracy(),
                 seconds: started.elapsed().as_secs_f64(),
+                lr: Some(plan.epoch_rate(epoch)),
             };
-            let best = self.state.best.is_none_or(|b| b.beaten_by(&record));
+            let best = self
+                .state
+                .best
+                .is_none_or(|b| b.beaten_by(&record, s.monitor));
             if best {
                 self.state.best = Some(Best {
                     epoch: record.epoch,
@@ -357,8 +418,45 @@ impl Session {
                 epochs: s.epochs,
                 best,
             });
+            if self.patience_spent(on) {
+                return Ok(Some(self.outcome(false)));
+            }
         }
-        Ok(self.outcome(false))
+        Ok(None)
+    }
+
+    /// Whether `--patience` epochs have passed without a better monitored value, before the
+    /// last epoch (said by [`Event::EarlyStopped`]). A resumed run that had stopped early
+    /// stops again here: its state is the same.
+    fn patience_spent(&self, on: OnEvent) -> bool {
+        let s = &self.config.settings;
+        let (Some(patience), Some(best)) = (s.patience, self.state.best) else {
+            return false;
+        };
+        let done = self.state.epochs_done;
+        let spent = done < s.epochs && done - best.epoch >= patience;
+        if spent {
+            on(Event::EarlyStopped {
+                epoch: done,
+                best,
+                monitor: s.monitor,
+                patience,
+            });
+        }
+        spent
+    }
+
+    /// The rate of every batch of the run.
+    fn plan(&self) -> Plan {
+        let s = &self.config.settings;
+        Plan {
+            schedule: s.schedule,
+            lr: s.lr,
+            warmup: s.warmup,
+            epochs: s.epochs,
+            freeze_epochs: s.freeze_epochs,
+            batches_per_epoch: batch_count(self.manifest.count(Split::Train), s.batch_size),
+        }
     }
 
     fn outcome(&self, stopped: bool) -> Outcome {
@@ -390,15 +488,12 @@ impl Session {
         }
     }
 
-    /// Photos, or in frozen mode without augmentation, their (cached) features;
-    /// `None` when stopped while extracting them.
-    fn source(&self, stop: &AtomicBool, on: OnEvent) -> Result<Option<Source>> {
+    /// What the head trains on while the backbone is fixed: the photos' (cached) features,
+    /// or with augmentation the photos; `None` when stopped while extracting the features.
+    fn head_source(&self, stop: &AtomicBool, on: OnEvent) -> Result<Option<Source>> {
         let s = &self.config.settings;
         let train: Arc<[Sample]> = self.manifest.samples(Split::Train).into();
         let val: Arc<[Sample]> = self.manifest.samples(Split::Val).into();
-        if s.mode == Mode::Finetune {
-            return Ok(Some(Source::Photos { train, val }));
-        }
         if s.augment {
             on(Event::Uncached);
             return Ok(Some(Source::Photos { train, val }));
@@ -505,6 +600,7 @@ impl Session {
         &mut self,
         source: &Source,
         epoch: usize,
+        plan: &Plan,
         ad: &Device,
         stop: &AtomicBool,
         on: OnEvent,
@@ -515,14 +611,15 @@ impl Session {
         };
         let bs = self.config.settings.batch_size;
         let epochs = self.config.settings.epochs;
-        let loss_fn = CrossEntropyLossConfig::new().init(ad);
+        let classes = self.config.classes.len();
         let mut running = self.state.partial;
         let batches = self.batches(source, Split::Train, epoch, self.state.batches_done);
         for item in batches {
             let (input, labels) = item?;
+            self.adam.lr = plan.rate(epoch, self.state.batches_done);
             let (loss_value, correct) = match (&mut self.engine, input) {
                 (Some(engine), Input::Images { pixels, size }) => {
-                    let step = engine.step(&pixels, size, &labels);
+                    let step = engine.step(&pixels, size, &labels, &self.loss);
                     self.adam.step_slices(
                         engine
                             .slots_mut()
@@ -533,12 +630,22 @@ impl Session {
                 }
                 (_, input) => {
                     let logits = input.logits(&self.model, ad);
-                    let correct = count_correct(&logits, &labels);
-                    let loss = loss_fn.forward(logits, targets(&labels, ad));
-                    let loss_value = f64::from(loss.clone().into_scalar::<f32>());
-                    let grads = GradientsParams::from_grads(loss.backward(), &self.model);
+                    let values: Vec<f32> = logits
+                        .clone()
+                        .into_data()
+                        .try_into_vec()
+                        .expect("the model computes in f32");
+                    let (step, dlogits) = self.loss.evaluate(&values, &labels, classes);
+                    // The loss's gradient comes from the one definition of the loss: seeded
+                    // into autodiff as the gradient of sum(logits * dlogits).
+                    let seed = Tensor::<2>::from_data(
+                        TensorData::new(dlogits, [labels.len(), classes]),
+                        ad,
+                    );
+                    let grads = logits.mul(seed).sum().backward();
+                    let grads = GradientsParams::from_grads(grads, &self.model);
                     self.model = self.adam.step(self.model.clone(), grads);
-                    (loss_value, correct)
+                    (step.loss, step.correct)
                 }
             };
             running.add(loss_value, correct, labels.len());
@@ -602,12 +709,13 @@ impl Session {
 
     fn write_metrics(&self) -> Result<()> {
         let mut jsonl = String::new();
-        let mut csv = String::from("epoch,train_loss,train_acc,val_loss,val_acc,seconds\n");
+        let mut csv = String::from("epoch,train_loss,train_acc,val_loss,val_acc,seconds,lr\n");
         for r in &self.state.history {
             jsonl.push_str(&serde_json::to_string(r).expect("serialisable"));
             jsonl.push('\n');
+            let lr = r.lr.map(|lr| lr.to_string()).unwrap_or_default();
             csv.push_str(&format!(
-                "{},{},{},{},{},{:.3}\n",
+                "{},{},{},{},{},{:.3},{lr}\n",
                 r.epoch, r.train_loss, r.train_acc, r.val_loss, r.val_acc, r.seconds
             ));
         }
@@ -639,6 +747,17 @@ fn set_epochs(
             ),
         ));
     }
+    if epochs != config.settings.epochs && config.settings.schedule != Schedule::Constant {
+        return Err(Error::setting(
+            "--epochs",
+            format!(
+                "{} runs --schedule {}, whose rates follow from its {} epochs: more would change the rates of the epochs it has trained. Resume without --epochs, or start a new run",
+                run.root.display(),
+                config.settings.schedule,
+                config.settings.epochs
+            ),
+        ));
+    }
     if epochs != config.settings.epochs {
         on(Event::EpochsChanged {
             from: config.settings.epochs,
@@ -662,6 +781,48 @@ fn initial_model(config: &RunConfig, device: &Device, on: OnEvent) -> Result<Res
     Ok(model.with_head(classes, s.seed, &ad))
 }
 
+/// A fresh optimizer with the run's settings (its rate is set before every step).
+fn optimizer(s: &TrainConfig) -> Adam {
+    let mut adam = Adam::new(s.lr);
+    adam.weight_decay = s.weight_decay;
+    adam.backbone_scale = s.lr_backbone.map_or(1.0, |b| b / s.lr);
+    adam
+}
+
+/// The run's loss, with its class weights resolved from the training split's counts, which
+/// [`Event::Classes`] reports when they are unbalanced or weighted.
+fn objective(config: &RunConfig, manifest: &Manifest, on: OnEvent) -> Result<Loss> {
+    let s = &config.settings;
+    let counts: Vec<usize> = (0..config.classes.len())
+        .map(|c| {
+            manifest
+                .samples(Split::Train)
+                .iter()
+                .filter(|x| x.label == c)
+                .count()
+        })
+        .collect();
+    let weights = s.class_weights.resolve(&counts)?;
+    let (most, fewest) = (
+        counts.iter().max().copied().unwrap_or(0),
+        counts.iter().min().copied().unwrap_or(0),
+    );
+    if !weights.is_empty() || most as f64 > UNBALANCED * fewest as f64 {
+        on(Event::Classes {
+            names: &config.classes,
+            counts: &counts,
+            weights: &weights,
+        });
+    }
+    Ok(Loss {
+        label_smoothing: s.label_smoothing,
+        class_weights: weights,
+    })
+}
+
+/// Classes whose training counts differ by more than this factor are unbalanced.
+const UNBALANCED: f64 = 1.5;
+
 fn check_settings(s: &TrainConfig) -> Result<()> {
     if s.epochs == 0 {
         return Err(Error::setting("--epochs", "must be at least 1"));
@@ -675,6 +836,53 @@ fn check_settings(s: &TrainConfig) -> Result<()> {
             format!("{} is not a positive number", s.lr),
         ));
     }
+    let non_negative = |value: f64| value.is_finite() && value >= 0.0;
+    if let Some(w) = s.warmup
+        && !non_negative(w)
+    {
+        return Err(Error::setting(
+            "--warmup",
+            format!("{w} is not a number of epochs of 0 or more"),
+        ));
+    }
+    if !non_negative(s.weight_decay) {
+        return Err(Error::setting(
+            "--weight-decay",
+            format!("{} is not a number of 0 or more", s.weight_decay),
+        ));
+    }
+    if !(non_negative(s.label_smoothing) && s.label_smoothing < 1.0) {
+        return Err(Error::setting(
+            "--label-smoothing",
+            format!("{} is not in [0, 1)", s.label_smoothing),
+        ));
+    }
+    if s.patience == Some(0) {
+        return Err(Error::setting("--patience", "must be at least 1 epoch"));
+    }
+    if s.freeze_epochs > 0 && (s.mode != Mode::Finetune || s.freeze_epochs >= s.epochs) {
+        return Err(Error::setting(
+            "--freeze-epochs",
+            format!(
+                "{} needs --mode finetune and fewer than --epochs ({}): the epochs after them train every layer",
+                s.freeze_epochs, s.epochs
+            ),
+        ));
+    }
+    if let Some(b) = s.lr_backbone {
+        if !(b.is_finite() && b > 0.0) {
+            return Err(Error::setting(
+                "--lr-backbone",
+                format!("{b} is not a positive number"),
+            ));
+        }
+        if s.mode != Mode::Finetune {
+            return Err(Error::setting(
+                "--lr-backbone",
+                "needs --mode finetune: frozen mode never trains the backbone",
+            ));
+        }
+    }
     if s.preprocessing.image_size < 32 {
         return Err(Error::setting(
             "--image-size",
@@ -682,20 +890,6 @@ fn check_settings(s: &TrainConfig) -> Result<()> {
         ));
     }
     Ok(())
-}
-
-fn targets(labels: &[usize], device: &Device) -> Tensor<1, Int> {
-    let t: Vec<i64> = labels.iter().map(|&l| l as i64).collect();
-    Tensor::from_data(TensorData::new(t, [labels.len()]), device)
-}
-
-fn count_correct(logits: &Tensor<2>, labels: &[usize]) -> usize {
-    let predicted = logits.clone().argmax(1).into_data();
-    predicted
-        .iter::<i64>()
-        .zip(labels)
-        .filter(|(p, l)| *p as usize == **l)
-        .count()
 }
 
 /// The default cache folder for frozen mode's features (the weights' cache).

@@ -9,6 +9,7 @@ use serde::{Deserialize, Serialize};
 use crate::error::Result;
 use crate::fsio;
 use crate::run::EpochRecord;
+use crate::train::Monitor;
 
 pub const STATE_FILE: &str = "train-state.json";
 pub const OPTIMIZER_FILE: &str = "optimizer.safetensors";
@@ -37,7 +38,7 @@ impl Running {
     }
 }
 
-/// The best epoch so far, by validation accuracy (ties: lower validation loss).
+/// The best epoch so far, by the run's [`Monitor`].
 #[derive(Clone, Copy, Debug, PartialEq, Serialize, Deserialize)]
 pub struct Best {
     pub epoch: usize,
@@ -46,8 +47,17 @@ pub struct Best {
 }
 
 impl Best {
-    pub fn beaten_by(&self, r: &EpochRecord) -> bool {
-        r.val_acc > self.val_acc || (r.val_acc == self.val_acc && r.val_loss < self.val_loss)
+    pub fn beaten_by(&self, r: &EpochRecord, monitor: Monitor) -> bool {
+        match monitor {
+            Monitor::ValAcc => {
+                r.val_acc > self.val_acc
+                    || (r.val_acc == self.val_acc && r.val_loss < self.val_loss)
+            }
+            Monitor::ValLoss => {
+                r.val_loss < self.val_loss
+                    || (r.val_loss == self.val_loss && r.val_acc > self.val_acc)
+            }
+        }
     }
 }
 

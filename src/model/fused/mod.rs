@@ -26,7 +26,7 @@ mod product;
 mod train;
 mod winograd;
 
-pub use train::{Slot, StepResult, TrainNet, cross_entropy};
+pub use train::{Loss, Slot, StepResult, TrainNet, cross_entropy};
 
 /// What a convolution adds to its product before storing it: `act(product + bias [+ residual])`.
 struct Epilogue<'a> {

@@ -926,10 +926,16 @@ impl TrainNet {
         })
     }
 
-    /// Forward (train-mode batch norm), cross-entropy and backward for `labels.len()` NCHW
-    /// images of `3 x size x size` values: every [`Slot`]'s gradient of the mean loss, and the
-    /// batch norms' running statistics updated as PyTorch does.
-    pub fn step(&mut self, images: &[f32], size: usize, labels: &[usize]) -> StepResult {
+    /// Forward (train-mode batch norm), `loss` and backward for `labels.len()` NCHW images of
+    /// `3 x size x size` values: every [`Slot`]'s gradient of the loss, and the batch norms'
+    /// running statistics updated as PyTorch does.
+    pub fn step(
+        &mut self,
+        images: &[f32],
+        size: usize,
+        labels: &[usize],
+        loss: &Loss,
+    ) -> StepResult {
         let n = labels.len();
         assert_eq!(
             images.len(),
@@ -938,7 +944,7 @@ impl TrainNet {
         );
         self.pack();
         self.forward(images, size, n);
-        let (result, dlogits) = cross_entropy(&self.logits(n), labels, self.classes);
+        let (result, dlogits) = loss.evaluate(&self.logits(n), labels, self.classes);
         self.backward(&dlogits, n);
         result
     }
@@ -1212,37 +1218,87 @@ impl Block {
     }
 }
 
-/// Mean cross-entropy of `logits` (`classes` per image) against `labels`, how many are right,
-/// and the loss's gradient with respect to the logits.
-pub fn cross_entropy(logits: &[f32], labels: &[usize], classes: usize) -> (StepResult, Vec<f32>) {
-    let n = labels.len();
-    let mut grad = vec![0.0; logits.len()];
-    let (mut loss, mut correct) = (0.0f64, 0);
-    for ((row, g), &label) in logits
-        .chunks_exact(classes)
-        .zip(grad.chunks_exact_mut(classes))
-        .zip(labels)
-    {
-        let max = row.iter().copied().fold(f32::NEG_INFINITY, f32::max);
-        let sum: f64 = row.iter().map(|&v| f64::from(v - max).exp()).sum();
-        loss += sum.ln() - f64::from(row[label] - max);
-        let predicted = row
-            .iter()
-            .enumerate()
-            .fold(0, |best, (i, v)| if *v > row[best] { i } else { best });
-        correct += usize::from(predicted == label);
-        for (o, (g, v)) in g.iter_mut().zip(row).enumerate() {
-            let p = f64::from(v - max).exp() / sum;
-            *g = ((p - f64::from(u8::from(o == label))) / n as f64) as f32;
+/// The training objective: cross-entropy, with label smoothing and class weights as
+/// `torch.nn.functional.cross_entropy(weight=, label_smoothing=)` defines them. One
+/// definition for both training paths: catdog's CPU pass backpropagates its gradient, and
+/// burn's path seeds autodiff with it.
+#[derive(Clone, Debug, Default, PartialEq)]
+pub struct Loss {
+    /// `ε`: the target puts `1 - ε` on the label and spreads `ε` evenly over all classes.
+    pub label_smoothing: f64,
+    /// One weight per class; empty: every class weighs 1.
+    pub class_weights: Vec<f64>,
+}
+
+impl Loss {
+    /// The loss of `logits` (`classes` per image) against `labels`, how many are right, and
+    /// the loss's gradient with respect to the logits. As PyTorch's mean reduction: each
+    /// image's loss is `Σ_c w_c q_c (-log p_c)` with the smoothed target `q`, and the sum over
+    /// the batch is divided by the summed weights of the labels.
+    pub fn evaluate(
+        &self,
+        logits: &[f32],
+        labels: &[usize],
+        classes: usize,
+    ) -> (StepResult, Vec<f32>) {
+        let weight = |c: usize| self.class_weights.get(c).copied().unwrap_or(1.0);
+        let eps = self.label_smoothing;
+        let total: f64 = labels.iter().map(|&l| weight(l)).sum();
+        let mut grad = vec![0.0; logits.len()];
+        let (mut loss, mut correct) = (0.0f64, 0);
+        // Each class's share of an image's loss: a_c = (1 - ε) w_y [c = y] + ε/C w_c.
+        let mut share = vec![0.0f64; classes];
+        for ((row, g), &label) in logits
+            .chunks_exact(classes)
+            .zip(grad.chunks_exact_mut(classes))
+            .zip(labels)
+        {
+            for (c, a) in share.iter_mut().enumerate() {
+                let smooth = if eps > 0.0 {
+                    eps / classes as f64 * weight(c)
+                } else {
+                    0.0
+                };
+                let own = if c == label {
+                    (1.0 - eps) * weight(c)
+                } else {
+                    0.0
+                };
+                *a = own + smooth;
+            }
+            let shares: f64 = share.iter().sum();
+            let max = row.iter().copied().fold(f32::NEG_INFINITY, f32::max);
+            let sum: f64 = row.iter().map(|&v| f64::from(v - max).exp()).sum();
+            for (a, &v) in share.iter().zip(row) {
+                if *a != 0.0 {
+                    loss += a * (sum.ln() - f64::from(v - max));
+                }
+            }
+            let predicted = row
+                .iter()
+                .enumerate()
+                .fold(0, |best, (i, v)| if *v > row[best] { i } else { best });
+            correct += usize::from(predicted == label);
+            // d/dz_k Σ_c a_c (-log p_c) = p_k Σ_c a_c - a_k.
+            for ((g, v), a) in g.iter_mut().zip(row).zip(&share) {
+                let p = f64::from(v - max).exp() / sum;
+                *g = ((p * shares - a) / total) as f32;
+            }
         }
+        (
+            StepResult {
+                loss: loss / total,
+                correct,
+            },
+            grad,
+        )
     }
-    (
-        StepResult {
-            loss: loss / n as f64,
-            correct,
-        },
-        grad,
-    )
+}
+
+/// Plain mean cross-entropy of `logits` (`classes` per image) against `labels`, how many are
+/// right, and the loss's gradient with respect to the logits.
+pub fn cross_entropy(logits: &[f32], labels: &[usize], classes: usize) -> (StepResult, Vec<f32>) {
+    Loss::default().evaluate(logits, labels, classes)
 }
 
 /// Every float tensor of a module, flattened, by burn's parameter path.
@@ -1380,7 +1436,7 @@ mod tests {
             Tensor::<4>::from_data(TensorData::new(pixels.clone(), [n, 3, size, size]), &device);
         let labels = [2usize, 0, 1, 1];
         let mut net = TrainNet::new(&model, Precision::Fp32);
-        let result = net.step(&pixels, size, &labels);
+        let result = net.step(&pixels, size, &labels, &Loss::default());
 
         let targets =
             Tensor::<1, Int>::from_data(TensorData::new(vec![2i64, 0, 1, 1], [4]), &device);
@@ -1451,6 +1507,80 @@ mod tests {
         ];
         for (g, e) in grad.iter().zip(expected_grad) {
             assert!((g - e).abs() < 1e-6, "{grad:?}");
+        }
+    }
+
+    /// Label smoothing and class weights against torch.nn.functional.cross_entropy (PyTorch
+    /// 2.15, float64): the loss and its gradient for 4 images of 2 classes, labels 1, 0, 0, 1.
+    #[test]
+    fn smoothing_and_class_weights_match_pytorch() {
+        let logits = [1.0f32, 2.0, 0.5, -1.0, 0.0, 3.0, 2.0, 0.25];
+        let labels = [1, 0, 0, 1];
+        let cases: [(f64, Vec<f64>, f64, [f64; 8]); 3] = [
+            (
+                0.1,
+                vec![],
+                1.3402466168782012,
+                [
+                    0.05473535534249878,
+                    -0.05473535534249879,
+                    -0.033106380951589104,
+                    0.033106380951589076,
+                    -0.22564353170560833,
+                    0.2256435317056083,
+                    0.20048820049207763,
+                    -0.20048820049207766,
+                ],
+            ),
+            (
+                0.0,
+                vec![3.0, 1.0],
+                1.496685965828224,
+                [
+                    0.03361767767124939,
+                    -0.03361767767124939,
+                    -0.06840957142738363,
+                    0.06840957142738362,
+                    -0.35721529755841247,
+                    0.35721529755841247,
+                    0.10649410024603882,
+                    -0.10649410024603881,
+                ],
+            ),
+            (
+                0.2,
+                vec![3.0, 1.0],
+                1.4241480960382196,
+                [
+                    0.002841213205499266,
+                    -0.002841213205499252,
+                    -0.05134893333222472,
+                    0.05134893333222472,
+                    -0.32090094438785166,
+                    0.32090094438785166,
+                    0.0902929202952466,
+                    -0.09029292029524658,
+                ],
+            ),
+        ];
+        for (label_smoothing, class_weights, expected, expected_grad) in cases {
+            let loss = Loss {
+                label_smoothing,
+                class_weights,
+            };
+            let (result, grad) = loss.evaluate(&logits, &labels, 2);
+            assert!(
+                (result.loss - expected).abs() < 1e-9,
+                "{loss:?}: {} vs {expected}",
+                result.loss
+            );
+            for (g, e) in grad.iter().zip(expected_grad) {
+                assert!(
+                    (f64::from(*g) - e).abs() < 1e-7,
+                    "{loss:?}: {grad:?} vs {expected_grad:?}"
+                );
+            }
+            assert_eq!(result.correct, 2);
         }
     }
 }
