@@ -55,17 +55,8 @@ pub fn predict_samples(
     progress: &dyn Progress,
 ) -> Result<Predictions> {
     progress.set_total(samples.len() as u64);
-    let config = LoaderConfig {
-        batch_size: batch_size.max(1),
-        shuffle: false,
-        augment: false,
-        seed: 0,
-        preprocessing: preprocessing.clone(),
-        prefetch: 2,
-        limits: Limits::default(),
-    };
     let mut out = Predictions::default();
-    for batch in Loader::new(Arc::from(samples), config, 0, 0) {
+    for batch in eval_batches(samples, preprocessing, batch_size) {
         let batch = batch?;
         let n = batch.len();
         for judgement in judge_batch(net, judge, batch.images, batch.image_size) {
@@ -81,6 +72,20 @@ pub fn predict_samples(
     Ok(out)
 }
 
+/// `samples` in order, in batches of the eval transform.
+fn eval_batches(samples: &[Sample], preprocessing: &Preprocessing, batch_size: usize) -> Loader {
+    let config = LoaderConfig {
+        batch_size: batch_size.max(1),
+        shuffle: false,
+        augment: false,
+        seed: 0,
+        preprocessing: preprocessing.clone(),
+        prefetch: 2,
+        limits: Limits::default(),
+    };
+    Loader::new(Arc::from(samples), config, 0, 0)
+}
+
 /// Test-time augmentation (`evaluate --tta`): each photo's probabilities averaged over its
 /// eval crop and the crop's mirror image, given the crop's own probabilities (`plain`, raw, in
 /// the order of `samples`). The mirror of the preprocessed crop stands for the crop of the
@@ -93,17 +98,8 @@ pub fn tta_probabilities(
     preprocessing: &Preprocessing,
     batch_size: usize,
 ) -> Result<Vec<Vec<f32>>> {
-    let config = LoaderConfig {
-        batch_size: batch_size.max(1),
-        shuffle: false,
-        augment: false,
-        seed: 0,
-        preprocessing: preprocessing.clone(),
-        prefetch: 2,
-        limits: Limits::default(),
-    };
     let mut out = Vec::with_capacity(samples.len());
-    for batch in Loader::new(Arc::from(samples), config, 0, 0) {
+    for batch in eval_batches(samples, preprocessing, batch_size) {
         let batch = batch?;
         let (size, n) = (batch.image_size, batch.len());
         let mut images = batch.images;
