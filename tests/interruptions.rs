@@ -175,7 +175,15 @@ fn check_run_folder(run: &Path, whole: &Path) {
                         .unwrap_or_else(|e| panic!("{} is torn: {e}", rel.display()));
                     let full = fs::read(whole.join(&rel)).unwrap();
                     let expected = safetensors::SafeTensors::deserialize(&full).unwrap();
-                    assert_eq!(tensors.len(), expected.len(), "{}", rel.display());
+                    // The optimizer of the head-only first phase holds the head's moments
+                    // alone: a subset of the finished run's.
+                    let known = expected.names();
+                    for tensor in tensors.names() {
+                        assert!(known.contains(&tensor), "{}: {tensor}", rel.display());
+                    }
+                    if name != "optimizer.safetensors" {
+                        assert_eq!(tensors.len(), expected.len(), "{}", rel.display());
+                    }
                 }
                 "index.html" => {
                     let text = String::from_utf8(bytes).unwrap();
