@@ -331,6 +331,36 @@ fn resume_with_more_epochs_extends_a_finished_run_and_other_flags_are_refused() 
     assert_eq!(history(&run), history(&straight));
 }
 
+/// A cosine or one-cycle run's rates follow from its total, so extending it is refused rather
+/// than silently changing the schedule of the epochs already trained.
+#[test]
+fn a_scheduled_run_refuses_more_epochs_on_resume() {
+    let dir = tempfile::tempdir().unwrap();
+    let data = demo_data(dir.path(), 6);
+    let run = dir.path().join("run");
+    let mut args = vec!["train", "--data", data.to_str().unwrap(), "--out"];
+    args.extend([
+        run.to_str().unwrap(),
+        "--weights",
+        "none",
+        "--mode",
+        "frozen",
+    ]);
+    args.extend(["--image-size", "32", "--batch-size", "8", "--epochs", "1"]);
+    args.extend(["--schedule", "cosine"]);
+    let (ok, _, stderr) = common::run_catdog(&args);
+    assert!(ok, "{stderr}");
+    let before = history(&run);
+    let (ok, _, stderr) =
+        common::run_catdog(&["train", "--resume", run.to_str().unwrap(), "--epochs", "2"]);
+    assert!(
+        !ok && stderr.contains("--epochs") && stderr.contains("--schedule cosine"),
+        "{stderr}"
+    );
+    assert_eq!(config_json(&run)["epochs"], 1);
+    assert_eq!(history(&run), before);
+}
+
 #[test]
 fn a_run_from_a_manifest_records_the_data_it_used() {
     let dir = tempfile::tempdir().unwrap();
