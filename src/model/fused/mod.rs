@@ -54,12 +54,13 @@ struct FoldedConv {
     winograd: Option<(&'static winograd::Tiling, Weights)>,
 }
 
-/// Working memory of one thread's forward pass: im2col rows, or the Winograd-domain input
-/// and product.
+/// Working memory of one thread's passes: im2col rows, or the Winograd-domain input and
+/// product, and the Winograd-domain weight gradient of the training pass.
 #[derive(Default)]
 struct Scratch {
     input: Vec<f32>,
     product: Vec<f32>,
+    gradient: Vec<f32>,
 }
 
 struct Block {

@@ -323,13 +323,13 @@ impl ConvBn {
                         ),
                         None => {
                             let depth = conv.depth();
-                            conv.im2col(x, images, size, &mut scratch.input);
+                            let col = conv.im2col(x, images, size, &mut scratch.input);
                             matmul(
                                 (images * so * so, conv.cout, depth),
                                 z,
                                 conv.cout,
                                 false,
-                                &scratch.input,
+                                col,
                                 (depth, 1),
                                 packed,
                                 Parallelism::None,
@@ -358,8 +358,14 @@ impl ConvBn {
 }
 
 impl Conv {
-    /// Stacked im2col rows of `images` images of `x`, each of side `size`.
-    fn im2col(&self, x: &[f32], images: usize, size: usize, col: &mut Vec<f32>) {
+    /// Stacked im2col rows of `images` images of `x`, each of side `size`, in `col`.
+    fn im2col<'c>(
+        &self,
+        x: &[f32],
+        images: usize,
+        size: usize,
+        col: &'c mut Vec<f32>,
+    ) -> &'c [f32] {
         let conv = *self;
         let so = self.out_size(size);
         let per_col = so * so * conv.depth();
@@ -377,6 +383,7 @@ impl Conv {
                 col,
             );
         }
+        col
     }
 }
 
@@ -595,15 +602,26 @@ impl ConvBn {
             let images = x.len() / per_in;
             let rows = images * so * so;
             SCRATCH.with_borrow_mut(|(scratch, dcol, col_packed)| {
-                let col = &mut scratch.input;
-                conv.im2col(x, images, size, col);
-                match precision {
-                    Precision::Fp32 => matmul(
+                match (precision, conv.winograd()) {
+                    // Winograd's tiles for the weight gradient too, in f32 (bf16 rounds each
+                    // transformed operand, which the forward pass's choice of F(2x2) shows costs
+                    // accuracy; PERFORMANCE.md, change 8).
+                    (Precision::Fp32, Some(tiling)) => tiling.weight_gradient(
+                        x,
+                        dz,
+                        images,
+                        (so, so),
+                        (conv.cin, conv.cout),
+                        dw,
+                        !first,
+                        scratch,
+                    ),
+                    (Precision::Fp32, None) => matmul(
                         (depth, conv.cout, rows),
                         dw,
                         conv.cout,
                         !first,
-                        col,
+                        conv.im2col(x, images, size, &mut scratch.input),
                         (1, depth),
                         Rhs::rows(dz, conv.cout),
                         Parallelism::None,
@@ -611,7 +629,8 @@ impl ConvBn {
                     // Transposed, dW^T = dz^T · col: bf16 reads its left-hand side as rows,
                     // and dz^T's are gathered from a matrix 9x smaller than col^T's (measured:
                     // col^T's gather was 22% of a step).
-                    Precision::Bf16 => {
+                    (Precision::Bf16, _) => {
+                        let col = conv.im2col(x, images, size, &mut scratch.input);
                         col_packed.pack(rows, depth, col, (depth, 1));
                         matmul(
                             (conv.cout, depth, rows),
