@@ -20,6 +20,7 @@ mod cli_model;
 mod data_pipeline;
 mod eval_cli;
 mod interruptions;
+mod lr_find;
 mod model_parity;
 mod odd_trees;
 mod onnx_export;

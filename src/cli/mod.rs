@@ -8,6 +8,7 @@ mod demo;
 mod evaluate;
 mod export;
 mod imagenet;
+mod lr_find;
 mod predict;
 mod progress;
 mod serve;
@@ -89,6 +90,8 @@ enum Command {
     Imagenet(imagenet::ImagenetArgs),
     /// Fine-tune ResNet-18 (or train a head on its frozen features) and evaluate it
     Train(Box<train::TrainArgs>),
+    /// Sweep the learning rate up over a short run and suggest one for `catdog train` (fastai's lr_find)
+    LrFind(Box<lr_find::LrFindArgs>),
     /// Measure throughput, beside PyTorch's when --python is given
     Bench(bench::BenchArgs),
     /// Score a training run's checkpoint on a split of its data; writes RUN/eval-SPLIT.json (eval-last-SPLIT.json for last/)
@@ -115,6 +118,7 @@ pub fn main() -> ExitCode {
         Command::Weights(args) => weights::run(args),
         Command::Imagenet(args) => imagenet::run(args),
         Command::Train(args) => train::run(*args),
+        Command::LrFind(args) => lr_find::run(*args),
         Command::Bench(args) => bench::run(args),
         Command::Evaluate(args) => evaluate::evaluate(args),
         Command::Calibrate(args) => evaluate::calibrate(args),

@@ -45,19 +45,11 @@ pub struct TrainArgs {
     /// folder is the one the manifest names
     #[arg(long, conflicts_with = "data")]
     pub manifest: Option<PathBuf>,
-    /// auto (our cache, then PyTorch's), none (random initialisation) or a .pth/.safetensors file
-    #[arg(long, default_value_t = TrainConfig::default().weights)]
-    pub weights: WeightsChoice,
-    /// finetune (every layer) or frozen (the head on cached backbone features);
-    /// default: frozen on CPU, finetune on GPU
-    #[arg(long)]
-    pub mode: Option<Mode>,
+    #[command(flatten)]
+    pub setup: SetupArgs,
     /// Passes over the training photos [default: 5]; with --resume, the total to reach
     #[arg(long, value_name = "N")]
     pub epochs: Option<usize>,
-    /// Photos per training step
-    #[arg(long, default_value_t = TrainConfig::default().batch_size)]
-    pub batch_size: usize,
     /// Adam's learning rate: the peak of a schedule, the head's with --lr-backbone
     #[arg(long, default_value_t = TrainConfig::default().lr, allow_negative_numbers = true)]
     pub lr: f64,
@@ -69,16 +61,6 @@ pub struct TrainArgs {
     /// rise [default: none; one-cycle: 30% of the phase]
     #[arg(long, value_name = "EPOCHS", allow_negative_numbers = true)]
     pub warmup: Option<f64>,
-    /// AdamW's decoupled weight decay, as torch.optim.AdamW (0: Adam)
-    #[arg(long, default_value_t = TrainConfig::default().weight_decay, allow_negative_numbers = true)]
-    pub weight_decay: f64,
-    /// Share of the training target spread over all classes
-    #[arg(long, default_value_t = TrainConfig::default().label_smoothing, allow_negative_numbers = true)]
-    pub label_smoothing: f64,
-    /// Weights of the classes in the training loss: equal, auto (from the training split's
-    /// counts) or one per class, e.g. 1,2.5
-    #[arg(long, default_value_t = TrainConfig::default().class_weights)]
-    pub class_weights: ClassWeights,
     /// Stop after N epochs without a better --monitor [default: never early]
     #[arg(long, value_name = "N")]
     pub patience: Option<usize>,
@@ -92,6 +74,32 @@ pub struct TrainArgs {
     /// With --mode finetune: the backbone's learning rate [default: --lr]
     #[arg(long, value_name = "LR", allow_negative_numbers = true)]
     pub lr_backbone: Option<f64>,
+}
+
+/// The options `catdog train` and `catdog lr-find` share: how the data is prepared, the
+/// model's start, the batches and the loss.
+#[derive(clap::Args)]
+pub struct SetupArgs {
+    /// auto (our cache, then PyTorch's), none (random initialisation) or a .pth/.safetensors file
+    #[arg(long, default_value_t = TrainConfig::default().weights)]
+    pub weights: WeightsChoice,
+    /// finetune (every layer) or frozen (the head on cached backbone features);
+    /// default: frozen on CPU, finetune on GPU
+    #[arg(long)]
+    pub mode: Option<Mode>,
+    /// Photos per training step
+    #[arg(long, default_value_t = TrainConfig::default().batch_size)]
+    pub batch_size: usize,
+    /// AdamW's decoupled weight decay, as torch.optim.AdamW (0: Adam)
+    #[arg(long, default_value_t = TrainConfig::default().weight_decay, allow_negative_numbers = true)]
+    pub weight_decay: f64,
+    /// Share of the training target spread over all classes
+    #[arg(long, default_value_t = TrainConfig::default().label_smoothing, allow_negative_numbers = true)]
+    pub label_smoothing: f64,
+    /// Weights of the classes in the training loss: equal, auto (from the training split's
+    /// counts) or one per class, e.g. 1,2.5
+    #[arg(long, default_value_t = TrainConfig::default().class_weights)]
+    pub class_weights: ClassWeights,
     /// Side of the square model input; the resize before the crop keeps torchvision's 256:224
     #[arg(long, default_value_t = TrainConfig::default().preprocessing.image_size)]
     pub image_size: u32,
@@ -113,6 +121,37 @@ pub struct TrainArgs {
     pub cache_dir: Option<PathBuf>,
 }
 
+impl SetupArgs {
+    /// The settings these options give, from `--data` or `--manifest`; the others at train's
+    /// defaults.
+    pub fn config(self, data: Option<PathBuf>, manifest: Option<PathBuf>) -> TrainConfig {
+        let source = match manifest {
+            Some(manifest) => DataSource::Manifest(manifest),
+            None => DataSource::Folder {
+                root: data.unwrap_or_default(),
+                layout: None,
+                ratios: self.ratios,
+            },
+        };
+        TrainConfig {
+            source,
+            weights: self.weights,
+            mode: self.mode.unwrap_or(Mode::default_for(self.device.device)),
+            batch_size: self.batch_size,
+            augment: self.augment,
+            seed: self.seed,
+            device: self.device.device,
+            precision: self.precision.resolve(self.device.device),
+            preprocessing: Preprocessing::imagenet(self.image_size),
+            cache_dir: self.cache_dir.or_else(train::default_cache_dir),
+            weight_decay: self.weight_decay,
+            label_smoothing: self.label_smoothing,
+            class_weights: self.class_weights,
+            ..TrainConfig::default()
+        }
+    }
+}
+
 pub fn run(args: TrainArgs) -> Result<()> {
     let stop = Arc::new(AtomicBool::new(false));
     let flag = stop.clone();
@@ -132,36 +171,16 @@ pub fn run(args: TrainArgs) -> Result<()> {
             let Some(out) = args.out else {
                 bail!("--out RUN is required")
             };
-            let source = match args.manifest {
-                Some(manifest) => DataSource::Manifest(manifest),
-                None => DataSource::Folder {
-                    root: args.data.unwrap_or_default(),
-                    layout: None,
-                    ratios: args.ratios,
-                },
-            };
             let config = TrainConfig {
-                source,
-                weights: args.weights,
-                mode: args.mode.unwrap_or(Mode::default_for(args.device.device)),
                 epochs: args.epochs.unwrap_or(TrainConfig::default().epochs),
-                batch_size: args.batch_size,
                 lr: args.lr,
-                augment: args.augment,
-                seed: args.seed,
-                device: args.device.device,
-                precision: args.precision.resolve(args.device.device),
-                preprocessing: Preprocessing::imagenet(args.image_size),
-                cache_dir: args.cache_dir.or_else(train::default_cache_dir),
                 schedule: args.schedule,
                 warmup: args.warmup,
-                weight_decay: args.weight_decay,
-                label_smoothing: args.label_smoothing,
-                class_weights: args.class_weights,
                 patience: args.patience,
                 monitor: args.monitor,
                 freeze_epochs: args.freeze_epochs,
                 lr_backbone: args.lr_backbone,
+                ..args.setup.config(args.data, args.manifest)
             };
             (RunDir::new(out), Start::New(Box::new(config)))
         }
@@ -214,6 +233,8 @@ enum Showing {
     Step(Step),
     /// Epoch `.0` of `.1`.
     Epoch(usize, usize),
+    /// The learning-rate finder's sweep.
+    Sweep,
 }
 
 /// Draws training's events for a person: a bar for each long step and each epoch, a line for
@@ -248,12 +269,26 @@ impl Show {
                     bar.set_message(format!("loss {loss:.4} acc {:.1}%", 100.0 * accuracy));
                 }
             }
-            other => {
-                if let Some((_, bar)) = self.bar.lock().expect("not poisoned").take() {
-                    bar.finish();
+            Event::Sweep { point, iterations } => {
+                self.draw(Showing::Sweep, point.step as u64 + 1, iterations as u64);
+                if let Some((_, bar)) = &*self.bar.lock().expect("not poisoned") {
+                    bar.set_message(format!(
+                        "lr {:.1e} loss {:.4} smoothed {:.4}",
+                        point.lr, point.loss, point.smoothed
+                    ));
                 }
+            }
+            other => {
+                self.finish();
                 println!("{}", self.line(&other).trim_end());
             }
+        }
+    }
+
+    /// Ends the bar being drawn, if any, before lines of one's own.
+    pub fn finish(&self) {
+        if let Some((_, bar)) = self.bar.lock().expect("not poisoned").take() {
+            bar.finish();
         }
     }
 
@@ -268,6 +303,7 @@ impl Show {
                 Showing::Step(Step::Decoding) => "decoding".to_owned(),
                 Showing::Step(Step::Features(split)) => format!("features ({split})"),
                 Showing::Epoch(epoch, epochs) => format!("epoch {epoch}/{epochs}"),
+                Showing::Sweep => "lr sweep".to_owned(),
             };
             *current = Some((showing, Bar::new(&what)));
         }
@@ -365,7 +401,9 @@ impl Show {
             Event::StoppedExtracting => format!(
                 "stopped during feature extraction; the features computed are cached. Resume with: catdog train --resume {run}"
             ),
-            Event::Progress { .. } | Event::Batch { .. } => unreachable!("drawn as bars"),
+            Event::Progress { .. } | Event::Batch { .. } | Event::Sweep { .. } => {
+                unreachable!("drawn as bars")
+            }
         }
     }
 }

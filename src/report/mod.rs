@@ -17,6 +17,7 @@ mod draw;
 mod gradcam;
 mod grid;
 mod html;
+mod lr_find;
 mod run;
 mod text;
 
@@ -27,6 +28,7 @@ pub use curves::write_curves;
 pub use gradcam::overlay;
 pub use grid::{Tile, write_grid};
 pub use html::write_index;
+pub use lr_find::write_lr_find;
 pub use run::write_run_report;
 
 /// The report's files, by the names `index.html` refers to them.

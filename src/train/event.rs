@@ -1,5 +1,6 @@
-//! What training reports while it runs. The library sends events; the command line turns
-//! them into progress bars and lines, and tests check them as data.
+//! What training (and the learning-rate finder) reports while it runs. The library sends
+//! events; the command line turns them into progress bars and lines, and tests check them as
+//! data.
 
 use std::sync::atomic::{AtomicU64, Ordering};
 
@@ -10,6 +11,7 @@ use crate::model::weights::Origin;
 use crate::progress::Progress;
 use crate::run::EpochRecord;
 use crate::train::Monitor;
+use crate::train::lr_find::Point;
 use crate::train::state::Best;
 
 /// Where [`super::train`] sends its events, from any thread.
@@ -81,6 +83,8 @@ pub enum Event<'a> {
         monitor: Monitor,
         patience: usize,
     },
+    /// A batch of [`super::lr_find`]'s sweep of `iterations` ended.
+    Sweep { point: Point, iterations: usize },
     /// Stopped on request while frozen mode's features were computed, before any epoch of
     /// this call began; the features computed so far are cached, the model is unchanged.
     StoppedExtracting,

@@ -13,10 +13,11 @@ mod calibrate;
 pub mod config;
 pub mod event;
 pub mod features;
+pub mod lr_find;
 pub mod schedule;
 pub mod state;
 
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Instant;
@@ -27,6 +28,7 @@ use burn::prelude::*;
 pub use calibrate::calibrate;
 pub use config::{CONFIG_VERSION, ClassWeights, DataSource, Mode, Monitor, RunConfig, TrainConfig};
 pub use event::{Event, OnEvent, Step};
+pub use lr_find::{LrFind, Sweep, lr_find};
 pub use schedule::Schedule;
 use state::{Best, OPTIMIZER_FILE, Running, TrainState};
 
@@ -37,7 +39,7 @@ use crate::fsio;
 use crate::loader::{Loader, LoaderConfig, batch_count, epoch_order};
 use crate::model::calibration::ERROR_RATE;
 use crate::model::checkpoint::{self, CheckpointMeta};
-use crate::model::fused::{Loss, TrainNet, cross_entropy};
+use crate::model::fused::{Loss, StepResult, TrainNet, cross_entropy};
 use crate::model::weights;
 use crate::model::{EvalNet, FEATURES, ResNet18};
 use crate::run::{EpochRecord, RunDir, RunLock, Which};
@@ -122,17 +124,113 @@ enum Source {
     },
 }
 
-struct Session {
-    run: RunDir,
-    config: RunConfig,
+impl Source {
+    /// The photos of the manifest's train and val splits.
+    fn photos(manifest: &Manifest) -> Source {
+        Source::Photos {
+            train: manifest.samples(Split::Train).into(),
+            val: manifest.samples(Split::Val).into(),
+        }
+    }
+
+    /// Training examples: photos or feature rows.
+    fn train_len(&self) -> usize {
+        match self {
+            Source::Photos { train, .. } => train.len(),
+            Source::Features { train_labels, .. } => train_labels.len(),
+        }
+    }
+}
+
+/// What a training step changes: the model (or catdog's CPU training pass, while it holds
+/// the model's values) and Adam, with the objective they minimise. A run and
+/// [`lr_find`]'s sweep take the same steps.
+struct Learner {
     /// On the autodiff device. While `engine` trains, it holds the model's values and this
-    /// is brought up to date after each epoch's training (see [`Session::sync_model`]).
+    /// is brought up to date after each epoch's training (see [`Learner::sync_model`]).
     model: ResNet18,
     /// The training objective, its class weights resolved from the training split.
     loss: Loss,
     /// catdog's own training pass, for full fine-tuning on the CPU.
     engine: Option<TrainNet>,
     adam: Adam,
+    classes: usize,
+}
+
+impl Learner {
+    /// A new run's: the run's weights with a fresh head, a fresh Adam, the run's objective.
+    fn new(config: &RunConfig, manifest: &Manifest, device: &Device, on: OnEvent) -> Result<Self> {
+        Ok(Learner {
+            model: initial_model(config, device, on)?,
+            loss: objective(config, manifest, on)?,
+            engine: None,
+            adam: optimizer(&config.settings),
+            classes: config.classes.len(),
+        })
+    }
+
+    /// Only the head trains, on the fixed backbone.
+    fn freeze(&mut self) {
+        self.model = self.model.clone().freeze_backbone();
+    }
+
+    /// Every layer trains: on the CPU, by catdog's own training pass.
+    fn unfreeze(&mut self, precision: crate::model::Precision, device: &Device) {
+        self.model = self.model.clone().unfreeze();
+        if device.clone().without_autodiff() == Device::flex() {
+            self.engine = Some(TrainNet::new(&self.model, precision.on_this_cpu()));
+        }
+    }
+
+    /// One Adam step at rate `lr` on a batch (`ad`: the autodiff device): the batch's mean
+    /// loss and the images it got right, before the step.
+    fn step(&mut self, input: Input, labels: &[usize], lr: f64, ad: &Device) -> StepResult {
+        self.adam.lr = lr;
+        match (&mut self.engine, input) {
+            (Some(engine), Input::Images { pixels, size }) => {
+                let step = engine.step(&pixels, size, labels, &self.loss);
+                self.adam.step_slices(
+                    engine
+                        .slots_mut()
+                        .into_iter()
+                        .map(|s| (s.name.as_str(), &mut s.value[..], &s.grad[..])),
+                );
+                step
+            }
+            (_, input) => {
+                let logits = input.logits(&self.model, ad);
+                let values: Vec<f32> = logits
+                    .clone()
+                    .into_data()
+                    .try_into_vec()
+                    .expect("the model computes in f32");
+                let (step, dlogits) = self.loss.evaluate(&values, labels, self.classes);
+                // The loss's gradient comes from the one definition of the loss: seeded
+                // into autodiff as the gradient of sum(logits * dlogits).
+                let seed = Tensor::<2>::from_data(
+                    TensorData::new(dlogits, [labels.len(), self.classes]),
+                    ad,
+                );
+                let grads = logits.mul(seed).sum().backward();
+                let grads = GradientsParams::from_grads(grads, &self.model);
+                self.model = self.adam.step(self.model.clone(), grads);
+                step
+            }
+        }
+    }
+
+    /// Brings `model` up to date with the engine's parameters and batch-norm statistics.
+    fn sync_model(&mut self) {
+        if let Some(engine) = &self.engine {
+            self.model = engine.write_to(self.model.clone());
+        }
+    }
+}
+
+struct Session {
+    run: RunDir,
+    config: RunConfig,
+    learner: Learner,
     state: TrainState,
     device: Device,
     manifest: Manifest,
@@ -141,7 +239,7 @@ struct Session {
 }
 
 impl Session {
-    fn begin(run: &RunDir, mut settings: TrainConfig, on: OnEvent) -> Result<Session> {
+    fn begin(run: &RunDir, settings: TrainConfig, on: OnEvent) -> Result<Session> {
         check_settings(&settings)?;
         let device = settings.device.device()?;
         std::fs::create_dir_all(&run.root)
@@ -157,75 +255,14 @@ impl Session {
                 ),
             ));
         }
-        // A wrong weights file is refused before minutes of decoding, leaving no manifest behind.
-        let weights_file = settings.weights.resolve()?;
-        if let Some(path) = &weights_file {
-            weights::load_into(&mut ResNet18::zeroed(2, &device), path)?;
-        }
-        let manifest = match &settings.source {
-            DataSource::Manifest(path) => {
-                let m = Manifest::load(path)?;
-                m.verify(path)?;
-                m
-            }
-            DataSource::Folder {
-                root,
-                layout,
-                ratios,
-            } => {
-                let (m, report) = data::prepare(
-                    &Prepare {
-                        root,
-                        layout: *layout,
-                        ratios: *ratios,
-                        seed: settings.seed,
-                        limits: Limits::default(),
-                        exclude: Some(&run.root),
-                        keep_near_conflicts: false,
-                    },
-                    &StepProgress::new(Step::Decoding, on),
-                )?;
-                on(Event::Prepared(&report));
-                if !m.conflicts.is_empty() {
-                    on(Event::Conflicts(&m.conflicts));
-                }
-                m
-            }
-        };
-        // Record the layout found, not the `None` that asked for detection.
-        if let DataSource::Folder { layout, .. } = &mut settings.source {
-            *layout = Some(manifest.layout);
-        }
+        let (config, manifest) = start(settings, &run.root, &device, on)?;
         manifest.save(&run.manifest())?;
-        for split in [Split::Train, Split::Val] {
-            if manifest.count(split) == 0 {
-                return Err(Error::data(
-                    run.manifest(),
-                    format!("the {split} split is empty"),
-                    "use more photos, or --ratios that give every split some",
-                ));
-            }
-        }
-
-        let weights_sha256 = weights_file.as_deref().map(fsio::sha256_file).transpose()?;
-        let config = RunConfig {
-            config_version: CONFIG_VERSION,
-            catdog_version: env!("CARGO_PKG_VERSION").to_owned(),
-            weights_file,
-            weights_sha256,
-            classes: manifest.classes.clone(),
-            device_name: format!("{device:?}"),
-            settings,
-        };
-        let model = initial_model(&config, &device, on)?;
-        let loss = objective(&config, &manifest, on)?;
+        check_splits(&manifest, &[Split::Train, Split::Val], &run.manifest())?;
+        let learner = Learner::new(&config, &manifest, &device, on)?;
         fsio::write_json(&run.config(), &config)?;
         Ok(Session {
             run: run.clone(),
-            adam: optimizer(&config.settings),
-            model,
-            loss,
-            engine: None,
+            learner,
             state: TrainState::default(),
             device,
             manifest,
@@ -270,10 +307,7 @@ impl Session {
             set_epochs(run, &mut config, epochs, 0, on)?;
             return Ok(Session {
                 run: run.clone(),
-                model: initial_model(&config, &device, on)?,
-                loss: objective(&config, &manifest, on)?,
-                engine: None,
-                adam: optimizer(&config.settings),
+                learner: Learner::new(&config, &manifest, &device, on)?,
                 state: TrainState::default(),
                 device,
                 manifest,
@@ -292,13 +326,17 @@ impl Session {
             epochs_done: state.epochs_done,
             batches_done: state.batches_done,
         });
-        let session = Session {
-            run: run.clone(),
-            loss: objective(&config, &manifest, on)?,
-            config,
+        let learner = Learner {
             model,
+            loss: objective(&config, &manifest, on)?,
             engine: None,
             adam,
+            classes: config.classes.len(),
+        };
+        let session = Session {
+            run: run.clone(),
+            config,
+            learner,
             state,
             device,
             manifest,
@@ -323,8 +361,16 @@ impl Session {
             Mode::Finetune => s.freeze_epochs,
         };
         if self.state.epochs_done < head_epochs {
-            self.model = self.model.clone().freeze_backbone();
-            let Some(source) = self.head_source(stop, on)? else {
+            self.learner.freeze();
+            let Some(source) = head_source(
+                &self.config,
+                &self.manifest,
+                &self.learner.model,
+                &self.device,
+                stop,
+                on,
+            )?
+            else {
                 // Nothing of the model changed since last/ (if any) was saved; the
                 // features computed so far are in the cache.
                 on(Event::StoppedExtracting);
@@ -335,22 +381,16 @@ impl Session {
             }
         }
         if self.state.epochs_done < s.epochs {
-            self.model = self.model.clone().unfreeze();
+            self.learner.unfreeze(s.precision, &self.device);
             if s.freeze_epochs > 0
                 && self.state.epochs_done == s.freeze_epochs
                 && self.state.batches_done == 0
             {
                 // The backbone joins with moments of its own from zero, as a new fit starts
                 // (one step count serves every parameter, see [`Adam`]).
-                self.adam = optimizer(&s);
+                self.learner.adam = optimizer(&s);
             }
-            if self.device.clone().without_autodiff() == Device::flex() {
-                self.engine = Some(TrainNet::new(&self.model, s.precision.on_this_cpu()));
-            }
-            let source = Source::Photos {
-                train: self.manifest.samples(Split::Train).into(),
-                val: self.manifest.samples(Split::Val).into(),
-            };
+            let source = Source::photos(&self.manifest);
             if let Some(ended) = self.epochs(&source, s.epochs, &plan, &ad, stop, on)? {
                 return Ok(ended);
             }
@@ -404,7 +444,7 @@ impl Session {
                 });
                 let meta = self.meta();
                 fsio::replace_dir(&self.run.checkpoint(Which::Best), |dir| {
-                    checkpoint::save(dir, &self.model, &meta)
+                    checkpoint::save(dir, &self.learner.model, &meta)
                 })?;
             }
             self.state.history.push(record);
@@ -475,125 +515,6 @@ impl Session {
         )
     }
 
-    fn loader_config(&self, shuffle: bool, augment: bool) -> LoaderConfig {
-        let s = &self.config.settings;
-        LoaderConfig {
-            batch_size: s.batch_size,
-            shuffle,
-            augment,
-            seed: s.seed,
-            preprocessing: s.preprocessing.clone(),
-            prefetch: 3,
-            limits: Limits::default(),
-        }
-    }
-
-    /// What the head trains on while the backbone is fixed: the photos' (cached) features,
-    /// or with augmentation the photos; `None` when stopped while extracting the features.
-    fn head_source(&self, stop: &AtomicBool, on: OnEvent) -> Result<Option<Source>> {
-        let s = &self.config.settings;
-        let train: Arc<[Sample]> = self.manifest.samples(Split::Train).into();
-        let val: Arc<[Sample]> = self.manifest.samples(Split::Val).into();
-        if s.augment {
-            on(Event::Uncached);
-            return Ok(Some(Source::Photos { train, val }));
-        }
-        let cache = match (&s.cache_dir, &self.config.weights_sha256) {
-            (Some(dir), Some(sha)) => Some(FeatureCache::new(
-                dir,
-                sha,
-                &s.preprocessing,
-                s.precision.on_this_cpu(),
-            )),
-            _ => None,
-        };
-        let backbone = EvalNet::new(&self.model.clone().valid(), &self.device, s.precision);
-        let extract = |samples: &[Sample], split: Split| -> Result<Option<Vec<f32>>> {
-            let Some((features, stats)) = features::extract(
-                &backbone,
-                samples,
-                cache.as_ref(),
-                &self.loader_config(false, false),
-                &StepProgress::new(Step::Features(split), on),
-                stop,
-            )?
-            else {
-                return Ok(None);
-            };
-            on(Event::Features {
-                split,
-                hits: stats.hits,
-                computed: stats.computed,
-            });
-            Ok(Some(features))
-        };
-        let Some(train_features) = extract(&train, Split::Train)? else {
-            return Ok(None);
-        };
-        let Some(val_features) = extract(&val, Split::Val)? else {
-            return Ok(None);
-        };
-        Ok(Some(Source::Features {
-            train: train_features,
-            val: val_features,
-            train_labels: train.iter().map(|s| s.label).collect(),
-            val_labels: val.iter().map(|s| s.label).collect(),
-        }))
-    }
-
-    /// Batches of one epoch, as model inputs on `device` with their labels.
-    fn batches<'a>(
-        &self,
-        source: &'a Source,
-        split: Split,
-        epoch: usize,
-        start: usize,
-    ) -> Box<dyn Iterator<Item = Result<(Input, Vec<usize>)>> + 'a> {
-        let train = split == Split::Train;
-        match source {
-            Source::Photos { train: t, val: v } => {
-                let samples = if train { t.clone() } else { v.clone() };
-                let config = self.loader_config(train, train && self.config.settings.augment);
-                Box::new(Loader::new(samples, config, epoch, start).map(move |b| {
-                    let b = b?;
-                    let input = Input::Images {
-                        pixels: b.images,
-                        size: b.image_size,
-                    };
-                    Ok((input, b.labels))
-                }))
-            }
-            Source::Features {
-                train: tf,
-                train_labels,
-                val: vf,
-                val_labels,
-            } => {
-                let (feats, labels) = if train {
-                    (tf, train_labels)
-                } else {
-                    (vf, val_labels)
-                };
-                let order = epoch_order(labels.len(), self.config.settings.seed, epoch, train);
-                let chunks: Vec<Vec<usize>> = order
-                    .chunks(self.config.settings.batch_size)
-                    .skip(start)
-                    .map(<[usize]>::to_vec)
-                    .collect();
-                Box::new(chunks.into_iter().map(move |idx| {
-                    let mut rows = Vec::with_capacity(idx.len() * FEATURES);
-                    for &i in &idx {
-                        rows.extend_from_slice(&feats[i * FEATURES..(i + 1) * FEATURES]);
-                    }
-                    Ok((
-                        Input::Features(rows),
-                        idx.iter().map(|&i| labels[i]).collect(),
-                    ))
-                }))
-            }
-        }
-    }
-
     /// Trains one epoch (from `batches_done`, when resumed mid-epoch). Returns
     /// the epoch's running loss and accuracy, and whether it was stopped.
     fn train_epoch(
@@ -605,50 +526,16 @@ impl Session {
         stop: &AtomicBool,
         on: OnEvent,
     ) -> Result<(Running, bool)> {
-        let n = match source {
-            Source::Photos { train, .. } => train.len(),
-            Source::Features { train_labels, .. } => train_labels.len(),
-        };
-        let bs = self.config.settings.batch_size;
-        let epochs = self.config.settings.epochs;
-        let classes = self.config.classes.len();
+        let n = source.train_len();
+        let s = &self.config.settings;
+        let (bs, epochs) = (s.batch_size, s.epochs);
         let mut running = self.state.partial;
-        let batches = self.batches(source, Split::Train, epoch, self.state.batches_done);
+        let batches = batches(s, source, Split::Train, epoch, self.state.batches_done);
         for item in batches {
             let (input, labels) = item?;
-            self.adam.lr = plan.rate(epoch, self.state.batches_done);
-            let (loss_value, correct) = match (&mut self.engine, input) {
-                (Some(engine), Input::Images { pixels, size }) => {
-                    let step = engine.step(&pixels, size, &labels, &self.loss);
-                    self.adam.step_slices(
-                        engine
-                            .slots_mut()
-                            .into_iter()
-                            .map(|s| (s.name.as_str(), &mut s.value[..], &s.grad[..])),
-                    );
-                    (step.loss, step.correct)
-                }
-                (_, input) => {
-                    let logits = input.logits(&self.model, ad);
-                    let values: Vec<f32> = logits
-                        .clone()
-                        .into_data()
-                        .try_into_vec()
-                        .expect("the model computes in f32");
-                    let (step, dlogits) = self.loss.evaluate(&values, &labels, classes);
-                    // The loss's gradient comes from the one definition of the loss: seeded
-                    // into autodiff as the gradient of sum(logits * dlogits).
-                    let seed = Tensor::<2>::from_data(
-                        TensorData::new(dlogits, [labels.len(), classes]),
-                        ad,
-                    );
-                    let grads = logits.mul(seed).sum().backward();
-                    let grads = GradientsParams::from_grads(grads, &self.model);
-                    self.model = self.adam.step(self.model.clone(), grads);
-                    (step.loss, step.correct)
-                }
-            };
-            running.add(loss_value, correct, labels.len());
+            let lr = plan.rate(epoch, self.state.batches_done);
+            let step = self.learner.step(input, &labels, lr, ad);
+            running.add(step.loss, step.correct, labels.len());
             self.state.batches_done += 1;
             self.state.partial = running;
             on(Event::Batch {
@@ -660,28 +547,21 @@ impl Session {
                 accuracy: running.accuracy(),
             });
             if stop.load(Ordering::SeqCst) && self.state.batches_done < batch_count(n, bs) {
-                self.sync_model();
+                self.learner.sync_model();
                 return Ok((running, true));
             }
         }
-        self.sync_model();
+        self.learner.sync_model();
         Ok((running, false))
-    }
-
-    /// Brings `model` up to date with the engine's parameters and batch-norm statistics.
-    fn sync_model(&mut self) {
-        if let Some(engine) = &self.engine {
-            self.model = engine.write_to(self.model.clone());
-        }
     }
 
     /// Loss and accuracy on the validation split, batch norm in eval mode.
     fn validate(&self, source: &Source) -> Result<Running> {
-        let model = self.model.clone().valid();
+        let model = self.learner.model.clone().valid();
         let net = EvalNet::new(&model, &self.device, self.config.settings.precision);
         let classes = self.config.classes.len();
         let mut running = Running::default();
-        for item in self.batches(source, Split::Val, 0, 0) {
+        for item in batches(&self.config.settings, source, Split::Val, 0, 0) {
             let (input, labels) = item?;
             let logits = match input {
                 Input::Images { pixels, size } => net.logits(pixels, size),
@@ -700,8 +580,8 @@ impl Session {
     fn save_last(&self) -> Result<()> {
         let meta = self.meta();
         fsio::replace_dir(&self.run.checkpoint(Which::Last), |dir| {
-            checkpoint::save(dir, &self.model, &meta)?;
-            self.adam.save(&dir.join(OPTIMIZER_FILE))?;
+            checkpoint::save(dir, &self.learner.model, &meta)?;
+            self.learner.adam.save(&dir.join(OPTIMIZER_FILE))?;
             // Written last: its presence marks the folder complete.
             self.state.save(dir)
         })
@@ -721,6 +601,132 @@ impl Session {
         }
         fsio::write_atomic(&self.run.metrics_jsonl(), jsonl.as_bytes())?;
         fsio::write_atomic(&self.run.metrics_csv(), csv.as_bytes())
+    }
+}
+
+/// How the loader batches `s`'s photos.
+fn loader_config(s: &TrainConfig, shuffle: bool, augment: bool) -> LoaderConfig {
+    LoaderConfig {
+        batch_size: s.batch_size,
+        shuffle,
+        augment,
+        seed: s.seed,
+        preprocessing: s.preprocessing.clone(),
+        prefetch: 3,
+        limits: Limits::default(),
+    }
+}
+
+/// What the head trains on while the backbone is fixed: the photos' (cached) features,
+/// or with augmentation the photos; `None` when stopped while extracting the features.
+fn head_source(
+    config: &RunConfig,
+    manifest: &Manifest,
+    model: &ResNet18,
+    device: &Device,
+    stop: &AtomicBool,
+    on: OnEvent,
+) -> Result<Option<Source>> {
+    let s = &config.settings;
+    let train: Arc<[Sample]> = manifest.samples(Split::Train).into();
+    let val: Arc<[Sample]> = manifest.samples(Split::Val).into();
+    if s.augment {
+        on(Event::Uncached);
+        return Ok(Some(Source::Photos { train, val }));
+    }
+    let cache = match (&s.cache_dir, &config.weights_sha256) {
+        (Some(dir), Some(sha)) => Some(FeatureCache::new(
+            dir,
+            sha,
+            &s.preprocessing,
+            s.precision.on_this_cpu(),
+        )),
+        _ => None,
+    };
+    let backbone = EvalNet::new(&model.clone().valid(), device, s.precision);
+    let extract = |samples: &[Sample], split: Split| -> Result<Option<Vec<f32>>> {
+        let Some((features, stats)) = features::extract(
+            &backbone,
+            samples,
+            cache.as_ref(),
+            &loader_config(s, false, false),
+            &StepProgress::new(Step::Features(split), on),
+            stop,
+        )?
+        else {
+            return Ok(None);
+        };
+        on(Event::Features {
+            split,
+            hits: stats.hits,
+            computed: stats.computed,
+        });
+        Ok(Some(features))
+    };
+    let Some(train_features) = extract(&train, Split::Train)? else {
+        return Ok(None);
+    };
+    let Some(val_features) = extract(&val, Split::Val)? else {
+        return Ok(None);
+    };
+    Ok(Some(Source::Features {
+        train: train_features,
+        val: val_features,
+        train_labels: train.iter().map(|s| s.label).collect(),
+        val_labels: val.iter().map(|s| s.label).collect(),
+    }))
+}
+
+/// Batches of one epoch, as model inputs on `device` with their labels.
+fn batches<'a>(
+    s: &TrainConfig,
+    source: &'a Source,
+    split: Split,
+    epoch: usize,
+    start: usize,
+) -> Box<dyn Iterator<Item = Result<(Input, Vec<usize>)>> + 'a> {
+    let train = split == Split::Train;
+    match source {
+        Source::Photos { train: t, val: v } => {
+            let samples = if train { t.clone() } else { v.clone() };
+            let config = loader_config(s, train, train && s.augment);
+            Box::new(Loader::new(samples, config, epoch, start).map(move |b| {
+                let b = b?;
+                let input = Input::Images {
+                    pixels: b.images,
+                    size: b.image_size,
+                };
+                Ok((input, b.labels))
+            }))
+        }
+        Source::Features {
+            train: tf,
+            train_labels,
+            val: vf,
+            val_labels,
+        } => {
+            let (feats, labels) = if train {
+                (tf, train_labels)
+            } else {
+                (vf, val_labels)
+            };
+            let order = epoch_order(labels.len(), s.seed, epoch, train);
+            let chunks: Vec<Vec<usize>> = order
+                .chunks(s.batch_size)
+                .skip(start)
+                .map(<[usize]>::to_vec)
+                .collect();
+            Box::new(chunks.into_iter().map(move |idx| {
+                let mut rows = Vec::with_capacity(idx.len() * FEATURES);
+                for &i in &idx {
+                    rows.extend_from_slice(&feats[i * FEATURES..(i + 1) * FEATURES]);
+                }
+                Ok((
+                    Input::Features(rows),
+                    idx.iter().map(|&i| labels[i]).collect(),
+                ))
+            }))
+        }
     }
 }
 
@@ -765,6 +771,81 @@ fn set_epochs(
         });
         config.settings.epochs = epochs;
         fsio::write_json(&run.config(), config)?;
+    }
+    Ok(())
+}
+
+/// A new run's start, shared by [`train`] and [`lr_find`]: the weights file checked (before
+/// minutes of decoding, leaving no manifest behind), the data prepared (a folder cleaned and
+/// split, leaving out `exclude`, the command's own output folder; or a manifest as it is),
+/// and what that found: the layout (recorded in the settings), classes, the weights' SHA-256.
+fn start(
+    mut settings: TrainConfig,
+    exclude: &Path,
+    device: &Device,
+    on: OnEvent,
+) -> Result<(RunConfig, Manifest)> {
+    let weights_file = settings.weights.resolve()?;
+    if let Some(path) = &weights_file {
+        weights::load_into(&mut ResNet18::zeroed(2, device), path)?;
+    }
+    let manifest = match &settings.source {
+        DataSource::Manifest(path) => {
+            let m = Manifest::load(path)?;
+            m.verify(path)?;
+            m
+        }
+        DataSource::Folder {
+            root,
+            layout,
+            ratios,
+        } => {
+            let (m, report) = data::prepare(
+                &Prepare {
+                    root,
+                    layout: *layout,
+                    ratios: *ratios,
+                    seed: settings.seed,
+                    limits: Limits::default(),
+                    exclude: Some(exclude),
+                    keep_near_conflicts: false,
+                },
+                &StepProgress::new(Step::Decoding, on),
+            )?;
+            on(Event::Prepared(&report));
+            if !m.conflicts.is_empty() {
+                on(Event::Conflicts(&m.conflicts));
+            }
+            m
+        }
+    };
+    // Record the layout found, not the `None` that asked for detection.
+    if let DataSource::Folder { layout, .. } = &mut settings.source {
+        *layout = Some(manifest.layout);
+    }
+    let weights_sha256 = weights_file.as_deref().map(fsio::sha256_file).transpose()?;
+    let config = RunConfig {
+        config_version: CONFIG_VERSION,
+        catdog_version: env!("CARGO_PKG_VERSION").to_owned(),
+        weights_file,
+        weights_sha256,
+        classes: manifest.classes.clone(),
+        device_name: format!("{device:?}"),
+        settings,
+    };
+    Ok((config, manifest))
+}
+
+/// Refuses a manifest with any of `splits` empty; `path` is where the user finds it.
+fn check_splits(manifest: &Manifest, splits: &[Split], path: &Path) -> Result<()> {
+    for &split in splits {
+        if manifest.count(split) == 0 {
+            return Err(Error::data(
+                path,
+                format!("the {split} split is empty"),
+                "use more photos, or --ratios that give every split some",
+            ));
+        }
     }
     Ok(())
 }
