@@ -541,19 +541,28 @@ fn print_rows(rows: &[Row], json: bool) -> Result<()> {
         println!("{}", serde_json::to_string_pretty(rows)?);
         return Ok(());
     }
+    let table: Vec<&Row> = rows.iter().filter(|r| r.end_to_end.is_none()).collect();
+    // As wide as the longest name, so that the precision in a row's name keeps the columns.
+    let width = table
+        .iter()
+        .map(|r| r.catdog.name.chars().count())
+        .max()
+        .unwrap_or(0)
+        .max("benchmark".len());
     println!(
-        "{:<36} {:>13} {:>10} {:>13} {:>7} {:>10}",
+        "{:<width$} {:>13} {:>10} {:>13} {:>7} {:>10}",
         "benchmark", "catdog", "seconds", "PyTorch", "ratio", "peak RSS"
     );
     let fmt = |v: Option<f64>, unit: &str| v.map_or("-".to_owned(), |v| format!("{v:.1}{unit}"));
-    for r in rows.iter().filter(|r| r.end_to_end.is_none()) {
+    for r in table {
         println!(
-            "{:<36} {:>13} {:>10} {:>13} {:>7} {:>10}",
+            "{:<width$} {:>13} {:>10} {:>13} {:>7} {:>10}",
             r.catdog.name,
             format!("{:.1} img/s", r.catdog.per_second),
             format!("{:.2}", r.catdog.seconds),
             fmt(r.pytorch_per_second, " img/s"),
-            fmt(r.ratio, "x"),
+            // Two decimals: the targets are ratios, and 0.8x could be 0.75 or 0.84.
+            r.ratio.map_or("-".to_owned(), |v| format!("{v:.2}x")),
             fmt(r.peak_rss_mb, " MB")
         );
     }
