@@ -189,13 +189,8 @@ fn panel(
 }
 
 /// The key, one row centred at height `y`: a swatch and a name per line, and
-/// the best epoch's dashed mark when there is one. Drawn here rather than by
-/// plotters, whose legend box is sized by a rough guess at the text's width.
+/// the best epoch's dashed mark when there is one.
 fn draw_legend(area: &Canvas, y: i32, with_best: bool) -> Drawn {
-    const SWATCH: i32 = 28;
-    const GAP: i32 = 8;
-    const SPACE: i32 = 28;
-    let size = 17.0;
     let mut entries: Vec<(&str, ShapeStyle, bool)> = SERIES
         .iter()
         .map(|&(name, colour)| (name, colour.stroke_width(3), false))
@@ -203,6 +198,16 @@ fn draw_legend(area: &Canvas, y: i32, with_best: bool) -> Drawn {
     if with_best {
         entries.push((BEST_NAME, MUTED.stroke_width(2), true));
     }
+    draw_key(area, y, entries)
+}
+
+/// A key of `(name, line style, dashed)` entries, one row centred at height `y`. Drawn here
+/// rather than by plotters, whose legend box is sized by a rough guess at the text's width.
+pub(super) fn draw_key(area: &Canvas, y: i32, entries: Vec<(&str, ShapeStyle, bool)>) -> Drawn {
+    const SWATCH: i32 = 28;
+    const GAP: i32 = 8;
+    const SPACE: i32 = 28;
+    let size = 17.0;
     let widths: Vec<i32> = entries
         .iter()
         .map(|(name, _, _)| SWATCH + GAP + text_width(name, size, false) as i32)

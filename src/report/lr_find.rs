@@ -122,34 +122,13 @@ fn loss_axis(points: &[Point]) -> Range<f64> {
 
 /// The key, one row centred at height `y`.
 fn draw_legend(area: &Canvas, y: i32, with_suggestion: bool) -> Drawn {
-    const SWATCH: i32 = 28;
-    const GAP: i32 = 8;
-    const SPACE: i32 = 28;
-    let size = 17.0;
     let smoothed = format!("smoothed (β {BETA})");
-    let mut entries: Vec<(&str, ShapeStyle)> = vec![
-        ("loss of each batch", RAW.stroke_width(2)),
-        (&smoothed, SMOOTHED.stroke_width(3)),
+    let mut entries: Vec<(&str, ShapeStyle, bool)> = vec![
+        ("loss of each batch", RAW.stroke_width(2), false),
+        (&smoothed, SMOOTHED.stroke_width(3), false),
     ];
     if with_suggestion {
-        entries.push(("suggested rate", SUGGESTED.stroke_width(2)));
+        entries.push(("suggested rate", SUGGESTED.stroke_width(2), true));
     }
-    let widths: Vec<i32> = entries
-        .iter()
-        .map(|(name, _)| SWATCH + GAP + text_width(name, size, false) as i32)
-        .collect();
-    let total = widths.iter().sum::<i32>() + SPACE * (entries.len() as i32 - 1);
-    let mut x = (WIDTH as i32 - total) / 2;
-    for ((name, style), width) in entries.into_iter().zip(widths) {
-        area.draw(&PathElement::new([(x, y), (x + SWATCH, y)], style))?;
-        label(
-            area,
-            name,
-            (x + SWATCH + GAP, y),
-            HPos::Left,
-            font(size).color(&INK),
-        )?;
-        x += width + SPACE;
-    }
-    Ok(())
+    super::curves::draw_key(area, y, entries)
 }
