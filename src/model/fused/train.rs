@@ -603,10 +603,10 @@ impl ConvBn {
             let rows = images * so * so;
             SCRATCH.with_borrow_mut(|(scratch, dcol, col_packed)| {
                 match (precision, conv.winograd()) {
-                    // Winograd's tiles for the weight gradient too, in f32 (bf16 rounds each
-                    // transformed operand, which the forward pass's choice of F(2x2) shows costs
-                    // accuracy; PERFORMANCE.md, change 8).
-                    (Precision::Fp32, Some(tiling)) => tiling.weight_gradient(
+                    // Winograd's tiles for the weight gradient too, in f32 at either precision
+                    // (bf16 products of transformed operands cost accuracy: PERFORMANCE.md,
+                    // change 8).
+                    (_, Some(tiling)) => tiling.weight_gradient(
                         x,
                         dz,
                         images,
@@ -629,7 +629,7 @@ impl ConvBn {
                     // Transposed, dW^T = dz^T · col: bf16 reads its left-hand side as rows,
                     // and dz^T's are gathered from a matrix 9x smaller than col^T's (measured:
                     // col^T's gather was 22% of a step).
-                    (Precision::Bf16, _) => {
+                    (Precision::Bf16, None) => {
                         let col = conv.im2col(x, images, size, &mut scratch.input);
                         col_packed.pack(rows, depth, col, (depth, 1));
                         matmul(
@@ -724,8 +724,9 @@ impl ConvBn {
                     }
                 }),
         }
-        // Sum the groups in order (each [depth][cout], in bf16 [cout][depth]), then back to
-        // burn's [cout][cin][k][k].
+        // Sum the groups in order (each [depth][cout], [cout][depth] from bf16's direct
+        // products), then back to burn's [cout][cin][k][k].
+        let dw_transposed = precision == Precision::Bf16 && conv.winograd().is_none();
         let (first, rest) = parts.split_first_mut().expect("at least one image");
         first
             .par_chunks_mut(conv.cout)
@@ -747,9 +748,10 @@ impl ConvBn {
                 for ci in 0..cin {
                     for t in 0..kk {
                         let at = t * cin + ci;
-                        row[ci * kk + t] = match precision {
-                            Precision::Fp32 => first[at * conv.cout + co],
-                            Precision::Bf16 => first[co * depth + at],
+                        row[ci * kk + t] = if dw_transposed {
+                            first[co * depth + at]
+                        } else {
+                            first[at * conv.cout + co]
                         };
                     }
                 }
