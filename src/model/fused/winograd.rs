@@ -127,6 +127,12 @@ impl Tiling {
         self.m + 2
     }
 
+    /// Tiles down and across one `h x w` map, and in all of `images` such maps.
+    fn tiles(&self, images: usize, (h, w): (usize, usize)) -> (usize, usize, usize) {
+        let (th, tw) = (h.div_ceil(self.m), w.div_ceil(self.m));
+        (th, tw, images * th * tw)
+    }
+
     /// Kernel transform `G g G^T`, for weights `[(ky, kx, ci)][cout]` as the folded
     /// convolution keeps them; gives `[a * a][cin][cout]` in `out`. Each transform point is
     /// a weighted sum of the nine taps, computed in parallel over the points.
@@ -161,8 +167,7 @@ impl Tiling {
     ) {
         let (m_, a) = (self.m, self.a());
         let points = a * a;
-        let (th, tw) = (h.div_ceil(m_), w.div_ceil(m_));
-        let tiles = images * th * tw;
+        let (th, tw, tiles) = self.tiles(images, (h, w));
         let zeros = vec![0.0; cin];
         // Every element of v is written below: resizing only grows it.
         v.resize(points * tiles * cin, 0.0);
@@ -219,8 +224,7 @@ impl Tiling {
     ) {
         let (m_, a) = (self.m, self.a());
         let points = a * a;
-        let (th, tw) = (h.div_ceil(m_), w.div_ceil(m_));
-        let tiles = images * th * tw;
+        let (th, tw, tiles) = self.tiles(images, (h, w));
         let v = &mut scratch.input;
         self.input_transform(x, images, (h, w), cin, v);
 
@@ -322,8 +326,7 @@ impl Tiling {
     ) {
         let (m_, a) = (self.m, self.a());
         let points = a * a;
-        let (th, tw) = (h.div_ceil(m_), w.div_ceil(m_));
-        let tiles = images * th * tw;
+        let (th, tw, tiles) = self.tiles(images, (h, w));
         let v = &mut scratch.input;
         self.input_transform(x, images, (h, w), cin, v);
 
