@@ -106,16 +106,16 @@ fn combine<'a>(dst: &mut [f32], coefs: &[f32], src: impl Fn(usize) -> &'a [f32])
     }
 }
 
-/// Every tile of `images` maps of `th x tw` tiles, numbered image by image, row by row.
-fn tiles_of(
-    images: usize,
-    th: usize,
-    tw: usize,
-) -> impl Iterator<Item = (usize, (usize, usize, usize))> {
-    (0..images)
-        .flat_map(move |i| (0..th).flat_map(move |ty| (0..tw).map(move |tx| (i, ty, tx))))
-        .enumerate()
+/// Image, tile row and tile column of tile `t`, tiles numbered image by image, row by row in
+/// maps of `th x tw` tiles.
+fn tile_at(t: usize, (th, tw): (usize, usize)) -> (usize, usize, usize) {
+    (t / (th * tw), t % (th * tw) / tw, t % tw)
 }
+
+/// Floats of a block of tiles' transformed input and product in [`Tiling::conv`]: small enough
+/// to stay in a core's L2 cache between the transforms and the products, which are bound by
+/// memory when they run over whole maps.
+const BLOCK_FLOATS: usize = 1 << 17;
 
 impl Tiling {
     /// The side of the output block each tile gives.
@@ -131,6 +131,12 @@ impl Tiling {
     fn tiles(&self, images: usize, (h, w): (usize, usize)) -> (usize, usize, usize) {
         let (th, tw) = (h.div_ceil(self.m), w.div_ceil(self.m));
         (th, tw, images * th * tw)
+    }
+
+    /// Tiles per block of [`Tiling::conv`]: [`BLOCK_FLOATS`] over one tile's transformed input
+    /// and product, in whole micro-tiles of the bf16 kernel's rows.
+    fn block_tiles(&self, cin: usize, cout: usize) -> usize {
+        (BLOCK_FLOATS / ((self.m + 2).pow(2) * (cin + cout))).next_multiple_of(12)
     }
 
     /// Kernel transform `G g G^T`, for weights `[(ky, kx, ci)][cout]` as the folded
@@ -155,24 +161,26 @@ impl Tiling {
         });
     }
 
-    /// Input transform: `v[point][tile][ci]` = (B^T d B) of each tile of `images` NHWC maps
-    /// `x` (each `h x w x cin`), tiles numbered as [`tiles_of`] gives them.
+    /// Input transform: `v[point][tile - tiles.start][ci]` = (B^T d B) of each of `tiles` of
+    /// the NHWC maps `x` (each `h x w x cin`), numbered as [`tile_at`] does.
     fn input_transform(
         &self,
         x: &[f32],
-        images: usize,
         (h, w): (usize, usize),
         cin: usize,
+        tiles: std::ops::Range<usize>,
         v: &mut Vec<f32>,
     ) {
         let (m_, a) = (self.m, self.a());
         let points = a * a;
-        let (th, tw, tiles) = self.tiles(images, (h, w));
+        let (th, tw, _) = self.tiles(1, (h, w));
         let zeros = vec![0.0; cin];
+        let count = tiles.len();
         // Every element of v is written below: resizing only grows it.
-        v.resize(points * tiles * cin, 0.0);
+        v.resize(points * count * cin, 0.0);
         let mut rows = vec![0.0; points * cin];
-        for (tile, (image, ty, tx)) in tiles_of(images, th, tw) {
+        for (tile, t) in tiles.enumerate() {
+            let (image, ty, tx) = tile_at(t, (th, tw));
             let x = &x[image * h * w * cin..][..h * w * cin];
             let pixel = |k: usize, l: usize| -> &[f32] {
                 let (iy, ix) = ((m_ * ty + k).wrapping_sub(1), (m_ * tx + l).wrapping_sub(1));
@@ -196,7 +204,7 @@ impl Tiling {
             for i in 0..a {
                 for j in 0..a {
                     combine(
-                        &mut v[((i * a + j) * tiles + tile) * cin..][..cin],
+                        &mut v[((i * a + j) * count + tile) * cin..][..cin],
                         &self.bt[i * a..][..a],
                         |k| &rows[(k * a + j) * cin..][..cin],
                     );
@@ -225,86 +233,93 @@ impl Tiling {
         let (m_, a) = (self.m, self.a());
         let points = a * a;
         let (th, tw, tiles) = self.tiles(images, (h, w));
-        let v = &mut scratch.input;
-        self.input_transform(x, images, (h, w), cin, v);
-
-        // The products, M[point] = V[point] x U[point]. Every element of m and out is written
-        // below: resizing only grows them.
-        let m = &mut scratch.product;
-        m.resize(points * tiles * cout, 0.0);
-        let product = |(point, dst): (usize, &mut [f32]), par: Parallelism| {
-            let lhs = &v[point * tiles * cin..][..tiles * cin];
-            matmul(
-                (tiles, cout, cin),
-                dst,
-                cout,
-                false,
-                lhs,
-                (cin, 1),
-                weights.get(point),
-                par,
-            )
-        };
-        match parallelism {
-            Parallelism::None => m
-                .chunks_mut(tiles * cout)
-                .enumerate()
-                .for_each(|p| product(p, Parallelism::None)),
-            _ => m
-                .par_chunks_mut(tiles * cout)
-                .enumerate()
-                .for_each(|p| product(p, Parallelism::None)),
-        }
-
-        // Output transform: Y = A^T M A per tile, then bias, residual and ReLU, for the pixels
-        // inside the image.
         assert_eq!(
             out.len(),
             images * h * w * cout,
             "the output holds every map"
         );
+        let block = self.block_tiles(cin, cout);
         let mut s = vec![0.0; a * m_ * cout];
         let mut y = vec![0.0; cout];
-        for (tile, (image, ty, tx)) in tiles_of(images, th, tw) {
-            let at = |i: usize, j: usize| &m[((i * a + j) * tiles + tile) * cout..][..cout];
-            // s[i][b] = (M A)[i][b].
-            for i in 0..a {
-                for b in 0..m_ {
-                    combine(
-                        &mut s[(i * m_ + b) * cout..][..cout],
-                        &self.at[b * a..][..a],
-                        |j| at(i, j),
-                    );
-                }
+        for first in (0..tiles).step_by(block) {
+            let count = block.min(tiles - first);
+            let v = &mut scratch.input;
+            self.input_transform(x, (h, w), cin, first..first + count, v);
+
+            // The products, M[point] = V[point] x U[point]. Every element of m is written
+            // below: resizing only grows it.
+            let m = &mut scratch.product;
+            m.resize(points * count * cout, 0.0);
+            let product = |(point, dst): (usize, &mut [f32]), par: Parallelism| {
+                let lhs = &v[point * count * cin..][..count * cin];
+                matmul(
+                    (count, cout, cin),
+                    dst,
+                    cout,
+                    false,
+                    lhs,
+                    (cin, 1),
+                    weights.get(point),
+                    par,
+                )
+            };
+            let m = &mut m[..points * count * cout];
+            match parallelism {
+                Parallelism::None => m
+                    .chunks_mut(count * cout)
+                    .enumerate()
+                    .for_each(|p| product(p, Parallelism::None)),
+                _ => m
+                    .par_chunks_mut(count * cout)
+                    .enumerate()
+                    .for_each(|p| product(p, Parallelism::None)),
             }
-            for r in 0..m_ {
-                let oy = m_ * ty + r;
-                for b in 0..m_ {
-                    let ox = m_ * tx + b;
-                    if oy >= h || ox >= w {
-                        continue;
+
+            // Output transform: Y = A^T M A per tile, then bias, residual and ReLU, for the
+            // pixels inside the image.
+            for (tile, t) in (first..first + count).enumerate() {
+                let (image, ty, tx) = tile_at(t, (th, tw));
+                let at = |i: usize, j: usize| &m[((i * a + j) * count + tile) * cout..][..cout];
+                // s[i][b] = (M A)[i][b].
+                for i in 0..a {
+                    for b in 0..m_ {
+                        combine(
+                            &mut s[(i * m_ + b) * cout..][..cout],
+                            &self.at[b * a..][..a],
+                            |j| at(i, j),
+                        );
                     }
-                    combine(&mut y, &self.at[r * a..][..a], |i| {
-                        &s[(i * m_ + b) * cout..][..cout]
-                    });
-                    let at = ((image * h + oy) * w + ox) * cout;
-                    let dst = &mut out[at..at + cout];
-                    dst.iter_mut()
-                        .zip(&y)
-                        .zip(epilogue.bias)
-                        .for_each(|((d, y), b)| *d = y + b);
-                    if let Some(r) = epilogue.residual {
+                }
+                for r in 0..m_ {
+                    let oy = m_ * ty + r;
+                    for b in 0..m_ {
+                        let ox = m_ * tx + b;
+                        if oy >= h || ox >= w {
+                            continue;
+                        }
+                        combine(&mut y, &self.at[r * a..][..a], |i| {
+                            &s[(i * m_ + b) * cout..][..cout]
+                        });
+                        let at = ((image * h + oy) * w + ox) * cout;
+                        let dst = &mut out[at..at + cout];
                         dst.iter_mut()
-                            .zip(&r[at..at + cout])
-                            .for_each(|(d, r)| *d += r);
-                    }
-                    if epilogue.relu {
-                        dst.iter_mut().for_each(|d| *d = d.max(0.0));
+                            .zip(&y)
+                            .zip(epilogue.bias)
+                            .for_each(|((d, y), b)| *d = y + b);
+                        if let Some(r) = epilogue.residual {
+                            dst.iter_mut()
+                                .zip(&r[at..at + cout])
+                                .for_each(|(d, r)| *d += r);
+                        }
+                        if epilogue.relu {
+                            dst.iter_mut().for_each(|d| *d = d.max(0.0));
+                        }
                     }
                 }
             }
         }
     }
+
     /// The weight gradient of the convolution [`Tiling::conv`] computes, from its input `x` and
     /// the gradient `dy` of its output (`images` NHWC maps, `h x w x cin` and `h x w x cout`):
     /// `dw[(ky, kx, ci)][co]` is set to it, or has it added where `accumulate`. Forward,
@@ -328,7 +343,7 @@ impl Tiling {
         let points = a * a;
         let (th, tw, tiles) = self.tiles(images, (h, w));
         let v = &mut scratch.input;
-        self.input_transform(x, images, (h, w), cin, v);
+        self.input_transform(x, (h, w), cin, 0..tiles, v);
 
         // dM[point][tile][co] = (A dY A^T) of each tile, dY zero outside the map.
         let dm = &mut scratch.product;
@@ -340,7 +355,8 @@ impl Tiling {
         let a_rows: Vec<Vec<f32>> = (0..a).map(|j| column(self.at, a, j)).collect();
         let zeros = vec![0.0; cout];
         let mut s = vec![0.0; m_ * a * cout];
-        for (tile, (image, ty, tx)) in tiles_of(images, th, tw) {
+        for tile in 0..tiles {
+            let (image, ty, tx) = tile_at(tile, (th, tw));
             let dy = &dy[image * h * w * cout..][..h * w * cout];
             let pixel = |r: usize, b: usize| -> &[f32] {
                 let (oy, ox) = (m_ * ty + r, m_ * tx + b);
@@ -435,15 +451,14 @@ mod tests {
     #[test]
     fn both_tilings_compute_the_convolution_at_any_size() {
         // Deterministic values in [-1, 1); sizes that are not multiples of either tile; two
-        // images through the same products.
+        // images through the same products; the last case in several blocks of tiles.
         let mut state = 1u32;
         let mut next = move || {
             state = state.wrapping_mul(1_664_525).wrapping_add(1_013_904_223);
             (state >> 8) as f32 / (1 << 23) as f32 - 1.0
         };
-        let (cin, cout) = (3, 5);
         let images = 2;
-        for (h, w) in [(7, 5), (1, 1), (9, 10)] {
+        for (cin, cout, h, w) in [(3, 5, 7, 5), (3, 5, 1, 1), (3, 5, 9, 10), (32, 24, 30, 29)] {
             let x: Vec<f32> = (0..images * h * w * cin).map(|_| next()).collect();
             let weight: Vec<f32> = (0..9 * cin * cout).map(|_| next()).collect();
             let residual: Vec<f32> = (0..images * h * w * cout).map(|_| next()).collect();
@@ -458,6 +473,10 @@ mod tests {
                 .map(|(i, (v, r))| (v + bias[i % cout] + r).max(0.0))
                 .collect();
             for tiling in [&F2, &F4] {
+                if h == 30 {
+                    let (.., tiles) = tiling.tiles(images, (h, w));
+                    assert!(tiles > tiling.block_tiles(cin, cout), "several blocks");
+                }
                 let mut out = vec![0.0; images * h * w * cout];
                 let epilogue = Epilogue {
                     bias: &bias,
