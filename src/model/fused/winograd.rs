@@ -106,6 +106,86 @@ fn combine<'a>(dst: &mut [f32], coefs: &[f32], src: impl Fn(usize) -> &'a [f32])
     }
 }
 
+/// Tiles ahead of the one being transformed whose pixels [`Tiling::input_transform`] asks
+/// the memory for (measured: 4 beat 2 and 8; PERFORMANCE.md).
+const PREFETCH_TILES: usize = 4;
+
+/// A hint that `data` will be read soon.
+fn prefetch(data: &[f32]) {
+    #[cfg(target_arch = "x86_64")]
+    for line in data.chunks(16) {
+        // SAFETY: prefetching is a hint, valid for any address; this one is in `data`.
+        unsafe {
+            std::arch::x86_64::_mm_prefetch::<{ std::arch::x86_64::_MM_HINT_T0 }>(
+                line.as_ptr().cast(),
+            )
+        };
+    }
+}
+
+/// Whether this CPU runs the AVX-512 transforms (std caches the check).
+fn avx512() -> bool {
+    #[cfg(target_arch = "x86_64")]
+    {
+        std::arch::is_x86_feature_detected!("avx512f")
+    }
+    #[cfg(not(target_arch = "x86_64"))]
+    {
+        false
+    }
+}
+
+/// The input transform `B^T d B` of one tile, 16 channels at a time in registers:
+/// `d[k * A + l]` is the tile's pixel (k, l), and point (i, j) goes to
+/// `out[(i * A + j) * stride..][..cin]`. The same operations in the same order as
+/// [`combine`]'s (each product rounded, then added), so the same bits as the portable path;
+/// it reads and writes each value once where `combine` passes over memory once per term.
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx512f")]
+unsafe fn tile_transform_avx512<const A: usize>(
+    bt: &[f32],
+    d: &[&[f32]],
+    cin: usize,
+    out: &mut [f32],
+    stride: usize,
+) {
+    use std::arch::x86_64::*;
+    assert!(bt.len() == A * A && d.len() >= A * A && d.iter().all(|d| d.len() >= cin));
+    assert!(out.len() >= (A * A - 1) * stride + cin);
+    let term = |sum: __m512, w: f32, x: __m512| {
+        if w == 0.0 {
+            sum
+        } else {
+            _mm512_add_ps(sum, _mm512_mul_ps(_mm512_set1_ps(w), x))
+        }
+    };
+    for c in (0..cin).step_by(16) {
+        let mask = (u32::MAX >> (32 - (cin - c).min(16))) as __mmask16;
+        // rows[k][j] = (d B)[k][j] = sum over l of d[k][l] bt[j][l].
+        let mut rows = [[_mm512_setzero_ps(); A]; A];
+        for (k, row) in rows.iter_mut().enumerate() {
+            // SAFETY: the masked lanes are below cin, within every pixel (asserted).
+            let x: [__m512; A] = std::array::from_fn(|l| unsafe {
+                _mm512_maskz_loadu_ps(mask, d[k * A + l][c..].as_ptr())
+            });
+            for (j, r) in row.iter_mut().enumerate() {
+                *r = (0..A).fold(_mm512_setzero_ps(), |s, l| term(s, bt[j * A + l], x[l]));
+            }
+        }
+        for i in 0..A {
+            for j in 0..A {
+                let v = (0..A).fold(_mm512_setzero_ps(), |s, k| {
+                    term(s, bt[i * A + k], rows[k][j])
+                });
+                // SAFETY: within out (asserted), the masked lanes below cin.
+                unsafe {
+                    _mm512_mask_storeu_ps(out[(i * A + j) * stride + c..].as_mut_ptr(), mask, v)
+                };
+            }
+        }
+    }
+}
+
 /// Image, tile row and tile column of tile `t`, tiles numbered image by image, row by row in
 /// maps of `th x tw` tiles.
 fn tile_at(t: usize, (th, tw): (usize, usize)) -> (usize, usize, usize) {
@@ -171,6 +251,19 @@ impl Tiling {
         tiles: std::ops::Range<usize>,
         v: &mut Vec<f32>,
     ) {
+        self.input_transform_on(x, (h, w), cin, tiles, v, avx512());
+    }
+
+    /// [`Tiling::input_transform`] on the AVX-512 path or the portable one.
+    fn input_transform_on(
+        &self,
+        x: &[f32],
+        (h, w): (usize, usize),
+        cin: usize,
+        tiles: std::ops::Range<usize>,
+        v: &mut Vec<f32>,
+        avx512: bool,
+    ) {
         let (m_, a) = (self.m, self.a());
         let points = a * a;
         let (th, tw, _) = self.tiles(1, (h, w));
@@ -179,17 +272,40 @@ impl Tiling {
         // Every element of v is written below: resizing only grows it.
         v.resize(points * count * cin, 0.0);
         let mut rows = vec![0.0; points * cin];
-        for (tile, t) in tiles.enumerate() {
-            let (image, ty, tx) = tile_at(t, (th, tw));
-            let x = &x[image * h * w * cin..][..h * w * cin];
-            let pixel = |k: usize, l: usize| -> &[f32] {
-                let (iy, ix) = ((m_ * ty + k).wrapping_sub(1), (m_ * tx + l).wrapping_sub(1));
-                if iy < h && ix < w {
-                    &x[(iy * w + ix) * cin..][..cin]
-                } else {
-                    &zeros
+        // The pixel (k, l) of tile (image, ty, tx): zeros outside the map.
+        let pixel_of = |(image, ty, tx): (usize, usize, usize), k: usize, l: usize| -> &[f32] {
+            let (iy, ix) = ((m_ * ty + k).wrapping_sub(1), (m_ * tx + l).wrapping_sub(1));
+            if iy < h && ix < w {
+                &x[((image * h + iy) * w + ix) * cin..][..cin]
+            } else {
+                &zeros
+            }
+        };
+        for (tile, t) in tiles.clone().enumerate() {
+            // Tile rows lie far apart in the maps; asked for ahead, they arrive in time.
+            if t + PREFETCH_TILES < tiles.end {
+                let ahead = tile_at(t + PREFETCH_TILES, (th, tw));
+                (0..points).for_each(|p| prefetch(pixel_of(ahead, p / a, p % a)));
+            }
+            let at = tile_at(t, (th, tw));
+            let pixel = |k: usize, l: usize| pixel_of(at, k, l);
+            if avx512 {
+                assert!(self::avx512(), "this CPU has AVX-512F");
+                let mut d = [&zeros[..]; 36];
+                for (p, d) in d.iter_mut().take(points).enumerate() {
+                    *d = pixel(p / a, p % a);
                 }
-            };
+                let out = &mut v[tile * cin..];
+                // SAFETY: the CPU has AVX-512F (asserted above); the function asserts the
+                // bounds of its reads and writes.
+                unsafe {
+                    match a {
+                        4 => tile_transform_avx512::<4>(self.bt, &d, cin, out, count * cin),
+                        _ => tile_transform_avx512::<6>(self.bt, &d, cin, out, count * cin),
+                    }
+                }
+                continue;
+            }
             // Columns first: rows[k][j] = (d B)[k][j].
             for k in 0..a {
                 for j in 0..a {
@@ -509,6 +625,31 @@ mod tests {
                     .fold(0.0, f32::max);
                 assert!(worst < 1e-4, "F({}) at {h}x{w}: off by {worst}", tiling.m);
             }
+        }
+    }
+
+    #[test]
+    fn the_avx512_input_transform_gives_the_portable_bits() {
+        if !avx512() {
+            eprintln!("skipped: this CPU has no AVX-512F");
+            return;
+        }
+        let mut state = 3u32;
+        let mut next = move || {
+            state = state.wrapping_mul(1_664_525).wrapping_add(1_013_904_223);
+            (state >> 8) as f32 / (1 << 23) as f32 - 1.0
+        };
+        // 19 channels: a whole vector and a masked one; a map no multiple of either tile.
+        let (cin, h, w, images) = (19, 9, 7, 2);
+        let x: Vec<f32> = (0..images * h * w * cin).map(|_| next()).collect();
+        for tiling in [&F2, &F4] {
+            let (.., tiles) = tiling.tiles(images, (h, w));
+            let [mut fast, mut portable] = [Vec::new(), Vec::new()];
+            // A range that starts inside the first map, as later blocks do.
+            tiling.input_transform_on(&x, (h, w), cin, 3..tiles, &mut fast, true);
+            tiling.input_transform_on(&x, (h, w), cin, 3..tiles, &mut portable, false);
+            let bits = |v: &[f32]| v.iter().map(|v| v.to_bits()).collect::<Vec<_>>();
+            assert_eq!(bits(&fast), bits(&portable), "F({})", tiling.m);
         }
     }
 
