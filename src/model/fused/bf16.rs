@@ -323,6 +323,13 @@ fn convert(
         const GROUP: usize = 16;
         let group = |(g, rows): (usize, &mut [u32])| {
             let r0 = g * GROUP;
+            if rs == 1 {
+                // SAFETY: available() holds (the packed right-hand side checked it); the
+                // group's rows of lhs hold k values each (the caller's bounds) and `rows`
+                // holds their `pairs` words each.
+                unsafe { convert_columns(&lhs[r0..], cs, k, rows, pairs) };
+                return;
+            }
             if k % 2 == 1 {
                 rows.chunks_exact_mut(pairs).for_each(|row| row[k / 2] = 0);
             }
@@ -344,6 +351,54 @@ fn convert(
             rows.chunks_mut(GROUP * pairs).enumerate().for_each(group);
         }
     }
+}
+
+/// Up to 16 rows of a column-major `lhs` (element (j, i) at `lhs[j + i * cs]`, `k` columns)
+/// into `rows`, `pairs` words each: each k-pair of the 16 rows converted and interleaved in
+/// registers, then scattered to the rows.
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx512f,avx512bw,avx512bf16")]
+unsafe fn convert_columns(lhs: &[f32], cs: usize, k: usize, rows: &mut [u32], pairs: usize) {
+    use std::arch::x86_64::*;
+    let count = rows.len() / pairs;
+    assert!(count <= 16 && rows.len() == count * pairs && k.div_ceil(2) == pairs);
+    assert!((k - 1) * cs + count <= lhs.len(), "lhs holds the rows");
+    let mask = (u32::MAX >> (32 - count)) as __mmask16;
+    // As in `interleave`: element 2j is lo[j], 2j + 1 is hi[j].
+    let index = _mm512_set_epi16(
+        31, 15, 30, 14, 29, 13, 28, 12, 27, 11, 26, 10, 25, 9, 24, 8, 23, 7, 22, 6, 21, 5, 20, 4,
+        19, 3, 18, 2, 17, 1, 16, 0,
+    );
+    // Word j of a pair goes to row j: `j * pairs` words on.
+    let offsets = _mm512_mullo_epi32(
+        _mm512_set_epi32(15, 14, 13, 12, 11, 10, 9, 8, 7, 6, 5, 4, 3, 2, 1, 0),
+        _mm512_set1_epi32(pairs as i32),
+    );
+    for p in 0..pairs {
+        // SAFETY: the masked lanes are the `count` rows of columns 2p and 2p + 1 (< k), in
+        // lhs (asserted); the scattered words are word p of each of the `count` rows.
+        unsafe {
+            let lo = _mm512_maskz_loadu_ps(mask, lhs.as_ptr().add(2 * p * cs));
+            let hi = if 2 * p + 1 < k {
+                _mm512_maskz_loadu_ps(mask, lhs.as_ptr().add((2 * p + 1) * cs))
+            } else {
+                _mm512_setzero_ps()
+            };
+            let both: __m512i = std::mem::transmute(_mm512_cvtne2ps_pbh(hi, lo));
+            let words = _mm512_permutexvar_epi16(index, both);
+            _mm512_mask_i32scatter_epi32::<4>(
+                rows.as_mut_ptr().add(p).cast(),
+                mask,
+                offsets,
+                words,
+            );
+        }
+    }
+}
+
+#[cfg(not(target_arch = "x86_64"))]
+unsafe fn convert_columns(_: &[f32], _: usize, _: usize, _: &mut [u32], _: usize) {
+    unreachable!("available() is false off x86_64")
 }
 
 /// One contiguous row of `k` values into `pairs` words (the last one zero-padded).

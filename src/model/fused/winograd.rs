@@ -152,31 +152,41 @@ unsafe fn tile_transform_avx512<const A: usize>(
     use std::arch::x86_64::*;
     assert!(bt.len() == A * A && d.len() >= A * A && d.iter().all(|d| d.len() >= cin));
     assert!(out.len() >= (A * A - 1) * stride + cin);
-    let term = |sum: __m512, w: f32, x: __m512| {
+    // Plain loops and a function with the same target features, not closures: a closure is
+    // compiled without them and called for every term.
+    #[inline]
+    #[target_feature(enable = "avx512f")]
+    fn term(sum: __m512, w: f32, x: __m512) -> __m512 {
         if w == 0.0 {
             sum
         } else {
             _mm512_add_ps(sum, _mm512_mul_ps(_mm512_set1_ps(w), x))
         }
-    };
+    }
     for c in (0..cin).step_by(16) {
         let mask = (u32::MAX >> (32 - (cin - c).min(16))) as __mmask16;
         // rows[k][j] = (d B)[k][j] = sum over l of d[k][l] bt[j][l].
         let mut rows = [[_mm512_setzero_ps(); A]; A];
         for (k, row) in rows.iter_mut().enumerate() {
-            // SAFETY: the masked lanes are below cin, within every pixel (asserted).
-            let x: [__m512; A] = std::array::from_fn(|l| unsafe {
-                _mm512_maskz_loadu_ps(mask, d[k * A + l][c..].as_ptr())
-            });
+            let mut x = [_mm512_setzero_ps(); A];
+            for (l, x) in x.iter_mut().enumerate() {
+                // SAFETY: the masked lanes are below cin, within every pixel (asserted).
+                *x = unsafe { _mm512_maskz_loadu_ps(mask, d[k * A + l][c..].as_ptr()) };
+            }
             for (j, r) in row.iter_mut().enumerate() {
-                *r = (0..A).fold(_mm512_setzero_ps(), |s, l| term(s, bt[j * A + l], x[l]));
+                let mut sum = _mm512_setzero_ps();
+                for (l, x) in x.iter().enumerate() {
+                    sum = term(sum, bt[j * A + l], *x);
+                }
+                *r = sum;
             }
         }
         for i in 0..A {
             for j in 0..A {
-                let v = (0..A).fold(_mm512_setzero_ps(), |s, k| {
-                    term(s, bt[i * A + k], rows[k][j])
-                });
+                let mut v = _mm512_setzero_ps();
+                for (k, row) in rows.iter().enumerate() {
+                    v = term(v, bt[i * A + k], row[j]);
+                }
                 // SAFETY: within out (asserted), the masked lanes below cin.
                 unsafe {
                     _mm512_mask_storeu_ps(out[(i * A + j) * stride + c..].as_mut_ptr(), mask, v)
