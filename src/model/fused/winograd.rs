@@ -123,8 +123,13 @@ fn prefetch(data: &[f32]) {
     }
 }
 
-/// Whether this CPU runs the AVX-512 transforms (std caches the check).
+/// Whether this CPU runs the AVX-512 transforms (std caches the check), unless a test asks
+/// for the portable path.
 fn avx512() -> bool {
+    #[cfg(test)]
+    if tests::PORTABLE.get() {
+        return false;
+    }
     #[cfg(target_arch = "x86_64")]
     {
         std::arch::is_x86_feature_detected!("avx512f")
@@ -135,23 +140,25 @@ fn avx512() -> bool {
     }
 }
 
-/// The input transform `B^T d B` of one tile, 16 channels at a time in registers:
-/// `d[k * A + l]` is the tile's pixel (k, l), and point (i, j) goes to
-/// `out[(i * A + j) * stride..][..cin]`. The same operations in the same order as
-/// [`combine`]'s (each product rounded, then added), so the same bits as the portable path;
-/// it reads and writes each value once where `combine` passes over memory once per term.
+/// `C d C^T` of one tile, 16 channels at a time in registers: `d[k * I + l]` is the tile's
+/// value (k, l), `c` is `O x I`, and value (i, j) of the result goes to
+/// `out[(i * O + j) * stride..][..n]`. Every transform is one of these: the input's
+/// (`C = B^T`), the output's (`C = A^T`) and the output gradient's (`C = A`). The same
+/// operations in the same order as [`combine`]'s two passes (each product rounded, then
+/// added), so the same bits as the portable path; it reads and writes each value once where
+/// `combine` passes over memory once per term.
 #[cfg(target_arch = "x86_64")]
 #[target_feature(enable = "avx512f")]
-unsafe fn tile_transform_avx512<const A: usize>(
-    bt: &[f32],
+unsafe fn tile_transform_avx512<const I: usize, const O: usize>(
+    c: &[f32],
     d: &[&[f32]],
-    cin: usize,
+    n: usize,
     out: &mut [f32],
     stride: usize,
 ) {
     use std::arch::x86_64::*;
-    assert!(bt.len() == A * A && d.len() >= A * A && d.iter().all(|d| d.len() >= cin));
-    assert!(out.len() >= (A * A - 1) * stride + cin);
+    assert!(c.len() == O * I && d.len() >= I * I && d[..I * I].iter().all(|d| d.len() >= n));
+    assert!(out.len() >= (O * O - 1) * stride + n);
     // Plain loops and a function with the same target features, not closures: a closure is
     // compiled without them and called for every term.
     #[inline]
@@ -163,37 +170,76 @@ unsafe fn tile_transform_avx512<const A: usize>(
             _mm512_add_ps(sum, _mm512_mul_ps(_mm512_set1_ps(w), x))
         }
     }
-    for c in (0..cin).step_by(16) {
-        let mask = (u32::MAX >> (32 - (cin - c).min(16))) as __mmask16;
-        // rows[k][j] = (d B)[k][j] = sum over l of d[k][l] bt[j][l].
-        let mut rows = [[_mm512_setzero_ps(); A]; A];
+    for ch in (0..n).step_by(16) {
+        let mask = (u32::MAX >> (32 - (n - ch).min(16))) as __mmask16;
+        // rows[k][j] = (d C^T)[k][j] = sum over l of d[k][l] c[j][l].
+        let mut rows = [[_mm512_setzero_ps(); O]; I];
         for (k, row) in rows.iter_mut().enumerate() {
-            let mut x = [_mm512_setzero_ps(); A];
+            let mut x = [_mm512_setzero_ps(); I];
             for (l, x) in x.iter_mut().enumerate() {
-                // SAFETY: the masked lanes are below cin, within every pixel (asserted).
-                *x = unsafe { _mm512_maskz_loadu_ps(mask, d[k * A + l][c..].as_ptr()) };
+                // SAFETY: the masked lanes are below n, within every value (asserted).
+                *x = unsafe { _mm512_maskz_loadu_ps(mask, d[k * I + l][ch..].as_ptr()) };
             }
             for (j, r) in row.iter_mut().enumerate() {
                 let mut sum = _mm512_setzero_ps();
                 for (l, x) in x.iter().enumerate() {
-                    sum = term(sum, bt[j * A + l], *x);
+                    sum = term(sum, c[j * I + l], *x);
                 }
                 *r = sum;
             }
         }
-        for i in 0..A {
-            for j in 0..A {
+        for i in 0..O {
+            for j in 0..O {
                 let mut v = _mm512_setzero_ps();
                 for (k, row) in rows.iter().enumerate() {
-                    v = term(v, bt[i * A + k], row[j]);
+                    v = term(v, c[i * I + k], row[j]);
                 }
-                // SAFETY: within out (asserted), the masked lanes below cin.
+                // SAFETY: within out (asserted), the masked lanes below n.
                 unsafe {
-                    _mm512_mask_storeu_ps(out[(i * A + j) * stride + c..].as_mut_ptr(), mask, v)
+                    _mm512_mask_storeu_ps(out[(i * O + j) * stride + ch..].as_mut_ptr(), mask, v)
                 };
             }
         }
     }
+}
+
+/// [`tile_transform_avx512`] for the `O x I` coefficients of one of the two tilings.
+///
+/// # Safety
+/// The CPU has AVX-512F.
+#[cfg(target_arch = "x86_64")]
+unsafe fn tile_transform(
+    c: &[f32],
+    (o, i): (usize, usize),
+    d: &[&[f32]],
+    n: usize,
+    out: &mut [f32],
+    stride: usize,
+) {
+    // SAFETY: the caller's promise; the function asserts its bounds.
+    unsafe {
+        match (o, i) {
+            (4, 4) => tile_transform_avx512::<4, 4>(c, d, n, out, stride),
+            (6, 6) => tile_transform_avx512::<6, 6>(c, d, n, out, stride),
+            (2, 4) => tile_transform_avx512::<4, 2>(c, d, n, out, stride),
+            (4, 6) => tile_transform_avx512::<6, 4>(c, d, n, out, stride),
+            (4, 2) => tile_transform_avx512::<2, 4>(c, d, n, out, stride),
+            (6, 4) => tile_transform_avx512::<4, 6>(c, d, n, out, stride),
+            _ => unreachable!("F(2x2) and F(4x4) only"),
+        }
+    }
+}
+
+#[cfg(not(target_arch = "x86_64"))]
+unsafe fn tile_transform(
+    _: &[f32],
+    _: (usize, usize),
+    _: &[&[f32]],
+    _: usize,
+    _: &mut [f32],
+    _: usize,
+) {
+    unreachable!("avx512() is false off x86_64")
 }
 
 /// Image, tile row and tile column of tile `t`, tiles numbered image by image, row by row in
@@ -261,19 +307,6 @@ impl Tiling {
         tiles: std::ops::Range<usize>,
         v: &mut Vec<f32>,
     ) {
-        self.input_transform_on(x, (h, w), cin, tiles, v, avx512());
-    }
-
-    /// [`Tiling::input_transform`] on the AVX-512 path or the portable one.
-    fn input_transform_on(
-        &self,
-        x: &[f32],
-        (h, w): (usize, usize),
-        cin: usize,
-        tiles: std::ops::Range<usize>,
-        v: &mut Vec<f32>,
-        avx512: bool,
-    ) {
         let (m_, a) = (self.m, self.a());
         let points = a * a;
         let (th, tw, _) = self.tiles(1, (h, w));
@@ -282,6 +315,7 @@ impl Tiling {
         // Every element of v is written below: resizing only grows it.
         v.resize(points * count * cin, 0.0);
         let mut rows = vec![0.0; points * cin];
+        let avx512 = avx512();
         // The pixel (k, l) of tile (image, ty, tx): zeros outside the map.
         let pixel_of = |(image, ty, tx): (usize, usize, usize), k: usize, l: usize| -> &[f32] {
             let (iy, ix) = ((m_ * ty + k).wrapping_sub(1), (m_ * tx + l).wrapping_sub(1));
@@ -300,20 +334,14 @@ impl Tiling {
             let at = tile_at(t, (th, tw));
             let pixel = |k: usize, l: usize| pixel_of(at, k, l);
             if avx512 {
-                assert!(self::avx512(), "this CPU has AVX-512F");
                 let mut d = [&zeros[..]; 36];
                 for (p, d) in d.iter_mut().take(points).enumerate() {
                     *d = pixel(p / a, p % a);
                 }
                 let out = &mut v[tile * cin..];
-                // SAFETY: the CPU has AVX-512F (asserted above); the function asserts the
+                // SAFETY: the CPU has AVX-512F (checked above); the function asserts the
                 // bounds of its reads and writes.
-                unsafe {
-                    match a {
-                        4 => tile_transform_avx512::<4>(self.bt, &d, cin, out, count * cin),
-                        _ => tile_transform_avx512::<6>(self.bt, &d, cin, out, count * cin),
-                    }
-                }
+                unsafe { tile_transform(self.bt, (a, a), &d, cin, out, count * cin) };
                 continue;
             }
             // Columns first: rows[k][j] = (d B)[k][j].
@@ -366,7 +394,8 @@ impl Tiling {
         );
         let block = self.block_tiles(cin, cout);
         let mut s = vec![0.0; a * m_ * cout];
-        let mut y = vec![0.0; cout];
+        let mut y = vec![0.0; m_ * m_ * cout];
+        let avx512 = avx512();
         for first in (0..tiles).step_by(block) {
             let count = block.min(tiles - first);
             let v = &mut scratch.input;
@@ -406,40 +435,50 @@ impl Tiling {
             for (tile, t) in (first..first + count).enumerate() {
                 let (image, ty, tx) = tile_at(t, (th, tw));
                 let at = |i: usize, j: usize| &m[((i * a + j) * count + tile) * cout..][..cout];
-                // s[i][b] = (M A)[i][b].
-                for i in 0..a {
-                    for b in 0..m_ {
-                        combine(
-                            &mut s[(i * m_ + b) * cout..][..cout],
-                            &self.at[b * a..][..a],
-                            |j| at(i, j),
-                        );
+                if avx512 {
+                    let mut d = [&[][..]; 36];
+                    for (p, d) in d.iter_mut().take(points).enumerate() {
+                        *d = at(p / a, p % a);
                     }
-                }
-                for r in 0..m_ {
-                    let oy = m_ * ty + r;
-                    for b in 0..m_ {
-                        let ox = m_ * tx + b;
-                        if oy >= h || ox >= w {
-                            continue;
+                    // SAFETY: the CPU has AVX-512F (checked above); the function asserts the
+                    // bounds of its reads and writes.
+                    unsafe { tile_transform(self.at, (m_, a), &d, cout, &mut y, cout) };
+                } else {
+                    // s[i][b] = (M A)[i][b], then y[r][b] = (A^T s)[r][b].
+                    for i in 0..a {
+                        for b in 0..m_ {
+                            combine(
+                                &mut s[(i * m_ + b) * cout..][..cout],
+                                &self.at[b * a..][..a],
+                                |j| at(i, j),
+                            );
                         }
-                        combine(&mut y, &self.at[r * a..][..a], |i| {
+                    }
+                    for (rb, y) in y.chunks_exact_mut(cout).enumerate() {
+                        let (r, b) = (rb / m_, rb % m_);
+                        combine(y, &self.at[r * a..][..a], |i| {
                             &s[(i * m_ + b) * cout..][..cout]
                         });
-                        let at = ((image * h + oy) * w + ox) * cout;
-                        let dst = &mut out[at..at + cout];
+                    }
+                }
+                for (rb, y) in y.chunks_exact(cout).enumerate() {
+                    let (oy, ox) = (m_ * ty + rb / m_, m_ * tx + rb % m_);
+                    if oy >= h || ox >= w {
+                        continue;
+                    }
+                    let at = ((image * h + oy) * w + ox) * cout;
+                    let dst = &mut out[at..at + cout];
+                    dst.iter_mut()
+                        .zip(y)
+                        .zip(epilogue.bias)
+                        .for_each(|((d, y), b)| *d = y + b);
+                    if let Some(r) = epilogue.residual {
                         dst.iter_mut()
-                            .zip(&y)
-                            .zip(epilogue.bias)
-                            .for_each(|((d, y), b)| *d = y + b);
-                        if let Some(r) = epilogue.residual {
-                            dst.iter_mut()
-                                .zip(&r[at..at + cout])
-                                .for_each(|(d, r)| *d += r);
-                        }
-                        if epilogue.relu {
-                            dst.iter_mut().for_each(|d| *d = d.max(0.0));
-                        }
+                            .zip(&r[at..at + cout])
+                            .for_each(|(d, r)| *d += r);
+                    }
+                    if epilogue.relu {
+                        dst.iter_mut().for_each(|d| *d = d.max(0.0));
                     }
                 }
             }
@@ -481,17 +520,43 @@ impl Tiling {
         let a_rows: Vec<Vec<f32>> = (0..a).map(|j| column(self.at, a, j)).collect();
         let zeros = vec![0.0; cout];
         let mut s = vec![0.0; m_ * a * cout];
+        let avx512 = avx512();
+        let a_matrix: Vec<f32> = a_rows.concat();
+        // The output gradient's pixel (r, b) of tile (image, ty, tx): zeros outside the map.
+        let pixel_of = |(image, ty, tx): (usize, usize, usize), r: usize, b: usize| -> &[f32] {
+            let (oy, ox) = (m_ * ty + r, m_ * tx + b);
+            if oy < h && ox < w {
+                &dy[((image * h + oy) * w + ox) * cout..][..cout]
+            } else {
+                &zeros
+            }
+        };
         for tile in 0..tiles {
-            let (image, ty, tx) = tile_at(tile, (th, tw));
-            let dy = &dy[image * h * w * cout..][..h * w * cout];
-            let pixel = |r: usize, b: usize| -> &[f32] {
-                let (oy, ox) = (m_ * ty + r, m_ * tx + b);
-                if oy < h && ox < w {
-                    &dy[(oy * w + ox) * cout..][..cout]
-                } else {
-                    &zeros
+            if tile + PREFETCH_TILES < tiles {
+                let ahead = tile_at(tile + PREFETCH_TILES, (th, tw));
+                (0..m_ * m_).for_each(|p| prefetch(pixel_of(ahead, p / m_, p % m_)));
+            }
+            let at = tile_at(tile, (th, tw));
+            let pixel = |r: usize, b: usize| pixel_of(at, r, b);
+            if avx512 {
+                let mut d = [&zeros[..]; 16];
+                for (p, d) in d.iter_mut().take(m_ * m_).enumerate() {
+                    *d = pixel(p / m_, p % m_);
                 }
-            };
+                // SAFETY: the CPU has AVX-512F (checked above); the function asserts the
+                // bounds of its reads and writes.
+                unsafe {
+                    tile_transform(
+                        &a_matrix,
+                        (a, m_),
+                        &d,
+                        cout,
+                        &mut dm[tile * cout..],
+                        tiles * cout,
+                    )
+                };
+                continue;
+            }
             // s[r][j] = (dY A^T)[r][j].
             for r in 0..m_ {
                 for (j, a_row) in a_rows.iter().enumerate() {
@@ -638,8 +703,13 @@ mod tests {
         }
     }
 
+    thread_local! {
+        /// Set by a test to run the portable transforms on a CPU with AVX-512.
+        pub static PORTABLE: std::cell::Cell<bool> = const { std::cell::Cell::new(false) };
+    }
+
     #[test]
-    fn the_avx512_input_transform_gives_the_portable_bits() {
+    fn the_avx512_transforms_give_the_portable_bits() {
         if !avx512() {
             eprintln!("skipped: this CPU has no AVX-512F");
             return;
@@ -649,17 +719,57 @@ mod tests {
             state = state.wrapping_mul(1_664_525).wrapping_add(1_013_904_223);
             (state >> 8) as f32 / (1 << 23) as f32 - 1.0
         };
-        // 19 channels: a whole vector and a masked one; a map no multiple of either tile.
-        let (cin, h, w, images) = (19, 9, 7, 2);
+        // 19 and 21 channels: whole vectors and masked ones; maps no multiple of either tile,
+        // in several blocks of tiles.
+        let (cin, cout, h, w, images) = (19, 21, 41, 39, 2);
         let x: Vec<f32> = (0..images * h * w * cin).map(|_| next()).collect();
+        let dy: Vec<f32> = (0..images * h * w * cout).map(|_| next()).collect();
+        let weight: Vec<f32> = (0..9 * cin * cout).map(|_| next()).collect();
+        let bias: Vec<f32> = (0..cout).map(|_| next()).collect();
+        let bits = |v: &[f32]| v.iter().map(|v| v.to_bits()).collect::<Vec<_>>();
         for tiling in [&F2, &F4] {
             let (.., tiles) = tiling.tiles(images, (h, w));
-            let [mut fast, mut portable] = [Vec::new(), Vec::new()];
-            // A range that starts inside the first map, as later blocks do.
-            tiling.input_transform_on(&x, (h, w), cin, 3..tiles, &mut fast, true);
-            tiling.input_transform_on(&x, (h, w), cin, 3..tiles, &mut portable, false);
-            let bits = |v: &[f32]| v.iter().map(|v| v.to_bits()).collect::<Vec<_>>();
-            assert_eq!(bits(&fast), bits(&portable), "F({})", tiling.m);
+            assert!(tiles > tiling.block_tiles(cin, cout), "several blocks");
+            let mut u = Weights::new(crate::model::Precision::Fp32);
+            u.set(((tiling.m + 2).pow(2), cin, cout), |u| {
+                tiling.weights(&weight, cin, cout, u)
+            });
+            let run = |portable: bool| {
+                PORTABLE.set(portable);
+                let mut out = vec![0.0; images * h * w * cout];
+                let epilogue = Epilogue {
+                    bias: &bias,
+                    residual: None,
+                    relu: true,
+                };
+                let mut scratch = Scratch::default();
+                tiling.conv(
+                    &x,
+                    images,
+                    (h, w),
+                    cin,
+                    cout,
+                    &u,
+                    epilogue,
+                    &mut out,
+                    &mut scratch,
+                    Parallelism::None,
+                );
+                let mut dw = vec![0.0; 9 * cin * cout];
+                tiling.weight_gradient(
+                    &x,
+                    &dy,
+                    images,
+                    (h, w),
+                    (cin, cout),
+                    &mut dw,
+                    false,
+                    &mut scratch,
+                );
+                PORTABLE.set(false);
+                (bits(&out), bits(&dw))
+            };
+            assert!(run(false) == run(true), "F({})", tiling.m);
         }
     }
 
