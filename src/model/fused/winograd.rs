@@ -641,13 +641,9 @@ mod tests {
 
     #[test]
     fn both_tilings_compute_the_convolution_at_any_size() {
-        // Deterministic values in [-1, 1); sizes that are not multiples of either tile; two
-        // images through the same products; the last case in several blocks of tiles.
-        let mut state = 1u32;
-        let mut next = move || {
-            state = state.wrapping_mul(1_664_525).wrapping_add(1_013_904_223);
-            (state >> 8) as f32 / (1 << 23) as f32 - 1.0
-        };
+        // Sizes that are not multiples of either tile; two images through the same products;
+        // the last case in several blocks of tiles.
+        let mut next = values(1);
         let images = 2;
         for (cin, cout, h, w) in [(3, 5, 7, 5), (3, 5, 1, 1), (3, 5, 9, 10), (32, 24, 30, 29)] {
             let x: Vec<f32> = (0..images * h * w * cin).map(|_| next()).collect();
@@ -703,6 +699,15 @@ mod tests {
         }
     }
 
+    /// Deterministic values in [-1, 1) from `seed`.
+    fn values(seed: u32) -> impl FnMut() -> f32 {
+        let mut state = seed;
+        move || {
+            state = state.wrapping_mul(1_664_525).wrapping_add(1_013_904_223);
+            (state >> 8) as f32 / (1 << 23) as f32 - 1.0
+        }
+    }
+
     thread_local! {
         /// Set by a test to run the portable transforms on a CPU with AVX-512.
         pub static PORTABLE: std::cell::Cell<bool> = const { std::cell::Cell::new(false) };
@@ -714,11 +719,7 @@ mod tests {
             eprintln!("skipped: this CPU has no AVX-512F");
             return;
         }
-        let mut state = 3u32;
-        let mut next = move || {
-            state = state.wrapping_mul(1_664_525).wrapping_add(1_013_904_223);
-            (state >> 8) as f32 / (1 << 23) as f32 - 1.0
-        };
+        let mut next = values(3);
         // 19 and 21 channels: whole vectors and masked ones; maps no multiple of either tile,
         // in several blocks of tiles.
         let (cin, cout, h, w, images) = (19, 21, 41, 39, 2);
@@ -775,11 +776,7 @@ mod tests {
 
     #[test]
     fn both_tilings_compute_the_weight_gradient_at_any_size() {
-        let mut state = 7u32;
-        let mut next = move || {
-            state = state.wrapping_mul(1_664_525).wrapping_add(1_013_904_223);
-            (state >> 8) as f32 / (1 << 23) as f32 - 1.0
-        };
+        let mut next = values(7);
         let (cin, cout, images) = (3, 5, 2);
         for (h, w) in [(7, 5), (1, 1), (9, 10)] {
             let x: Vec<f32> = (0..images * h * w * cin).map(|_| next()).collect();
