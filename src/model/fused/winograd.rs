@@ -314,8 +314,13 @@ impl Tiling {
         let count = tiles.len();
         // Every element of v is written below: resizing only grows it.
         v.resize(points * count * cin, 0.0);
-        let mut rows = vec![0.0; points * cin];
         let avx512 = avx512();
+        // The portable path's (d B); the AVX-512 path keeps it in registers (this runs per block).
+        let mut rows = if avx512 {
+            Vec::new()
+        } else {
+            vec![0.0; points * cin]
+        };
         // The pixel (k, l) of tile (image, ty, tx): zeros outside the map.
         let pixel_of = |(image, ty, tx): (usize, usize, usize), k: usize, l: usize| -> &[f32] {
             let (iy, ix) = ((m_ * ty + k).wrapping_sub(1), (m_ * tx + l).wrapping_sub(1));
