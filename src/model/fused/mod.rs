@@ -275,20 +275,20 @@ fn im2col(
             if !(inside(oy, h) && inside(ox, w)) {
                 dst.fill(0.0);
             }
+            // The window's columns inside the image, `kx0..kx1`: one run of pixels per row,
+            // copied at once (the stem's pixels are 3 values: copied one by one, im2col and
+            // its copies were 13% of a bf16 inference pass).
+            let kx0 = pad.saturating_sub(ox * stride).min(k);
+            let kx1 = (w + pad).saturating_sub(ox * stride).clamp(kx0, k);
+            let run = (kx1 - kx0) * c;
             for ky in 0..k {
                 let iy = (oy * stride + ky).wrapping_sub(pad);
-                if iy >= h {
+                if iy >= h || run == 0 {
                     continue;
                 }
-                for kx in 0..k {
-                    let ix = (ox * stride + kx).wrapping_sub(pad);
-                    if ix >= w {
-                        continue;
-                    }
-                    let src = (iy * w + ix) * c;
-                    let at = (ky * k + kx) * c;
-                    dst[at..at + c].copy_from_slice(&x[src..src + c]);
-                }
+                let src = (iy * w + ox * stride + kx0 - pad) * c;
+                let at = (ky * k + kx0) * c;
+                dst[at..at + run].copy_from_slice(&x[src..src + run]);
             }
         }
     }
