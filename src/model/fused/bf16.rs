@@ -14,8 +14,9 @@ use gemm::Parallelism;
 use rayon::prelude::*;
 
 /// Rows and columns of the micro-tile: 12 x 32 keeps 24 accumulators in registers, enough to
-/// cover `vdpbf16ps`'s latency.
-const MR: usize = 12;
+/// cover `vdpbf16ps`'s latency. A left-hand side given as bf16 rows ([`matmul_rows`]) has whole
+/// micro-tiles of rows.
+pub const MR: usize = 12;
 const NR: usize = 32;
 /// k-pairs per block: a 32-column panel of 256 pairs is 32 KiB, an L1's worth.
 const KP: usize = 256;
@@ -160,30 +161,59 @@ pub fn matmul(
         (rhs.k, rhs.n),
         "the packed right-hand side is k x n"
     );
-    if m == 0 || n == 0 {
-        return;
-    }
-    assert!(
-        (m - 1) * drs + n <= dst.len() && n <= drs,
-        "dst holds m x n"
-    );
-    if k == 0 {
-        if !accumulate {
-            dst.chunks_mut(drs).take(m).for_each(|r| r[..n].fill(0.0));
-        }
-        return;
+    if m == 0 || n == 0 || k == 0 {
+        return matmul_rows(m, dst, drs, accumulate, &[], rhs, parallelism);
     }
     assert!((m - 1) * lrs + (k - 1) * lcs < lhs.len(), "lhs holds m x k");
-    let pairs = k.div_ceil(2);
     // Taken out of the thread's slot while in use: a thread that waits for parallel work may
     // run another product meanwhile, which then gets a buffer of its own.
     let mut a = LHS.take();
-    // Whole micro-tiles per task, a few tasks per thread.
-    let tasks = match parallelism {
+    convert(m, k, lhs, (lrs, lcs), &mut a, tasks(m, parallelism) > 1);
+    matmul_rows(m, dst, drs, accumulate, &a, rhs, parallelism);
+    LHS.set(a);
+}
+
+/// Whole micro-tiles per task, a few tasks per thread.
+fn tasks(m: usize, parallelism: Parallelism) -> usize {
+    match parallelism {
         Parallelism::Rayon(t) if t > 1 => (m.div_ceil(MR)).min(4 * t),
         _ => 1,
-    };
-    convert(m, k, lhs, (lrs, lcs), &mut a, tasks > 1);
+    }
+}
+
+/// As [`matmul`], from a left-hand side already in bf16 rows: `a` holds `m` rounded up to
+/// whole micro-tiles ([`MR`]) rows of `k.div_ceil(2)` words, row r's k-pair p in word
+/// `r * pairs + p` (the rows past `m` are read, whatever they hold, and their sums dropped).
+pub fn matmul_rows(
+    m: usize,
+    dst: &mut [f32],
+    drs: usize,
+    accumulate: bool,
+    a: &[u32],
+    rhs: &Packed,
+    parallelism: Parallelism,
+) {
+    let pairs = rhs.k.div_ceil(2);
+    if m == 0 || rhs.n == 0 {
+        return;
+    }
+    assert!(
+        (m - 1) * drs + rhs.n <= dst.len() && rhs.n <= drs,
+        "dst holds m x n"
+    );
+    if pairs == 0 {
+        if !accumulate {
+            dst.chunks_mut(drs)
+                .take(m)
+                .for_each(|r| r[..rhs.n].fill(0.0));
+        }
+        return;
+    }
+    assert!(
+        a.len() >= m.next_multiple_of(MR) * pairs,
+        "a holds whole micro-tiles of rows"
+    );
+    let tasks = tasks(m, parallelism);
     let rows = m.div_ceil(tasks).div_ceil(MR) * MR;
     let run = |(task, dst): (usize, &mut [f32])| {
         let r0 = task * rows;
@@ -196,7 +226,6 @@ pub fn matmul(
     } else {
         dst.par_chunks_mut(rows * drs).enumerate().for_each(run);
     }
-    LHS.set(a);
 }
 
 /// The product for `m` rows of converted `a` (padded to whole micro-tiles) into `dst`.

@@ -59,6 +59,8 @@ struct FoldedConv {
 #[derive(Default)]
 struct Scratch {
     input: Vec<f32>,
+    /// Winograd's transformed input as bf16 rows.
+    words: Vec<u32>,
     product: Vec<f32>,
     gradient: Vec<f32>,
 }

@@ -129,6 +129,10 @@ impl Weights {
         }
     }
 
+    pub fn precision(&self) -> Precision {
+        self.precision
+    }
+
     /// The f32 values, `[count][k][n]`.
     pub fn values(&self) -> &[f32] {
         &self.values

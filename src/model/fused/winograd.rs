@@ -11,6 +11,7 @@
 use gemm::Parallelism;
 use rayon::prelude::*;
 
+use super::bf16;
 use super::product::{Rhs, Weights, matmul};
 use super::{Epilogue, Scratch};
 use crate::model::Precision;
@@ -140,6 +141,76 @@ fn avx512() -> bool {
     }
 }
 
+/// Where a transform's values go: f32 values, or the bf16 kernel's rows (two bf16 values a
+/// word, rounded to nearest even as its operands are).
+enum Out<'a> {
+    F32(&'a mut [f32]),
+    Bf16(&'a mut [u32]),
+}
+
+/// Stores of [`tile_transform_body`], inlined into the function of each output type, which
+/// enables the instructions they need.
+#[cfg(target_arch = "x86_64")]
+trait Sink {
+    /// Values the destination holds.
+    fn len(&self) -> usize;
+    /// The masked lanes of `v` to values `at..`.
+    ///
+    /// # Safety
+    /// The lanes are within `len()`, and the CPU has the caller's features.
+    unsafe fn store(
+        &mut self,
+        at: usize,
+        mask: std::arch::x86_64::__mmask16,
+        v: std::arch::x86_64::__m512,
+    );
+}
+
+#[cfg(target_arch = "x86_64")]
+impl Sink for &mut [f32] {
+    fn len(&self) -> usize {
+        <[f32]>::len(self)
+    }
+
+    #[inline(always)]
+    unsafe fn store(
+        &mut self,
+        at: usize,
+        mask: std::arch::x86_64::__mmask16,
+        v: std::arch::x86_64::__m512,
+    ) {
+        // SAFETY: the caller's promise.
+        unsafe { std::arch::x86_64::_mm512_mask_storeu_ps(self.as_mut_ptr().add(at), mask, v) }
+    }
+}
+
+#[cfg(target_arch = "x86_64")]
+impl Sink for &mut [u32] {
+    /// bf16 values: two a word.
+    fn len(&self) -> usize {
+        2 * <[u32]>::len(self)
+    }
+
+    #[inline(always)]
+    unsafe fn store(
+        &mut self,
+        at: usize,
+        mask: std::arch::x86_64::__mmask16,
+        v: std::arch::x86_64::__m512,
+    ) {
+        use std::arch::x86_64::*;
+        // SAFETY: the caller's promise (AVX512_BF16, BW and VL among its features).
+        unsafe {
+            let h = _mm512_cvtneps_pbh(v);
+            _mm256_mask_storeu_epi16(
+                self.as_mut_ptr().cast::<u16>().add(at).cast(),
+                mask,
+                std::mem::transmute::<__m256bh, __m256i>(h),
+            )
+        }
+    }
+}
+
 /// `C d C^T` of one tile, 16 channels at a time in registers: `d[k * I + l]` is the tile's
 /// value (k, l), `c` is `O x I`, and value (i, j) of the result goes to
 /// `out[(i * O + j) * stride..][..n]`. Every transform is one of these: the input's
@@ -147,13 +218,17 @@ fn avx512() -> bool {
 /// operations in the same order as [`combine`]'s two passes (each product rounded, then
 /// added), so the same bits as the portable path; it reads and writes each value once where
 /// `combine` passes over memory once per term.
+///
+/// # Safety
+/// The CPU has AVX-512F and the features of `out`'s [`Sink::store`]; only called from the
+/// functions that enable them, into which it is inlined.
 #[cfg(target_arch = "x86_64")]
-#[target_feature(enable = "avx512f")]
-unsafe fn tile_transform_avx512<const I: usize, const O: usize>(
+#[inline(always)]
+unsafe fn tile_transform_body<const I: usize, const O: usize, S: Sink>(
     c: &[f32],
     d: &[&[f32]],
     n: usize,
-    out: &mut [f32],
+    mut out: S,
     stride: usize,
 ) {
     use std::arch::x86_64::*;
@@ -173,73 +248,122 @@ unsafe fn tile_transform_avx512<const I: usize, const O: usize>(
     for ch in (0..n).step_by(16) {
         let mask = (u32::MAX >> (32 - (n - ch).min(16))) as __mmask16;
         // rows[k][j] = (d C^T)[k][j] = sum over l of d[k][l] c[j][l].
-        let mut rows = [[_mm512_setzero_ps(); O]; I];
+        let mut rows = [[unsafe { _mm512_setzero_ps() }; O]; I];
         for (k, row) in rows.iter_mut().enumerate() {
-            let mut x = [_mm512_setzero_ps(); I];
+            let mut x = [unsafe { _mm512_setzero_ps() }; I];
             for (l, x) in x.iter_mut().enumerate() {
                 // SAFETY: the masked lanes are below n, within every value (asserted).
                 *x = unsafe { _mm512_maskz_loadu_ps(mask, d[k * I + l][ch..].as_ptr()) };
             }
             for (j, r) in row.iter_mut().enumerate() {
-                let mut sum = _mm512_setzero_ps();
+                let mut sum = unsafe { _mm512_setzero_ps() };
                 for (l, x) in x.iter().enumerate() {
-                    sum = term(sum, c[j * I + l], *x);
+                    // SAFETY: the caller's promise of AVX-512F.
+                    sum = unsafe { term(sum, c[j * I + l], *x) };
                 }
                 *r = sum;
             }
         }
         for i in 0..O {
             for j in 0..O {
-                let mut v = _mm512_setzero_ps();
+                let mut v = unsafe { _mm512_setzero_ps() };
                 for (k, row) in rows.iter().enumerate() {
-                    v = term(v, c[i * I + k], row[j]);
+                    // SAFETY: as above.
+                    v = unsafe { term(v, c[i * I + k], row[j]) };
                 }
-                // SAFETY: within out (asserted), the masked lanes below n.
-                unsafe {
-                    _mm512_mask_storeu_ps(out[(i * O + j) * stride + ch..].as_mut_ptr(), mask, v)
-                };
+                // SAFETY: within out (asserted), the masked lanes below n; the caller's
+                // features.
+                unsafe { out.store((i * O + j) * stride + ch, mask, v) };
             }
         }
     }
 }
 
-/// [`tile_transform_avx512`] for the `O x I` coefficients of one of the two tilings.
+/// [`tile_transform_body`] into f32 values.
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx512f")]
+unsafe fn tile_transform_f32<const I: usize, const O: usize>(
+    c: &[f32],
+    d: &[&[f32]],
+    n: usize,
+    out: &mut [f32],
+    stride: usize,
+) {
+    // SAFETY: this function enables what the stores need.
+    unsafe { tile_transform_body::<I, O, _>(c, d, n, out, stride) }
+}
+
+/// [`tile_transform_body`] into bf16 values.
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx512f,avx512bw,avx512vl,avx512bf16")]
+unsafe fn tile_transform_bf16<const I: usize, const O: usize>(
+    c: &[f32],
+    d: &[&[f32]],
+    n: usize,
+    out: &mut [u32],
+    stride: usize,
+) {
+    // SAFETY: this function enables what the stores need.
+    unsafe { tile_transform_body::<I, O, _>(c, d, n, out, stride) }
+}
+
+/// [`tile_transform_body`] for the `O x I` coefficients of one of the two tilings; `stride`
+/// and `n` count values of `out`'s type.
 ///
 /// # Safety
-/// The CPU has AVX-512F.
+/// The CPU has AVX-512F, and AVX512_BF16 (with BW and VL) for bf16 output.
 #[cfg(target_arch = "x86_64")]
 unsafe fn tile_transform(
     c: &[f32],
     (o, i): (usize, usize),
     d: &[&[f32]],
     n: usize,
-    out: &mut [f32],
+    out: Out,
     stride: usize,
 ) {
-    // SAFETY: the caller's promise; the function asserts its bounds.
+    /// # Safety
+    /// As [`tile_transform`]'s.
+    unsafe fn run<const I: usize, const O: usize>(
+        c: &[f32],
+        d: &[&[f32]],
+        n: usize,
+        out: Out,
+        stride: usize,
+    ) {
+        // SAFETY: the caller's promise; the functions assert their bounds.
+        unsafe {
+            match out {
+                Out::F32(out) => tile_transform_f32::<I, O>(c, d, n, out, stride),
+                Out::Bf16(out) => tile_transform_bf16::<I, O>(c, d, n, out, stride),
+            }
+        }
+    }
+    // SAFETY: the caller's promise.
     unsafe {
         match (o, i) {
-            (4, 4) => tile_transform_avx512::<4, 4>(c, d, n, out, stride),
-            (6, 6) => tile_transform_avx512::<6, 6>(c, d, n, out, stride),
-            (2, 4) => tile_transform_avx512::<4, 2>(c, d, n, out, stride),
-            (4, 6) => tile_transform_avx512::<6, 4>(c, d, n, out, stride),
-            (4, 2) => tile_transform_avx512::<2, 4>(c, d, n, out, stride),
-            (6, 4) => tile_transform_avx512::<4, 6>(c, d, n, out, stride),
+            (4, 4) => run::<4, 4>(c, d, n, out, stride),
+            (6, 6) => run::<6, 6>(c, d, n, out, stride),
+            (2, 4) => run::<4, 2>(c, d, n, out, stride),
+            (4, 6) => run::<6, 4>(c, d, n, out, stride),
+            (4, 2) => run::<2, 4>(c, d, n, out, stride),
+            (6, 4) => run::<4, 6>(c, d, n, out, stride),
             _ => unreachable!("F(2x2) and F(4x4) only"),
         }
     }
 }
 
 #[cfg(not(target_arch = "x86_64"))]
-unsafe fn tile_transform(
-    _: &[f32],
-    _: (usize, usize),
-    _: &[&[f32]],
-    _: usize,
-    _: &mut [f32],
-    _: usize,
-) {
+unsafe fn tile_transform(_: &[f32], _: (usize, usize), _: &[&[f32]], _: usize, _: Out, _: usize) {
     unreachable!("avx512() is false off x86_64")
+}
+
+/// Where [`Tiling::input_transform`] writes.
+enum Transformed<'a> {
+    /// `[point][tile][ci]`, f32.
+    F32(&'a mut Vec<f32>),
+    /// `[point][tile][ci]` as the bf16 kernel's rows ([`bf16::matmul_rows`]): each point's
+    /// tiles rounded up to whole micro-tiles, `ci` in pairs (an even count), on AVX-512 only.
+    Bf16(&'a mut Vec<u32>),
 }
 
 /// Image, tile row and tile column of tile `t`, tiles numbered image by image, row by row in
@@ -297,24 +421,39 @@ impl Tiling {
         });
     }
 
-    /// Input transform: `v[point][tile - tiles.start][ci]` = (B^T d B) of each of `tiles` of
-    /// the NHWC maps `x` (each `h x w x cin`), numbered as [`tile_at`] does.
+    /// Input transform: (B^T d B) of each of `tiles` of the NHWC maps `x` (each
+    /// `h x w x cin`), numbered as [`tile_at`] does, into `out` (see [`Transformed`]).
     fn input_transform(
         &self,
         x: &[f32],
         (h, w): (usize, usize),
         cin: usize,
         tiles: std::ops::Range<usize>,
-        v: &mut Vec<f32>,
+        mut out: Transformed,
     ) {
         let (m_, a) = (self.m, self.a());
         let points = a * a;
         let (th, tw, _) = self.tiles(1, (h, w));
         let zeros = vec![0.0; cin];
         let count = tiles.len();
-        // Every element of v is written below: resizing only grows it.
-        v.resize(points * count * cin, 0.0);
         let avx512 = avx512();
+        // Values from one point's matrix to the next. Every value of the tiles is written
+        // below (bf16's padding rows are read, but their sums dropped): resizing only grows.
+        let point_values = match &mut out {
+            Transformed::F32(v) => {
+                v.resize(points * count * cin, 0.0);
+                count * cin
+            }
+            Transformed::Bf16(words) => {
+                assert!(
+                    avx512 && cin.is_multiple_of(2),
+                    "bf16 rows of whole pairs, on AVX-512"
+                );
+                let rows = count.next_multiple_of(bf16::MR);
+                words.resize(points * rows * cin / 2, 0);
+                rows * cin
+            }
+        };
         // The portable path's (d B); the AVX-512 path keeps it in registers (this runs per block).
         let mut rows = if avx512 {
             Vec::new()
@@ -343,12 +482,18 @@ impl Tiling {
                 for (p, d) in d.iter_mut().take(points).enumerate() {
                     *d = pixel(p / a, p % a);
                 }
-                let out = &mut v[tile * cin..];
-                // SAFETY: the CPU has AVX-512F (checked above); the function asserts the
-                // bounds of its reads and writes.
-                unsafe { tile_transform(self.bt, (a, a), &d, cin, out, count * cin) };
+                let dst = match &mut out {
+                    Transformed::F32(v) => Out::F32(&mut v[tile * cin..]),
+                    Transformed::Bf16(words) => Out::Bf16(&mut words[tile * cin / 2..]),
+                };
+                // SAFETY: the CPU has AVX-512F (checked above), and AVX512_BF16 where the
+                // weights are bf16; the function asserts the bounds of its reads and writes.
+                unsafe { tile_transform(self.bt, (a, a), &d, cin, dst, point_values) };
                 continue;
             }
+            let Transformed::F32(v) = &mut out else {
+                unreachable!("bf16 rows only on the AVX-512 path (asserted)")
+            };
             // Columns first: rows[k][j] = (d B)[k][j].
             for k in 0..a {
                 for j in 0..a {
@@ -401,28 +546,46 @@ impl Tiling {
         let mut s = vec![0.0; a * m_ * cout];
         let mut y = vec![0.0; m_ * m_ * cout];
         let avx512 = avx512();
+        // bf16 products read the transformed input as the bf16 rows the transform writes, not
+        // converted from f32 in a pass of their own (the portable transforms keep that path).
+        let bf16_rows = weights.precision() == Precision::Bf16 && avx512 && cin.is_multiple_of(2);
         for first in (0..tiles).step_by(block) {
             let count = block.min(tiles - first);
-            let v = &mut scratch.input;
-            self.input_transform(x, (h, w), cin, first..first + count, v);
+            let range = first..first + count;
+            if bf16_rows {
+                let words = Transformed::Bf16(&mut scratch.words);
+                self.input_transform(x, (h, w), cin, range, words);
+            } else {
+                let v = Transformed::F32(&mut scratch.input);
+                self.input_transform(x, (h, w), cin, range, v);
+            }
+            let (v, words) = (&scratch.input, &scratch.words);
 
             // The products, M[point] = V[point] x U[point]. Every element of m is written
             // below: resizing only grows it.
             let m = &mut scratch.product;
             m.resize(points * count * cout, 0.0);
-            let product = |(point, dst): (usize, &mut [f32]), par: Parallelism| {
-                let lhs = &v[point * count * cin..][..count * cin];
-                matmul(
-                    (count, cout, cin),
-                    dst,
-                    cout,
-                    false,
-                    lhs,
-                    (cin, 1),
-                    weights.get(point),
-                    par,
-                )
-            };
+            let product =
+                |(point, dst): (usize, &mut [f32]), par: Parallelism| match weights.get(point) {
+                    Rhs::Bf16(packed) if bf16_rows => {
+                        let rows = count.next_multiple_of(bf16::MR) * cin / 2;
+                        let lhs = &words[point * rows..][..rows];
+                        bf16::matmul_rows(count, dst, cout, false, lhs, packed, par)
+                    }
+                    rhs => {
+                        let lhs = &v[point * count * cin..][..count * cin];
+                        matmul(
+                            (count, cout, cin),
+                            dst,
+                            cout,
+                            false,
+                            lhs,
+                            (cin, 1),
+                            rhs,
+                            par,
+                        )
+                    }
+                };
             let m = &mut m[..points * count * cout];
             match parallelism {
                 Parallelism::None => m
@@ -447,7 +610,7 @@ impl Tiling {
                     }
                     // SAFETY: the CPU has AVX-512F (checked above); the function asserts the
                     // bounds of its reads and writes.
-                    unsafe { tile_transform(self.at, (m_, a), &d, cout, &mut y, cout) };
+                    unsafe { tile_transform(self.at, (m_, a), &d, cout, Out::F32(&mut y), cout) };
                 } else {
                     // s[i][b] = (M A)[i][b], then y[r][b] = (A^T s)[r][b].
                     for i in 0..a {
@@ -512,8 +675,14 @@ impl Tiling {
         let (m_, a) = (self.m, self.a());
         let points = a * a;
         let (th, tw, tiles) = self.tiles(images, (h, w));
-        let v = &mut scratch.input;
-        self.input_transform(x, (h, w), cin, 0..tiles, v);
+        self.input_transform(
+            x,
+            (h, w),
+            cin,
+            0..tiles,
+            Transformed::F32(&mut scratch.input),
+        );
+        let v = &scratch.input;
 
         // dM[point][tile][co] = (A dY A^T) of each tile, dY zero outside the map.
         let dm = &mut scratch.product;
@@ -556,7 +725,7 @@ impl Tiling {
                         (a, m_),
                         &d,
                         cout,
-                        &mut dm[tile * cout..],
+                        Out::F32(&mut dm[tile * cout..]),
                         tiles * cout,
                     )
                 };
@@ -718,6 +887,9 @@ mod tests {
         pub static PORTABLE: std::cell::Cell<bool> = const { std::cell::Cell::new(false) };
     }
 
+    /// The AVX-512 transforms against the portable ones, bit for bit; in bf16 (where the CPU
+    /// has it) the AVX-512 input transform writes the bf16 kernel's rows itself, the portable
+    /// path's f32 values are converted by the product.
     #[test]
     fn the_avx512_transforms_give_the_portable_bits() {
         if !avx512() {
@@ -725,18 +897,24 @@ mod tests {
             return;
         }
         let mut next = values(3);
-        // 19 and 21 channels: whole vectors and masked ones; maps no multiple of either tile,
-        // in several blocks of tiles.
-        let (cin, cout, h, w, images) = (19, 21, 41, 39, 2);
+        // 20 and 21 channels: whole vectors and masked ones (bf16 rows take whole pairs); maps
+        // no multiple of either tile, in several blocks of tiles.
+        let (cin, cout, h, w, images) = (20, 21, 41, 39, 2);
         let x: Vec<f32> = (0..images * h * w * cin).map(|_| next()).collect();
         let dy: Vec<f32> = (0..images * h * w * cout).map(|_| next()).collect();
         let weight: Vec<f32> = (0..9 * cin * cout).map(|_| next()).collect();
         let bias: Vec<f32> = (0..cout).map(|_| next()).collect();
         let bits = |v: &[f32]| v.iter().map(|v| v.to_bits()).collect::<Vec<_>>();
-        for tiling in [&F2, &F4] {
+        let precisions = [Precision::Fp32]
+            .into_iter()
+            .chain(bf16::available().then_some(Precision::Bf16));
+        if !bf16::available() {
+            eprintln!("bf16 skipped: this CPU has no AVX512_BF16");
+        }
+        for (precision, tiling) in precisions.flat_map(|p| [(p, &F2), (p, &F4)]) {
             let (.., tiles) = tiling.tiles(images, (h, w));
             assert!(tiles > tiling.block_tiles(cin, cout), "several blocks");
-            let mut u = Weights::new(crate::model::Precision::Fp32);
+            let mut u = Weights::new(precision);
             u.set(((tiling.m + 2).pow(2), cin, cout), |u| {
                 tiling.weights(&weight, cin, cout, u)
             });
@@ -775,7 +953,7 @@ mod tests {
                 PORTABLE.set(false);
                 (bits(&out), bits(&dw))
             };
-            assert!(run(false) == run(true), "F({})", tiling.m);
+            assert!(run(false) == run(true), "F({}) in {precision}", tiling.m);
         }
     }
 
