@@ -248,10 +248,21 @@ fn block(m: usize, pairs: usize, a: &[u32], rhs: &Packed, dst: &mut [f32], drs: 
                     add: add || p0 > 0,
                 };
                 let out = &mut dst[r0 * drs + c0..];
-                assert!((rows - 1) * drs + cols <= out.len() && tile.a.len() > (MR - 1) * pairs);
+                // A last, partial micro-tile runs the kernel for its rows in multiples of 4 (a
+                // 7 x 7 map's 16 Winograd tiles are 12 + 4 rows, not 24).
+                let rows_run = rows.next_multiple_of(4);
+                assert!(
+                    (rows - 1) * drs + cols <= out.len() && tile.a.len() > (rows_run - 1) * pairs
+                );
                 // SAFETY: available() holds (Packed::pack checked it); the asserts above bound
                 // every read of `a` and `b` and every write of `out`.
-                unsafe { kernel(&tile, out.as_mut_ptr(), drs) };
+                unsafe {
+                    match rows_run {
+                        4 => kernel::<4>(&tile, out.as_mut_ptr(), drs),
+                        8 => kernel::<8>(&tile, out.as_mut_ptr(), drs),
+                        _ => kernel::<MR>(&tile, out.as_mut_ptr(), drs),
+                    }
+                }
             }
         }
     }
@@ -271,12 +282,12 @@ struct Tile<'a> {
 
 #[cfg(target_arch = "x86_64")]
 #[target_feature(enable = "avx512f,avx512bf16")]
-unsafe fn kernel(t: &Tile, out: *mut f32, drs: usize) {
+unsafe fn kernel<const R: usize>(t: &Tile, out: *mut f32, drs: usize) {
     use std::arch::x86_64::*;
-    let mut acc = [[_mm512_setzero_ps(); 2]; MR];
+    let mut acc = [[_mm512_setzero_ps(); 2]; R];
     let (a, b) = (t.a.as_ptr(), t.b.as_ptr());
     for p in 0..t.kp {
-        // SAFETY: p < kp, and the tile holds kp rows of NR words of b and MR rows of a.
+        // SAFETY: p < kp, and the tile holds kp rows of NR words of b and R rows of a.
         let (b0, b1): (__m512bh, __m512bh) = unsafe {
             (
                 std::mem::transmute::<__m512i, __m512bh>(_mm512_loadu_si512(b.add(p * NR).cast())),
@@ -316,7 +327,7 @@ unsafe fn kernel(t: &Tile, out: *mut f32, drs: usize) {
 }
 
 #[cfg(not(target_arch = "x86_64"))]
-unsafe fn kernel(_: &Tile, _: *mut f32, _: usize) {
+unsafe fn kernel<const R: usize>(_: &Tile, _: *mut f32, _: usize) {
     unreachable!("available() is false off x86_64")
 }
 
