@@ -133,10 +133,10 @@ struct ConvBn {
     size_out: usize,
 }
 
-// Per-thread working memory, kept between calls: products' scratch, the input gradient's
-// columns, and for bf16 the im2col columns packed as a right-hand side.
+// Per-thread working memory, kept between calls: products' scratch and the input gradient's
+// columns.
 thread_local! {
-    static SCRATCH: RefCell<(Scratch, Vec<f32>, Packed)> = RefCell::new(Default::default());
+    static SCRATCH: RefCell<(Scratch, Vec<f32>)> = RefCell::new(Default::default());
 }
 
 /// The inverse of [`im2col`]: adds each row's `k x k x c` values back onto the pixels they
@@ -601,12 +601,13 @@ impl ConvBn {
                       dx: Option<(&mut [f32], Write)>| {
             let images = x.len() / per_in;
             let rows = images * so * so;
-            SCRATCH.with_borrow_mut(|(scratch, dcol, col_packed)| {
-                match (precision, conv.winograd()) {
-                    // Winograd's tiles for the weight gradient too, in f32 at either precision
-                    // (bf16 products of transformed operands cost accuracy: PERFORMANCE.md,
-                    // change 8).
-                    (_, Some(tiling)) => tiling.weight_gradient(
+            SCRATCH.with_borrow_mut(|(scratch, dcol)| {
+                // Weight gradients in f32 at either precision: Winograd's products of
+                // transformed operands lose accuracy in bf16 (PERFORMANCE.md, change 8), and
+                // the im2col ones ran faster in f32 than with bf16's conversions and packing
+                // (change 15).
+                match conv.winograd() {
+                    Some(tiling) => tiling.weight_gradient(
                         x,
                         dz,
                         images,
@@ -616,7 +617,7 @@ impl ConvBn {
                         !first,
                         scratch,
                     ),
-                    (Precision::Fp32, None) => matmul(
+                    None => matmul(
                         (depth, conv.cout, rows),
                         dw,
                         conv.cout,
@@ -626,23 +627,6 @@ impl ConvBn {
                         Rhs::rows(dz, conv.cout),
                         Parallelism::None,
                     ),
-                    // Transposed, dW^T = dz^T · col: bf16 reads its left-hand side as rows,
-                    // and dz^T's are gathered from a matrix 9x smaller than col^T's (measured:
-                    // col^T's gather was 22% of a step).
-                    (Precision::Bf16, None) => {
-                        let col = conv.im2col(x, images, size, &mut scratch.input);
-                        col_packed.pack(rows, depth, col, (depth, 1));
-                        matmul(
-                            (conv.cout, depth, rows),
-                            dw,
-                            depth,
-                            !first,
-                            dz,
-                            (1, conv.cout),
-                            Rhs::Bf16(col_packed),
-                            Parallelism::None,
-                        );
-                    }
                 }
                 let Some((dx, write)) = dx else { return };
                 match conv.winograd() {
@@ -724,9 +708,7 @@ impl ConvBn {
                     }
                 }),
         }
-        // Sum the groups in order (each [depth][cout], [cout][depth] from bf16's direct
-        // products), then back to burn's [cout][cin][k][k].
-        let dw_transposed = precision == Precision::Bf16 && conv.winograd().is_none();
+        // Sum the groups in order (each [depth][cout]), then back to burn's [cout][cin][k][k].
         let (first, rest) = parts.split_first_mut().expect("at least one image");
         first
             .par_chunks_mut(conv.cout)
@@ -747,12 +729,7 @@ impl ConvBn {
             .for_each(|(co, row)| {
                 for ci in 0..cin {
                     for t in 0..kk {
-                        let at = t * cin + ci;
-                        row[ci * kk + t] = if dw_transposed {
-                            first[co * depth + at]
-                        } else {
-                            first[at * conv.cout + co]
-                        };
+                        row[ci * kk + t] = first[(t * cin + ci) * conv.cout + co];
                     }
                 }
             });
