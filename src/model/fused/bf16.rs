@@ -143,7 +143,7 @@ thread_local! {
 }
 
 /// `dst = lhs · rhs`, or `dst += lhs · rhs` when `accumulate`: `m x n` (row stride `drs`) from
-/// `lhs` (`m x k`, element (r, i) at `lhs[r * lrs + i * lcs]`) and `rhs` (`k x n`, packed).
+/// row-major `lhs` (`m x k`, row r at `lhs[r * lrs..]`) and `rhs` (`k x n`, packed).
 #[allow(clippy::too_many_arguments)]
 pub fn matmul(
     m: usize,
@@ -151,7 +151,7 @@ pub fn matmul(
     drs: usize,
     accumulate: bool,
     lhs: &[f32],
-    (lrs, lcs): (usize, usize),
+    lrs: usize,
     rhs: &Packed,
     (k, n): (usize, usize),
     parallelism: Parallelism,
@@ -164,11 +164,11 @@ pub fn matmul(
     if m == 0 || n == 0 || k == 0 {
         return matmul_rows(m, dst, drs, accumulate, &[], rhs, parallelism);
     }
-    assert!((m - 1) * lrs + (k - 1) * lcs < lhs.len(), "lhs holds m x k");
+    assert!((m - 1) * lrs + k <= lhs.len(), "lhs holds m x k");
     // Taken out of the thread's slot while in use: a thread that waits for parallel work may
     // run another product meanwhile, which then gets a buffer of its own.
     let mut a = LHS.take();
-    convert(m, k, lhs, (lrs, lcs), &mut a, tasks(m, parallelism) > 1);
+    convert(m, k, lhs, lrs, &mut a, tasks(m, parallelism) > 1);
     matmul_rows(m, dst, drs, accumulate, &a, rhs, parallelism);
     LHS.set(a);
 }
@@ -331,114 +331,25 @@ unsafe fn kernel<const R: usize>(_: &Tile, _: *mut f32, _: usize) {
     unreachable!("available() is false off x86_64")
 }
 
-/// `lhs` as bf16 rows into `a`: row r's k-pair p in word `r * pairs + p`, the rows padded with
-/// zeros to whole micro-tiles and each row to whole pairs.
-fn convert(
-    m: usize,
-    k: usize,
-    lhs: &[f32],
-    (rs, cs): (usize, usize),
-    a: &mut Vec<u32>,
-    parallel: bool,
-) {
+/// Row-major `lhs` (row r at `lhs[r * rs..]`) as bf16 rows into `a`: row r's k-pair p in word
+/// `r * pairs + p`, the rows padded with zeros to whole micro-tiles and each row to whole
+/// pairs.
+fn convert(m: usize, k: usize, lhs: &[f32], rs: usize, a: &mut Vec<u32>, parallel: bool) {
     let pairs = k.div_ceil(2);
     let padded = m.div_ceil(MR) * MR;
     // Every word is written below: resizing only grows.
     a.resize(padded * pairs, 0);
     let a = &mut a[..padded * pairs];
     a[m * pairs..].fill(0);
-    if cs == 1 {
-        // SAFETY: available() holds (the packed right-hand side checked it); each row of lhs
-        // holds k values and each row of a `pairs` words.
-        let row = |(r, row): (usize, &mut [u32])| unsafe { convert_row(&lhs[r * rs..][..k], row) };
-        let rows = &mut a[..m * pairs];
-        if parallel {
-            rows.par_chunks_mut(pairs).enumerate().for_each(row);
-        } else {
-            rows.chunks_mut(pairs).enumerate().for_each(row);
-        }
+    // SAFETY: available() holds (the packed right-hand side checked it); each row of lhs
+    // holds k values and each row of a `pairs` words.
+    let row = |(r, row): (usize, &mut [u32])| unsafe { convert_row(&lhs[r * rs..][..k], row) };
+    let rows = &mut a[..m * pairs];
+    if parallel {
+        rows.par_chunks_mut(pairs).enumerate().for_each(row);
     } else {
-        // Column-major (a transposed operand): 16 rows at a time, so that each step along k
-        // reads 16 neighbouring values (one cache line when rs is 1).
-        const GROUP: usize = 16;
-        let group = |(g, rows): (usize, &mut [u32])| {
-            let r0 = g * GROUP;
-            if rs == 1 {
-                // SAFETY: available() holds (the packed right-hand side checked it); the
-                // group's rows of lhs hold k values each (the caller's bounds) and `rows`
-                // holds their `pairs` words each.
-                unsafe { convert_columns(&lhs[r0..], cs, k, rows, pairs) };
-                return;
-            }
-            if k % 2 == 1 {
-                rows.chunks_exact_mut(pairs).for_each(|row| row[k / 2] = 0);
-            }
-            let count = rows.len() / pairs;
-            let out: *mut u16 = rows.as_mut_ptr().cast();
-            for i in 0..k {
-                for j in 0..count {
-                    // SAFETY: j < count rows of 2 * pairs u16 each, and i < k <= 2 * pairs.
-                    unsafe { *out.add(j * 2 * pairs + i) = to_bf16(lhs[(r0 + j) * rs + i * cs]) };
-                }
-            }
-        };
-        let rows = &mut a[..m * pairs];
-        if parallel {
-            rows.par_chunks_mut(GROUP * pairs)
-                .enumerate()
-                .for_each(group);
-        } else {
-            rows.chunks_mut(GROUP * pairs).enumerate().for_each(group);
-        }
+        rows.chunks_mut(pairs).enumerate().for_each(row);
     }
-}
-
-/// Up to 16 rows of a column-major `lhs` (element (j, i) at `lhs[j + i * cs]`, `k` columns)
-/// into `rows`, `pairs` words each: each k-pair of the 16 rows converted and interleaved in
-/// registers, then scattered to the rows.
-#[cfg(target_arch = "x86_64")]
-#[target_feature(enable = "avx512f,avx512bw,avx512bf16")]
-unsafe fn convert_columns(lhs: &[f32], cs: usize, k: usize, rows: &mut [u32], pairs: usize) {
-    use std::arch::x86_64::*;
-    let count = rows.len() / pairs;
-    assert!(count <= 16 && rows.len() == count * pairs && k.div_ceil(2) == pairs);
-    assert!((k - 1) * cs + count <= lhs.len(), "lhs holds the rows");
-    let mask = (u32::MAX >> (32 - count)) as __mmask16;
-    // As in `interleave`: element 2j is lo[j], 2j + 1 is hi[j].
-    let index = _mm512_set_epi16(
-        31, 15, 30, 14, 29, 13, 28, 12, 27, 11, 26, 10, 25, 9, 24, 8, 23, 7, 22, 6, 21, 5, 20, 4,
-        19, 3, 18, 2, 17, 1, 16, 0,
-    );
-    // Word j of a pair goes to row j: `j * pairs` words on.
-    let offsets = _mm512_mullo_epi32(
-        _mm512_set_epi32(15, 14, 13, 12, 11, 10, 9, 8, 7, 6, 5, 4, 3, 2, 1, 0),
-        _mm512_set1_epi32(pairs as i32),
-    );
-    for p in 0..pairs {
-        // SAFETY: the masked lanes are the `count` rows of columns 2p and 2p + 1 (< k), in
-        // lhs (asserted); the scattered words are word p of each of the `count` rows.
-        unsafe {
-            let lo = _mm512_maskz_loadu_ps(mask, lhs.as_ptr().add(2 * p * cs));
-            let hi = if 2 * p + 1 < k {
-                _mm512_maskz_loadu_ps(mask, lhs.as_ptr().add((2 * p + 1) * cs))
-            } else {
-                _mm512_setzero_ps()
-            };
-            let both: __m512i = std::mem::transmute(_mm512_cvtne2ps_pbh(hi, lo));
-            let words = _mm512_permutexvar_epi16(index, both);
-            _mm512_mask_i32scatter_epi32::<4>(
-                rows.as_mut_ptr().add(p).cast(),
-                mask,
-                offsets,
-                words,
-            );
-        }
-    }
-}
-
-#[cfg(not(target_arch = "x86_64"))]
-unsafe fn convert_columns(_: &[f32], _: usize, _: usize, _: &mut [u32], _: usize) {
-    unreachable!("available() is false off x86_64")
 }
 
 /// One contiguous row of `k` values into `pairs` words (the last one zero-padded).
@@ -520,23 +431,17 @@ mod tests {
                 let drs = n + 3;
                 let start: Vec<f32> = (0..m * drs).map(|_| next()).collect();
                 let mut out = start.clone();
-                // Transposed: lhs stored column-major, rhs as n x k.
-                let (lhs, ls, rhs, rs) = if transposed {
-                    (
-                        (0..k)
-                            .flat_map(|i| a.iter().skip(i).step_by(k).copied())
-                            .collect::<Vec<_>>(),
-                        (1, m),
-                        (0..n)
-                            .flat_map(|c| b.iter().skip(c).step_by(n).copied())
-                            .collect::<Vec<_>>(),
-                        (1, k),
-                    )
+                // Transposed: rhs stored as n x k (the packing's strided path).
+                let (rhs, rs) = if transposed {
+                    let rhs: Vec<f32> = (0..n)
+                        .flat_map(|c| b.iter().skip(c).step_by(n).copied())
+                        .collect();
+                    (rhs, (1, k))
                 } else {
-                    (a.clone(), (k, 1), b.clone(), (n, 1))
+                    (b.clone(), (n, 1))
                 };
                 let packed = Packed::new(k, n, &rhs, rs);
-                matmul(m, &mut out, drs, accumulate, &lhs, ls, &packed, (k, n), par);
+                matmul(m, &mut out, drs, accumulate, &a, k, &packed, (k, n), par);
                 for r in 0..m {
                     for c in 0..drs {
                         let got = f64::from(out[r * drs + c]);

@@ -48,13 +48,14 @@ pub fn matmul(
     assert!(last(m, n, drs, 1) < dst.len());
     let (data, (rrs, rcs)) = match rhs {
         Rhs::Bf16(packed) => {
+            assert_eq!(lcs, 1, "bf16 products read row-major left-hand sides");
             return bf16::matmul(
                 m,
                 dst,
                 drs,
                 accumulate,
                 lhs,
-                (lrs, lcs),
+                lrs,
                 packed,
                 (k, n),
                 parallelism,
