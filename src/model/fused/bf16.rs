@@ -48,6 +48,29 @@ pub fn to_bf16(x: f32) -> u16 {
     ((bits + 0x7fff + ((bits >> 16) & 1)) >> 16) as u16
 }
 
+/// `src` rounded to bf16 into `dst`, two values a word (the last word's upper half zero when
+/// the count is odd).
+pub fn to_words(src: &[f32], dst: &mut Vec<u32>) {
+    assert!(available(), "bf16 conversion needs AVX512_BF16");
+    dst.resize(src.len().div_ceil(2), 0);
+    // SAFETY: available() holds; dst holds src's values, two a word.
+    unsafe { convert_row(src, dst) }
+}
+
+/// The bf16 values of `words`, two a word, the lower half first (as `vdpbf16ps` and x86's
+/// byte order have it).
+pub fn halves(words: &[u32]) -> &[u16] {
+    // SAFETY: the same memory, as twice as many u16 (alignment 2 <= 4; every bit pattern is a
+    // u16).
+    unsafe { std::slice::from_raw_parts(words.as_ptr().cast(), 2 * words.len()) }
+}
+
+/// [`halves`], writable.
+pub fn halves_mut(words: &mut [u32]) -> &mut [u16] {
+    // SAFETY: as in `halves`; the borrow is exclusive.
+    unsafe { std::slice::from_raw_parts_mut(words.as_mut_ptr().cast(), 2 * words.len()) }
+}
+
 /// A `k x n` right-hand side rounded to bf16 and packed for the kernel:
 /// `words[(panel * pairs + p) * NR + j]` holds rows `2p` and `2p + 1` of column
 /// `panel * NR + j` (zero past the matrix).

@@ -31,10 +31,10 @@ use burn::prelude::*;
 use gemm::Parallelism;
 use rayon::prelude::*;
 
-use super::bf16::Packed;
+use super::bf16::{self, Packed};
 use super::product::{Rhs, Weights, matmul};
 use super::winograd::{self, Tiling};
-use super::{EPSILON, Epilogue, Scratch, im2col};
+use super::{EPSILON, Epilogue, Scratch, im2col, im2col_bf16};
 use crate::model::{FEATURES, Precision, ResNet18};
 
 /// PyTorch's batch-norm momentum, as in [`crate::model::BatchNorm2d`].
@@ -90,17 +90,18 @@ impl Conv {
         (size + 2 * self.pad - self.kernel) / self.stride + 1
     }
 
+    /// Kernel side, stride and padding.
+    fn window(&self) -> (usize, usize, usize) {
+        (self.kernel, self.stride, self.pad)
+    }
+
     fn depth(&self) -> usize {
         self.kernel * self.kernel * self.cin
     }
 
     /// The tiling the convolution runs by, as in the eval path.
     fn winograd(&self) -> Option<&'static Tiling> {
-        winograd::tiling(
-            (self.kernel, self.stride, self.pad),
-            self.cin,
-            self.precision,
-        )
+        winograd::tiling(self.window(), self.cin, self.precision)
     }
 }
 
@@ -321,20 +322,36 @@ impl ConvBn {
                             scratch,
                             Parallelism::None,
                         ),
-                        None => {
-                            let depth = conv.depth();
-                            let col = conv.im2col(x, images, size, &mut scratch.input);
-                            matmul(
-                                (images * so * so, conv.cout, depth),
-                                z,
-                                conv.cout,
-                                false,
-                                col,
-                                (depth, 1),
-                                packed,
-                                Parallelism::None,
-                            );
-                        }
+                        None => match packed {
+                            Rhs::Bf16(packed) => {
+                                let (size, window) = ((size, size), conv.window());
+                                im2col_bf16(x, images, size, conv.cin, window, (so, so), scratch);
+                                let (rows, words) = (images * so * so, &scratch.words);
+                                bf16::matmul_rows(
+                                    rows,
+                                    z,
+                                    conv.cout,
+                                    false,
+                                    words,
+                                    packed,
+                                    Parallelism::None,
+                                )
+                            }
+                            rhs => {
+                                let depth = conv.depth();
+                                let col = conv.im2col(x, images, size, &mut scratch.input);
+                                matmul(
+                                    (images * so * so, conv.cout, depth),
+                                    z,
+                                    conv.cout,
+                                    false,
+                                    col,
+                                    (depth, 1),
+                                    rhs,
+                                    Parallelism::None,
+                                );
+                            }
+                        },
                     })
                 }
             });
@@ -374,12 +391,14 @@ impl Conv {
             .chunks(size * size * conv.cin)
             .zip(col.chunks_mut(per_col))
         {
+            let depth = conv.depth();
             im2col(
                 x,
                 (size, size),
                 conv.cin,
-                (conv.kernel, conv.stride, conv.pad),
+                conv.window(),
                 (so, so),
+                depth,
                 col,
             );
         }
