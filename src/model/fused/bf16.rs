@@ -429,11 +429,7 @@ mod tests {
             eprintln!("skipped: this CPU has no AVX512_BF16");
             return;
         }
-        let mut state = 7u32;
-        let mut next = move || {
-            state = state.wrapping_mul(1_664_525).wrapping_add(1_013_904_223);
-            (state >> 8) as f32 / (1 << 23) as f32 - 1.0
-        };
+        let mut next = crate::model::fused::tests::values(7);
         let round = |x: f32| f64::from(f32::from_bits(u32::from(to_bf16(x)) << 16));
         let cases = [
             (1, 1, 1),

@@ -546,6 +546,15 @@ fn max_pool_3x3_s2(
 mod tests {
     use super::*;
 
+    /// Deterministic values in [-1, 1) from `seed`, for the kernels' tests.
+    pub(super) fn values(seed: u32) -> impl FnMut() -> f32 {
+        let mut state = seed;
+        move || {
+            state = state.wrapping_mul(1_664_525).wrapping_add(1_013_904_223);
+            (state >> 8) as f32 / (1 << 23) as f32 - 1.0
+        }
+    }
+
     /// bf16 products from [`im2col_bf16`]'s rows give the bits of the f32 rows converted by the
     /// product, at windows with odd depths (whole pairs padded) and edges in the padding, with
     /// stale values in the reused buffers.
@@ -555,11 +564,7 @@ mod tests {
             eprintln!("skipped: this CPU has no AVX512_BF16");
             return;
         }
-        let mut state = 11u32;
-        let mut next = move || {
-            state = state.wrapping_mul(1_664_525).wrapping_add(1_013_904_223);
-            (state >> 8) as f32 / (1 << 23) as f32 - 1.0
-        };
+        let mut next = values(11);
         // The stem's window, a 3x3 stride-2 one, a 1x1 stride-2 one; two images of 13 x 11.
         for (c, window, cout) in [(3, (7, 2, 3), 5), (5, (3, 2, 1), 7), (4, (1, 2, 0), 3)] {
             let (h, w, images) = (13, 11, 2);

@@ -789,6 +789,7 @@ impl Tiling {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::model::fused::tests::values;
 
     /// The definition: out[y][x][o] = sum over taps and input channels, zero outside.
     fn direct(x: &[f32], (h, w): (usize, usize), cin: usize, weight: &[f32]) -> Vec<f32> {
@@ -870,15 +871,6 @@ mod tests {
                     .fold(0.0, f32::max);
                 assert!(worst < 1e-4, "F({}) at {h}x{w}: off by {worst}", tiling.m);
             }
-        }
-    }
-
-    /// Deterministic values in [-1, 1) from `seed`.
-    fn values(seed: u32) -> impl FnMut() -> f32 {
-        let mut state = seed;
-        move || {
-            state = state.wrapping_mul(1_664_525).wrapping_add(1_013_904_223);
-            (state >> 8) as f32 / (1 << 23) as f32 - 1.0
         }
     }
 
