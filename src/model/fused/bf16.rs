@@ -291,8 +291,9 @@ fn block(m: usize, pairs: usize, a: &[u32], rhs: &Packed, dst: &mut [f32], drs: 
     }
 }
 
-/// One micro-tile's operands: `MR` rows of `a` words `kp` long at stride `a_stride`, the
-/// panel's `kp` rows of `NR` words, and how much of the tile is inside the matrix.
+/// One micro-tile's operands: up to `MR` rows of `a` (as many as the kernel runs, `rows`
+/// rounded up to 4) words `kp` long at stride `a_stride`, the panel's `kp` rows of `NR` words,
+/// and how much of the tile is inside the matrix.
 struct Tile<'a> {
     a: &'a [u32],
     a_stride: usize,
