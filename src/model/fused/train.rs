@@ -503,20 +503,18 @@ impl ConvBn {
                     Mask::None => {}
                     Mask::Output(out) => {
                         let out = &out[i * per..][..per];
-                        dy.iter_mut().zip(out).for_each(|(d, o)| {
-                            if *o <= 0.0 {
-                                *d = 0.0
-                            }
-                        });
+                        // A store every time: the select vectorises, where a branch on
+                        // the mask mispredicts about half the time.
+                        dy.iter_mut()
+                            .zip(out)
+                            .for_each(|(d, o)| *d = if *o <= 0.0 { 0.0 } else { *d });
                     }
                     Mask::Recompute => {
                         let (scale, shift) = affine.as_ref().expect("computed for Recompute");
                         for (d, zp) in dy.chunks_exact_mut(c).zip(z.chunks_exact(c)) {
                             let per_channel = scale.iter().zip(shift);
                             for ((d, z), (a, b)) in d.iter_mut().zip(zp).zip(per_channel) {
-                                if z * a + b <= 0.0 {
-                                    *d = 0.0;
-                                }
+                                *d = if z * a + b <= 0.0 { 0.0 } else { *d };
                             }
                         }
                     }
@@ -1015,13 +1013,18 @@ impl TrainNet {
                         for iy in (2 * oy).saturating_sub(1)..(2 * oy + 2).min(s) {
                             for ix in (2 * ox).saturating_sub(1)..(2 * ox + 2).min(s) {
                                 let src = (iy * s + ix) * c;
-                                for o in 0..c {
-                                    let v = (z[src + o] * scale[o] + shift[o]).max(0.0);
+                                let best = out.iter_mut().zip(arg.iter_mut());
+                                let affine = scale.iter().zip(&shift);
+                                let values = z[src..src + c].iter().zip(affine);
+                                for (o, ((out, arg), (z, (a, b)))) in best.zip(values).enumerate() {
+                                    let v = (z * a + b).max(0.0);
                                     // Strictly greater: the first maximum wins, as in PyTorch.
-                                    if v > out[o] {
-                                        out[o] = v;
-                                        arg[o] = (src + o) as u32;
-                                    }
+                                    // The index is chosen by a mask, not a branch or a select
+                                    // (which LLVM turns into a store per lane): the loop
+                                    // vectorises.
+                                    let greater = 0u32.wrapping_sub(u32::from(v > *out));
+                                    *arg ^= (*arg ^ (src + o) as u32) & greater;
+                                    *out = out.max(v);
                                 }
                             }
                         }
