@@ -123,8 +123,9 @@ struct ConvBn {
     /// for the input gradient.
     wino_forward: Weights,
     wino_backward: Weights,
-    /// The flipped kernel `wino_backward` is made from.
-    flipped: Vec<f32>,
+    /// Intermediate layouts on the way between burn's and the products': the kernel
+    /// `wino_backward` is made from, and the half-turned weights and their gradient.
+    staging: Vec<f32>,
     /// The convolution's output, batch-wide NHWC, and the batch's statistics.
     z: Vec<f32>,
     mean: Vec<f32>,
@@ -163,6 +164,37 @@ fn col2im(col: &[f32], size: usize, c: usize, conv: &Conv, size_out: usize, dx: 
                     d.iter_mut().zip(s).for_each(|(d, s)| *d += s);
                 }
             }
+        }
+    }
+}
+
+/// Columns transposed together: one cache line of each source row, and as many rows of the
+/// result written side by side.
+const BAND: usize = 16;
+
+/// `dst` = the transpose of `src`, a row-major matrix `cols` wide.
+fn transpose(src: &[f32], cols: usize, dst: &mut [f32]) {
+    let rows = src.len() / cols;
+    for (b, band) in dst.chunks_mut(BAND * rows).enumerate() {
+        transpose_band(src, cols, b * BAND, band);
+    }
+}
+
+/// [`transpose`] with the bands shared between threads.
+fn par_transpose(src: &[f32], cols: usize, dst: &mut [f32]) {
+    let rows = src.len() / cols;
+    dst.par_chunks_mut(BAND * rows)
+        .enumerate()
+        .for_each(|(b, band)| transpose_band(src, cols, b * BAND, band));
+}
+
+/// Columns `first..` of `src` (`cols` wide) as the rows of `band`, as many as it holds.
+fn transpose_band(src: &[f32], cols: usize, first: usize, band: &mut [f32]) {
+    let rows = src.len() / cols;
+    let width = band.len() / rows;
+    for (r, row) in src.chunks_exact(cols).enumerate() {
+        for (c, v) in row[first..first + width].iter().enumerate() {
+            band[c * rows + r] = *v;
         }
     }
 }
@@ -222,7 +254,7 @@ impl ConvBn {
             transposed: Packed::default(),
             wino_forward: Weights::new(precision),
             wino_backward: Weights::new(precision),
-            flipped: Vec::new(),
+            staging: Vec::new(),
             z: Vec::new(),
             mean: Vec::new(),
             invstd: Vec::new(),
@@ -242,19 +274,22 @@ impl ConvBn {
         } = self.conv;
         let kk = kernel * kernel;
         let depth = self.conv.depth();
-        let w = &self.weight.value;
+        let staging = &mut self.staging;
         self.packed.set((1, depth, cout), |packed| {
             packed.resize(depth * cout, 0.0);
-            packed
-                .par_chunks_mut(cin * cout)
-                .enumerate()
-                .for_each(|(t, tap)| {
-                    for ci in 0..cin {
-                        for co in 0..cout {
-                            tap[ci * cout + co] = w[(co * cin + ci) * kk + t];
-                        }
-                    }
-                });
+            // [co][ci][t] -> [co][t][ci] -> [(t, ci)][co], both as cache-friendly transposes.
+            let w = match kk {
+                1 => &self.weight.value,
+                _ => {
+                    staging.resize(depth * cout, 0.0);
+                    staging
+                        .par_chunks_mut(depth)
+                        .zip(self.weight.value.par_chunks(depth))
+                        .for_each(|(dst, src)| transpose(src, kk, dst));
+                    staging
+                }
+            };
+            par_transpose(w, depth, packed);
         });
         let packed = self.packed.values();
         let Some(tiling) = self.conv.winograd() else {
@@ -269,19 +304,12 @@ impl ConvBn {
         });
         // The input gradient is the convolution of the output gradient with the kernel
         // turned by 180 degrees and its channels swapped: `[(2-ky, 2-kx, co)][ci]`.
-        let flipped = &mut self.flipped;
+        let flipped = &mut self.staging;
         flipped.resize(packed.len(), 0.0);
         flipped
             .par_chunks_mut(cout * cin)
-            .enumerate()
-            .for_each(|(t, tap)| {
-                let src = &packed[(kk - 1 - t) * cin * cout..][..cin * cout];
-                for ci in 0..cin {
-                    for co in 0..cout {
-                        tap[co * cin + ci] = src[ci * cout + co];
-                    }
-                }
-            });
+            .zip(packed.par_chunks(cin * cout).rev())
+            .for_each(|(tap, src)| transpose(src, cout, tap));
         self.wino_backward.set((points, cout, cin), |t| {
             tiling.weights(flipped, cout, cin, t)
         });
@@ -737,19 +765,19 @@ impl ConvBn {
                         .for_each(|(a, b)| *a += b);
                 }
             });
+        // [(t, ci)][co] -> [co][t][ci] -> [co][ci][t], as in `pack` but backwards.
         let kk = conv.kernel * conv.kernel;
-        let cin = conv.cin;
-        self.weight
-            .grad
-            .par_chunks_mut(cin * kk)
-            .enumerate()
-            .for_each(|(co, row)| {
-                for ci in 0..cin {
-                    for t in 0..kk {
-                        row[ci * kk + t] = first[(t * cin + ci) * conv.cout + co];
-                    }
-                }
-            });
+        let grad = &mut self.weight.grad;
+        if kk == 1 {
+            par_transpose(first, conv.cout, grad);
+        } else {
+            let staging = &mut self.staging;
+            staging.resize(first.len(), 0.0);
+            par_transpose(first, conv.cout, staging);
+            grad.par_chunks_mut(depth)
+                .zip(staging.par_chunks(depth))
+                .for_each(|(dst, src)| transpose(src, conv.cin, dst));
+        }
     }
 }
 
