@@ -8,6 +8,8 @@
 //! (2.25x fewer), F(4x4, 3x3) 36 per 16 (4x fewer) at the cost of larger transforms and more
 //! rounding; these convolutions are 83% of ResNet-18's arithmetic.
 
+use std::mem::MaybeUninit;
+
 use gemm::Parallelism;
 use rayon::prelude::*;
 
@@ -25,57 +27,121 @@ pub struct Tiling {
     at: &'static [f32],
 }
 
+#[rustfmt::skip]
+const F2_BT: [[f32; 4]; 4] = [
+    [1.0, 0.0, -1.0, 0.0],
+    [0.0, 1.0, 1.0, 0.0],
+    [0.0, -1.0, 1.0, 0.0],
+    [0.0, 1.0, 0.0, -1.0],
+];
+#[rustfmt::skip]
+const F2_G: [[f32; 3]; 4] = [
+    [1.0, 0.0, 0.0],
+    [0.5, 0.5, 0.5],
+    [0.5, -0.5, 0.5],
+    [0.0, 0.0, 1.0],
+];
+#[rustfmt::skip]
+const F2_AT: [[f32; 4]; 2] = [
+    [1.0, 1.0, 1.0, 0.0],
+    [0.0, 1.0, -1.0, -1.0],
+];
+
 pub const F2: Tiling = Tiling {
     m: 2,
-    #[rustfmt::skip]
-    bt: &[
-        1.0, 0.0, -1.0, 0.0,
-        0.0, 1.0, 1.0, 0.0,
-        0.0, -1.0, 1.0, 0.0,
-        0.0, 1.0, 0.0, -1.0,
-    ],
-    #[rustfmt::skip]
-    g: &[
-        1.0, 0.0, 0.0,
-        0.5, 0.5, 0.5,
-        0.5, -0.5, 0.5,
-        0.0, 0.0, 1.0,
-    ],
-    #[rustfmt::skip]
-    at: &[
-        1.0, 1.0, 1.0, 0.0,
-        0.0, 1.0, -1.0, -1.0,
-    ],
+    bt: F2_BT.as_flattened(),
+    g: F2_G.as_flattened(),
+    at: F2_AT.as_flattened(),
 };
+
+#[rustfmt::skip]
+const F4_BT: [[f32; 6]; 6] = [
+    [4.0, 0.0, -5.0, 0.0, 1.0, 0.0],
+    [0.0, -4.0, -4.0, 1.0, 1.0, 0.0],
+    [0.0, 4.0, -4.0, -1.0, 1.0, 0.0],
+    [0.0, -2.0, -1.0, 2.0, 1.0, 0.0],
+    [0.0, 2.0, -1.0, -2.0, 1.0, 0.0],
+    [0.0, 4.0, 0.0, -5.0, 0.0, 1.0],
+];
+#[rustfmt::skip]
+const F4_G: [[f32; 3]; 6] = [
+    [1.0 / 4.0, 0.0, 0.0],
+    [-1.0 / 6.0, -1.0 / 6.0, -1.0 / 6.0],
+    [-1.0 / 6.0, 1.0 / 6.0, -1.0 / 6.0],
+    [1.0 / 24.0, 1.0 / 12.0, 1.0 / 6.0],
+    [1.0 / 24.0, -1.0 / 12.0, 1.0 / 6.0],
+    [0.0, 0.0, 1.0],
+];
+#[rustfmt::skip]
+const F4_AT: [[f32; 6]; 4] = [
+    [1.0, 1.0, 1.0, 1.0, 1.0, 0.0],
+    [0.0, 1.0, -1.0, 2.0, -2.0, 0.0],
+    [0.0, 1.0, 1.0, 4.0, 4.0, 0.0],
+    [0.0, 1.0, -1.0, 8.0, -8.0, 1.0],
+];
 
 pub const F4: Tiling = Tiling {
     m: 4,
-    #[rustfmt::skip]
-    bt: &[
-        4.0, 0.0, -5.0, 0.0, 1.0, 0.0,
-        0.0, -4.0, -4.0, 1.0, 1.0, 0.0,
-        0.0, 4.0, -4.0, -1.0, 1.0, 0.0,
-        0.0, -2.0, -1.0, 2.0, 1.0, 0.0,
-        0.0, 2.0, -1.0, -2.0, 1.0, 0.0,
-        0.0, 4.0, 0.0, -5.0, 0.0, 1.0,
-    ],
-    #[rustfmt::skip]
-    g: &[
-        1.0 / 4.0, 0.0, 0.0,
-        -1.0 / 6.0, -1.0 / 6.0, -1.0 / 6.0,
-        -1.0 / 6.0, 1.0 / 6.0, -1.0 / 6.0,
-        1.0 / 24.0, 1.0 / 12.0, 1.0 / 6.0,
-        1.0 / 24.0, -1.0 / 12.0, 1.0 / 6.0,
-        0.0, 0.0, 1.0,
-    ],
-    #[rustfmt::skip]
-    at: &[
-        1.0, 1.0, 1.0, 1.0, 1.0, 0.0,
-        0.0, 1.0, -1.0, 2.0, -2.0, 0.0,
-        0.0, 1.0, 1.0, 4.0, 4.0, 0.0,
-        0.0, 1.0, -1.0, 8.0, -8.0, 1.0,
-    ],
+    bt: F4_BT.as_flattened(),
+    g: F4_G.as_flattened(),
+    at: F4_AT.as_flattened(),
 };
+
+/// The transpose of an `R x C` matrix.
+const fn transposed<const R: usize, const C: usize>(m: [[f32; C]; R]) -> [[f32; R]; C] {
+    let mut t = [[0.0; R]; C];
+    let mut i = 0;
+    while i < R {
+        let mut j = 0;
+        while j < C {
+            t[j][i] = m[i][j];
+            j += 1;
+        }
+        i += 1;
+    }
+    t
+}
+
+/// The `O x I` coefficients of one transform, as a type: the AVX-512 transforms are compiled
+/// for each, so that zero terms vanish and the others multiply by an immediate, where
+/// coefficients read at run time cost a test and a broadcast per term.
+trait Coefficients<const O: usize, const I: usize> {
+    const C: [[f32; I]; O];
+}
+
+/// `B^T` of F(m x m, 3x3): the input transform.
+struct Input<const M: usize>;
+/// `A^T`: the output transform.
+struct Output<const M: usize>;
+/// `A`: the output gradient's transform, for the weight gradient.
+struct Gradient<const M: usize>;
+
+impl Coefficients<4, 4> for Input<2> {
+    const C: [[f32; 4]; 4] = F2_BT;
+}
+impl Coefficients<6, 6> for Input<4> {
+    const C: [[f32; 6]; 6] = F4_BT;
+}
+impl Coefficients<2, 4> for Output<2> {
+    const C: [[f32; 4]; 2] = F2_AT;
+}
+impl Coefficients<4, 6> for Output<4> {
+    const C: [[f32; 6]; 4] = F4_AT;
+}
+impl Coefficients<4, 2> for Gradient<2> {
+    const C: [[f32; 2]; 4] = transposed(F2_AT);
+}
+impl Coefficients<6, 4> for Gradient<4> {
+    const C: [[f32; 4]; 6] = transposed(F4_AT);
+}
+
+/// Which of a tiling's transforms [`Tiling::tile_transform`] runs.
+#[derive(Clone, Copy)]
+enum Transform {
+    Input,
+    Output,
+    Gradient,
+}
 
 /// The tiling a convolution runs by, if any: 3x3 stride-1 ones only. In f32, F(4x4) where
 /// the maps are large (stages 1-2: 56 and 28 px at 224), F(2x2) on the small late maps, where
@@ -212,7 +278,7 @@ impl Sink for &mut [u32] {
 }
 
 /// `C d C^T` of one tile, 16 channels at a time in registers: `d[k * I + l]` is the tile's
-/// value (k, l), `c` is `O x I`, and value (i, j) of the result goes to
+/// value (k, l), `C` is `T`'s `O x I` coefficients, and value (i, j) of the result goes to
 /// `out[(i * O + j) * stride..][..n]`. Every transform is one of these: the input's
 /// (`C = B^T`), the output's (`C = A^T`) and the output gradient's (`C = A`). The same
 /// operations in the same order as [`combine`]'s two passes (each product rounded, then
@@ -224,15 +290,14 @@ impl Sink for &mut [u32] {
 /// functions that enable them, into which it is inlined.
 #[cfg(target_arch = "x86_64")]
 #[inline(always)]
-unsafe fn tile_transform_body<const I: usize, const O: usize, S: Sink>(
-    c: &[f32],
+unsafe fn tile_transform_body<const I: usize, const O: usize, T: Coefficients<O, I>, S: Sink>(
     d: &[&[f32]],
     n: usize,
     mut out: S,
     stride: usize,
 ) {
     use std::arch::x86_64::*;
-    assert!(c.len() == O * I && d.len() >= I * I && d[..I * I].iter().all(|d| d.len() >= n));
+    assert!(d.len() >= I * I && d[..I * I].iter().all(|d| d.len() >= n));
     assert!(out.len() >= (O * O - 1) * stride + n);
     // Plain loops and a function with the same target features, not closures: a closure is
     // compiled without them and called for every term.
@@ -247,8 +312,9 @@ unsafe fn tile_transform_body<const I: usize, const O: usize, S: Sink>(
     }
     for ch in (0..n).step_by(16) {
         let mask = (u32::MAX >> (32 - (n - ch).min(16))) as __mmask16;
-        // rows[k][j] = (d C^T)[k][j] = sum over l of d[k][l] c[j][l].
-        let mut rows = [[unsafe { _mm512_setzero_ps() }; O]; I];
+        // rows[k][j] = (d C^T)[k][j] = sum over l of d[k][l] c[j][l]. Uninitialised until
+        // written: zeroing them costs a memset of I * O vectors per 16 channels of a tile.
+        let mut rows = [[MaybeUninit::<__m512>::uninit(); O]; I];
         for (k, row) in rows.iter_mut().enumerate() {
             let mut x = [unsafe { _mm512_setzero_ps() }; I];
             for (l, x) in x.iter_mut().enumerate() {
@@ -259,17 +325,17 @@ unsafe fn tile_transform_body<const I: usize, const O: usize, S: Sink>(
                 let mut sum = unsafe { _mm512_setzero_ps() };
                 for (l, x) in x.iter().enumerate() {
                     // SAFETY: the caller's promise of AVX-512F.
-                    sum = unsafe { term(sum, c[j * I + l], *x) };
+                    sum = unsafe { term(sum, T::C[j][l], *x) };
                 }
-                *r = sum;
+                r.write(sum);
             }
         }
         for i in 0..O {
             for j in 0..O {
                 let mut v = unsafe { _mm512_setzero_ps() };
                 for (k, row) in rows.iter().enumerate() {
-                    // SAFETY: as above.
-                    v = unsafe { term(v, c[i * I + k], row[j]) };
+                    // SAFETY: every row was written above; as above.
+                    v = unsafe { term(v, T::C[i][k], row[j].assume_init()) };
                 }
                 // SAFETY: within out (asserted), the masked lanes below n; the caller's
                 // features.
@@ -282,79 +348,27 @@ unsafe fn tile_transform_body<const I: usize, const O: usize, S: Sink>(
 /// [`tile_transform_body`] into f32 values.
 #[cfg(target_arch = "x86_64")]
 #[target_feature(enable = "avx512f")]
-unsafe fn tile_transform_f32<const I: usize, const O: usize>(
-    c: &[f32],
+unsafe fn tile_transform_f32<const I: usize, const O: usize, T: Coefficients<O, I>>(
     d: &[&[f32]],
     n: usize,
     out: &mut [f32],
     stride: usize,
 ) {
     // SAFETY: this function enables what the stores need.
-    unsafe { tile_transform_body::<I, O, _>(c, d, n, out, stride) }
+    unsafe { tile_transform_body::<I, O, T, _>(d, n, out, stride) }
 }
 
 /// [`tile_transform_body`] into bf16 values.
 #[cfg(target_arch = "x86_64")]
 #[target_feature(enable = "avx512f,avx512bw,avx512vl,avx512bf16")]
-unsafe fn tile_transform_bf16<const I: usize, const O: usize>(
-    c: &[f32],
+unsafe fn tile_transform_bf16<const I: usize, const O: usize, T: Coefficients<O, I>>(
     d: &[&[f32]],
     n: usize,
     out: &mut [u32],
     stride: usize,
 ) {
     // SAFETY: this function enables what the stores need.
-    unsafe { tile_transform_body::<I, O, _>(c, d, n, out, stride) }
-}
-
-/// [`tile_transform_body`] for the `O x I` coefficients of one of the two tilings; `stride`
-/// and `n` count values of `out`'s type.
-///
-/// # Safety
-/// The CPU has AVX-512F, and AVX512_BF16 (with BW and VL) for bf16 output.
-#[cfg(target_arch = "x86_64")]
-unsafe fn tile_transform(
-    c: &[f32],
-    (o, i): (usize, usize),
-    d: &[&[f32]],
-    n: usize,
-    out: Out,
-    stride: usize,
-) {
-    /// # Safety
-    /// As [`tile_transform`]'s.
-    unsafe fn run<const I: usize, const O: usize>(
-        c: &[f32],
-        d: &[&[f32]],
-        n: usize,
-        out: Out,
-        stride: usize,
-    ) {
-        // SAFETY: the caller's promise; the functions assert their bounds.
-        unsafe {
-            match out {
-                Out::F32(out) => tile_transform_f32::<I, O>(c, d, n, out, stride),
-                Out::Bf16(out) => tile_transform_bf16::<I, O>(c, d, n, out, stride),
-            }
-        }
-    }
-    // SAFETY: the caller's promise.
-    unsafe {
-        match (o, i) {
-            (4, 4) => run::<4, 4>(c, d, n, out, stride),
-            (6, 6) => run::<6, 6>(c, d, n, out, stride),
-            (2, 4) => run::<4, 2>(c, d, n, out, stride),
-            (4, 6) => run::<6, 4>(c, d, n, out, stride),
-            (4, 2) => run::<2, 4>(c, d, n, out, stride),
-            (6, 4) => run::<4, 6>(c, d, n, out, stride),
-            _ => unreachable!("F(2x2) and F(4x4) only"),
-        }
-    }
-}
-
-#[cfg(not(target_arch = "x86_64"))]
-unsafe fn tile_transform(_: &[f32], _: (usize, usize), _: &[&[f32]], _: usize, _: Out, _: usize) {
-    unreachable!("avx512() is false off x86_64")
+    unsafe { tile_transform_body::<I, O, T, _>(d, n, out, stride) }
 }
 
 /// Where [`Tiling::input_transform`] writes.
@@ -385,6 +399,55 @@ impl Tiling {
 
     fn a(&self) -> usize {
         self.m + 2
+    }
+
+    /// [`tile_transform_body`] with one of this tiling's transforms; `stride` and `n` count
+    /// values of `out`'s type.
+    ///
+    /// # Safety
+    /// The CPU has AVX-512F, and AVX512_BF16 (with BW and VL) for bf16 output.
+    #[cfg(target_arch = "x86_64")]
+    unsafe fn tile_transform(
+        &self,
+        transform: Transform,
+        d: &[&[f32]],
+        n: usize,
+        out: Out,
+        stride: usize,
+    ) {
+        /// # Safety
+        /// As [`Tiling::tile_transform`]'s.
+        unsafe fn run<const I: usize, const O: usize, T: Coefficients<O, I>>(
+            d: &[&[f32]],
+            n: usize,
+            out: Out,
+            stride: usize,
+        ) {
+            // SAFETY: the caller's promise; the functions assert their bounds.
+            unsafe {
+                match out {
+                    Out::F32(out) => tile_transform_f32::<I, O, T>(d, n, out, stride),
+                    Out::Bf16(out) => tile_transform_bf16::<I, O, T>(d, n, out, stride),
+                }
+            }
+        }
+        // SAFETY: the caller's promise.
+        unsafe {
+            match (self.m, transform) {
+                (2, Transform::Input) => run::<4, 4, Input<2>>(d, n, out, stride),
+                (4, Transform::Input) => run::<6, 6, Input<4>>(d, n, out, stride),
+                (2, Transform::Output) => run::<4, 2, Output<2>>(d, n, out, stride),
+                (4, Transform::Output) => run::<6, 4, Output<4>>(d, n, out, stride),
+                (2, Transform::Gradient) => run::<2, 4, Gradient<2>>(d, n, out, stride),
+                (4, Transform::Gradient) => run::<4, 6, Gradient<4>>(d, n, out, stride),
+                _ => unreachable!("F(2x2) and F(4x4) only"),
+            }
+        }
+    }
+
+    #[cfg(not(target_arch = "x86_64"))]
+    unsafe fn tile_transform(&self, _: Transform, _: &[&[f32]], _: usize, _: Out, _: usize) {
+        unreachable!("avx512() is false off x86_64")
     }
 
     /// Tiles down and across one `h x w` map, and in all of `images` such maps.
@@ -488,7 +551,7 @@ impl Tiling {
                 };
                 // SAFETY: the CPU has AVX-512F (checked above), and AVX512_BF16 where the
                 // weights are bf16; the function asserts the bounds of its reads and writes.
-                unsafe { tile_transform(self.bt, (a, a), &d, cin, dst, point_values) };
+                unsafe { self.tile_transform(Transform::Input, &d, cin, dst, point_values) };
                 continue;
             }
             let Transformed::F32(v) = &mut out else {
@@ -608,9 +671,10 @@ impl Tiling {
                     for (p, d) in d.iter_mut().take(points).enumerate() {
                         *d = at(p / a, p % a);
                     }
+                    let y = Out::F32(&mut y);
                     // SAFETY: the CPU has AVX-512F (checked above); the function asserts the
                     // bounds of its reads and writes.
-                    unsafe { tile_transform(self.at, (m_, a), &d, cout, Out::F32(&mut y), cout) };
+                    unsafe { self.tile_transform(Transform::Output, &d, cout, y, cout) };
                 } else {
                     // s[i][b] = (M A)[i][b], then y[r][b] = (A^T s)[r][b].
                     for i in 0..a {
@@ -695,7 +759,6 @@ impl Tiling {
         let zeros = vec![0.0; cout];
         let mut s = vec![0.0; m_ * a * cout];
         let avx512 = avx512();
-        let a_matrix: Vec<f32> = a_rows.concat();
         // The output gradient's pixel (r, b) of tile (image, ty, tx): zeros outside the map.
         let pixel_of = |(image, ty, tx): (usize, usize, usize), r: usize, b: usize| -> &[f32] {
             let (oy, ox) = (m_ * ty + r, m_ * tx + b);
@@ -717,18 +780,10 @@ impl Tiling {
                 for (p, d) in d.iter_mut().take(m_ * m_).enumerate() {
                     *d = pixel(p / m_, p % m_);
                 }
+                let dm = Out::F32(&mut dm[tile * cout..]);
                 // SAFETY: the CPU has AVX-512F (checked above); the function asserts the
                 // bounds of its reads and writes.
-                unsafe {
-                    tile_transform(
-                        &a_matrix,
-                        (a, m_),
-                        &d,
-                        cout,
-                        Out::F32(&mut dm[tile * cout..]),
-                        tiles * cout,
-                    )
-                };
+                unsafe { self.tile_transform(Transform::Gradient, &d, cout, dm, tiles * cout) };
                 continue;
             }
             // s[r][j] = (dY A^T)[r][j].
