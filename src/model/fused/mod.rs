@@ -246,8 +246,7 @@ impl FoldedConv {
                 let lhs: &[f32] = if window == (1, 1, 0) {
                     x
                 } else {
-                    scratch.input.resize(rows * depth, 0.0);
-                    let col = &mut scratch.input;
+                    let col = grown(&mut scratch.input, rows * depth);
                     im2col(x, (h, w), self.cin, window, (ho, wo), depth, col);
                     col
                 };
@@ -273,6 +272,16 @@ impl FoldedConv {
 /// One row of `row` values (at least `k * k * c`, the rest zero) per output pixel of a
 /// `k x k` convolution of NHWC `x` (`c` channels): the input values it sees, in (ky, kx, ci)
 /// order, zero outside.
+/// The first `len` values of a working buffer that only grows. Buffers shared by layers of
+/// different sizes are not zero-filled again each time a larger layer follows a smaller one:
+/// what the caller does not write holds stale values.
+fn grown<T: Copy + Default>(buffer: &mut Vec<T>, len: usize) -> &mut [T] {
+    if buffer.len() < len {
+        buffer.resize(len, T::default());
+    }
+    &mut buffer[..len]
+}
+
 fn im2col<T: Copy + Default>(
     x: &[T],
     (h, w): (usize, usize),
@@ -332,10 +341,8 @@ fn im2col_bf16(
     let pairs = (window.0 * window.0 * c).div_ceil(2);
     let count = images * ho * wo;
     // Whole micro-tiles of rows; those past `count` are read by the product, their sums dropped.
-    scratch
-        .words
-        .resize(count.next_multiple_of(bf16::MR) * pairs, 0);
-    let rows = scratch.words.chunks_mut(ho * wo * pairs);
+    let words = grown(&mut scratch.words, count.next_multiple_of(bf16::MR) * pairs);
+    let rows = words.chunks_mut(ho * wo * pairs);
     for (x, rows) in x.chunks_exact(h * w * c).zip(rows).take(images) {
         bf16::to_words(x, &mut scratch.image);
         let image = &bf16::halves(&scratch.image)[..h * w * c];

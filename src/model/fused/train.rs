@@ -34,7 +34,7 @@ use rayon::prelude::*;
 use super::bf16::{self, Packed};
 use super::product::{Rhs, Weights, matmul};
 use super::winograd::{self, Tiling};
-use super::{EPSILON, Epilogue, Scratch, im2col, im2col_bf16};
+use super::{EPSILON, Epilogue, Scratch, grown, im2col, im2col_bf16};
 use crate::model::{FEATURES, Precision, ResNet18};
 
 /// PyTorch's batch-norm momentum, as in [`crate::model::BatchNorm2d`].
@@ -414,7 +414,7 @@ impl Conv {
         let conv = *self;
         let so = self.out_size(size);
         let per_col = so * so * conv.depth();
-        col.resize(images * per_col, 0.0);
+        let col = grown(col, images * per_col);
         for (x, col) in x
             .chunks(size * size * conv.cin)
             .zip(col.chunks_mut(per_col))
@@ -699,7 +699,7 @@ impl ConvBn {
                             Write::Overwrite => run(dx, None, scratch),
                             Write::Add => {
                                 // Winograd writes whole maps: the sum into dcol, then back.
-                                dcol.resize(dx.len(), 0.0);
+                                let dcol = grown(dcol, dx.len());
                                 run(dcol, Some(dx), scratch);
                                 dx.copy_from_slice(dcol);
                             }
@@ -707,7 +707,7 @@ impl ConvBn {
                     }
                     None => {
                         // dcol = dz · W^T, then back onto the input's pixels.
-                        dcol.resize(rows * depth, 0.0);
+                        let dcol = grown(dcol, rows * depth);
                         matmul(
                             (rows, depth, conv.cout),
                             dcol,

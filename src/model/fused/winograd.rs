@@ -15,7 +15,7 @@ use rayon::prelude::*;
 
 use super::bf16;
 use super::product::{Rhs, Weights, matmul};
-use super::{Epilogue, Scratch};
+use super::{Epilogue, Scratch, grown};
 use crate::model::Precision;
 
 /// One F(m x m, 3x3) algorithm: its input (`bt`, `a x a`), kernel (`g`, `a x 3`) and output
@@ -501,10 +501,10 @@ impl Tiling {
         let count = tiles.len();
         let avx512 = avx512();
         // Values from one point's matrix to the next. Every value of the tiles is written
-        // below (bf16's padding rows are read, but their sums dropped): resizing only grows.
+        // below (bf16's padding rows are read, but their sums dropped).
         let point_values = match &mut out {
             Transformed::F32(v) => {
-                v.resize(points * count * cin, 0.0);
+                grown(v, points * count * cin);
                 count * cin
             }
             Transformed::Bf16(words) => {
@@ -513,7 +513,7 @@ impl Tiling {
                     "bf16 rows of whole pairs, on AVX-512"
                 );
                 let rows = count.next_multiple_of(bf16::MR);
-                words.resize(points * rows * cin / 2, 0);
+                grown(words, points * rows * cin / 2);
                 rows * cin
             }
         };
@@ -626,8 +626,7 @@ impl Tiling {
 
             // The products, M[point] = V[point] x U[point]. Every element of m is written
             // below: resizing only grows it.
-            let m = &mut scratch.product;
-            m.resize(points * count * cout, 0.0);
+            let m = grown(&mut scratch.product, points * count * cout);
             let product =
                 |(point, dst): (usize, &mut [f32]), par: Parallelism| match weights.get(point) {
                     Rhs::Bf16(packed) if bf16_rows => {
@@ -649,7 +648,6 @@ impl Tiling {
                         )
                     }
                 };
-            let m = &mut m[..points * count * cout];
             match parallelism {
                 Parallelism::None => m
                     .chunks_mut(count * cout)
@@ -749,8 +747,7 @@ impl Tiling {
         let v = &scratch.input;
 
         // dM[point][tile][co] = (A dY A^T) of each tile, dY zero outside the map.
-        let dm = &mut scratch.product;
-        dm.resize(points * tiles * cout, 0.0);
+        let dm = grown(&mut scratch.product, points * tiles * cout);
         let column = |matrix: &[f32], width: usize, j: usize| -> Vec<f32> {
             matrix.iter().skip(j).step_by(width).copied().collect()
         };
@@ -805,8 +802,7 @@ impl Tiling {
         }
 
         // dU[point] = V[point]^T dM[point], [points][cin][cout].
-        let du = &mut scratch.gradient;
-        du.resize(points * cin * cout, 0.0);
+        let du = grown(&mut scratch.gradient, points * cin * cout);
         for (point, du) in du.chunks_mut(cin * cout).enumerate() {
             matmul(
                 (cin, cout, tiles),
