@@ -272,6 +272,18 @@ impl FoldedConv {
 /// One row of `row` values (at least `k * k * c`, the rest zero) per output pixel of a
 /// `k x k` convolution of NHWC `x` (`c` channels): the input values it sees, in (ky, kx, ci)
 /// order, zero outside.
+/// One RGB image from CHW (planes, as the transforms give it) to HWC (pixels, as the kernels
+/// read it).
+fn to_hwc(image: &[f32], hwc: &mut [f32]) {
+    let plane = image.len() / 3;
+    assert_eq!(hwc.len(), 3 * plane, "3 planes in, as many pixels out");
+    let (r, gb) = image.split_at(plane);
+    let (g, b) = gb.split_at(plane);
+    for (px, ((r, g), b)) in hwc.chunks_exact_mut(3).zip(r.iter().zip(g).zip(b)) {
+        px.copy_from_slice(&[*r, *g, *b]);
+    }
+}
+
 /// The first `len` values of a working buffer that only grows. Buffers shared by layers of
 /// different sizes are not zero-filled again each time a larger layer follows a smaller one:
 /// what the caller does not write holds stale values.
@@ -368,6 +380,10 @@ struct Buffers {
     scratch: Scratch,
 }
 
+thread_local! {
+    static BUFFERS: std::cell::RefCell<Buffers> = std::cell::RefCell::new(Buffers::default());
+}
+
 impl FusedResNet18 {
     /// Folds `model`'s eval-mode batch norms into its convolutions, for products in
     /// `precision` (which this CPU must run: [`Precision::on_this_cpu`]).
@@ -423,8 +439,13 @@ impl FusedResNet18 {
         if n >= threads {
             out.par_chunks_mut(FEATURES)
                 .zip(images.par_chunks(per_image))
-                .for_each_init(Buffers::default, |buf, (f, img)| {
-                    self.image_features(img, size, f, buf, Parallelism::None)
+                .for_each(|(f, img)| {
+                    // The thread's buffers, sized by its first image and kept from call to
+                    // call (rayon's per-task `for_each_init` made fresh ones several times a
+                    // batch, each growing and zero-filling them again).
+                    let mut buf = BUFFERS.take();
+                    self.image_features(img, size, f, &mut buf, Parallelism::None);
+                    BUFFERS.set(buf);
                 });
         } else {
             let mut buf = Buffers::default();
@@ -461,11 +482,8 @@ impl FusedResNet18 {
         buf: &mut Buffers,
         par: Parallelism,
     ) {
-        // CHW -> HWC.
-        let plane = size * size;
-        buf.a.clear();
-        buf.a
-            .extend((0..plane).flat_map(|p| (0..3).map(move |c| image[c * plane + p])));
+        buf.a.resize(image.len(), 0.0);
+        to_hwc(image, &mut buf.a);
         let (mut h, mut w) = self.stem.forward(
             &buf.a,
             (size, size),

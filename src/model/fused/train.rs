@@ -34,7 +34,7 @@ use rayon::prelude::*;
 use super::bf16::{self, Packed};
 use super::product::{Rhs, Weights, matmul};
 use super::winograd::{self, Tiling};
-use super::{EPSILON, Epilogue, Scratch, grown, im2col, im2col_bf16};
+use super::{EPSILON, Epilogue, Scratch, grown, im2col, im2col_bf16, to_hwc};
 use crate::model::{FEATURES, Precision, ResNet18};
 
 /// PyTorch's batch-norm momentum, as in [`crate::model::BatchNorm2d`].
@@ -1004,19 +1004,12 @@ impl TrainNet {
     }
 
     fn forward(&mut self, images: &[f32], size: usize, n: usize) {
-        // NCHW -> NHWC.
         let plane = size * size;
         self.input.resize(n * 3 * plane, 0.0);
         self.input
             .par_chunks_mut(3 * plane)
             .zip(images.par_chunks(3 * plane))
-            .for_each(|(dst, src)| {
-                for (p, px) in dst.chunks_exact_mut(3).enumerate() {
-                    for (c, v) in px.iter_mut().enumerate() {
-                        *v = src[c * plane + p];
-                    }
-                }
-            });
+            .for_each(|(hwc, image)| to_hwc(image, hwc));
         let partial = &mut self.work.partial;
         self.stem.forward(&self.input, n, size, partial);
         // relu(bn(z)) and the 3x3 stride-2 max-pool in one pass, keeping each maximum's index.
