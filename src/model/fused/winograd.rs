@@ -207,69 +207,92 @@ fn avx512() -> bool {
     }
 }
 
-/// Where a transform's values go: f32 values, or the bf16 kernel's rows (two bf16 values a
-/// word, rounded to nearest even as its operands are).
+/// Where a transform's values go: f32 values, the bf16 kernel's rows (two bf16 values a
+/// word, rounded to nearest even as its operands are), or a convolution's output pixels.
 enum Out<'a> {
-    F32(&'a mut [f32]),
-    Bf16(&'a mut [u32]),
+    F32(Strided<'a, f32>),
+    Bf16(Strided<'a, u32>),
+    Pixels(Pixels<'a>),
+}
+
+/// Values `stride` apart in `data` (`stride` counts `T`s for f32, bf16 halves for `u32`).
+struct Strided<'a, T> {
+    data: &'a mut [T],
+    stride: usize,
+}
+
+/// No output pixel: the tile reaches past the map.
+const OUTSIDE: usize = usize::MAX;
+
+/// One tile's output pixels, value `p` at `out[at[p]..]` (or [`OUTSIDE`]), each stored as
+/// `act(value + bias [+ residual])` while in registers: no pass over a copy of the tile.
+struct Pixels<'a> {
+    out: &'a mut [f32],
+    at: [usize; 16],
+    epilogue: &'a Epilogue<'a>,
 }
 
 /// Stores of [`tile_transform_body`], inlined into the function of each output type, which
 /// enables the instructions they need.
 #[cfg(target_arch = "x86_64")]
 trait Sink {
-    /// Values the destination holds.
-    fn len(&self) -> usize;
-    /// The masked lanes of `v` to values `at..`.
+    /// Whether channels `..n` of each of the first `values` values are within the destination.
+    fn holds(&self, values: usize, n: usize) -> bool;
+    /// The masked lanes of `v` to channels `ch..` of value `p`.
     ///
     /// # Safety
-    /// The lanes are within `len()`, and the CPU has the caller's features.
+    /// `holds(values, n)` for some `p < values` and the masked lanes `< n`, and the CPU has
+    /// the caller's features.
     unsafe fn store(
         &mut self,
-        at: usize,
+        p: usize,
+        ch: usize,
         mask: std::arch::x86_64::__mmask16,
         v: std::arch::x86_64::__m512,
     );
 }
 
 #[cfg(target_arch = "x86_64")]
-impl Sink for &mut [f32] {
-    fn len(&self) -> usize {
-        <[f32]>::len(self)
+impl Sink for Strided<'_, f32> {
+    fn holds(&self, values: usize, n: usize) -> bool {
+        values == 0 || (values - 1) * self.stride + n <= self.data.len()
     }
 
     #[inline(always)]
     unsafe fn store(
         &mut self,
-        at: usize,
+        p: usize,
+        ch: usize,
         mask: std::arch::x86_64::__mmask16,
         v: std::arch::x86_64::__m512,
     ) {
+        let at = p * self.stride + ch;
         // SAFETY: the caller's promise.
-        unsafe { std::arch::x86_64::_mm512_mask_storeu_ps(self.as_mut_ptr().add(at), mask, v) }
+        unsafe { std::arch::x86_64::_mm512_mask_storeu_ps(self.data.as_mut_ptr().add(at), mask, v) }
     }
 }
 
 #[cfg(target_arch = "x86_64")]
-impl Sink for &mut [u32] {
-    /// bf16 values: two a word.
-    fn len(&self) -> usize {
-        2 * <[u32]>::len(self)
+impl Sink for Strided<'_, u32> {
+    fn holds(&self, values: usize, n: usize) -> bool {
+        values == 0 || (values - 1) * self.stride + n <= 2 * self.data.len()
     }
 
     #[inline(always)]
     unsafe fn store(
         &mut self,
-        at: usize,
+        p: usize,
+        ch: usize,
         mask: std::arch::x86_64::__mmask16,
         v: std::arch::x86_64::__m512,
     ) {
         use std::arch::x86_64::*;
+        let at = p * self.stride + ch;
         // SAFETY: the caller's promise (AVX512_BF16, BW and VL among its features).
         unsafe {
             let h = _mm512_cvtneps_pbh(v);
             _mm256_mask_storeu_epi16(
-                self.as_mut_ptr().cast::<u16>().add(at).cast(),
+                self.data.as_mut_ptr().cast::<u16>().add(at).cast(),
                 mask,
                 std::mem::transmute::<__m256bh, __m256i>(h),
             )
@@ -277,9 +300,55 @@ impl Sink for &mut [u32] {
     }
 }
 
+#[cfg(target_arch = "x86_64")]
+impl Sink for Pixels<'_> {
+    fn holds(&self, values: usize, n: usize) -> bool {
+        let Epilogue { bias, residual, .. } = self.epilogue;
+        let within =
+            |at: usize| at + n <= self.out.len() && residual.is_none_or(|r| at + n <= r.len());
+        values <= self.at.len()
+            && n <= bias.len()
+            && self.at[..values]
+                .iter()
+                .all(|&at| at == OUTSIDE || within(at))
+    }
+
+    #[inline(always)]
+    unsafe fn store(
+        &mut self,
+        p: usize,
+        ch: usize,
+        mask: std::arch::x86_64::__mmask16,
+        v: std::arch::x86_64::__m512,
+    ) {
+        use std::arch::x86_64::*;
+        let at = self.at[p];
+        if at == OUTSIDE {
+            return;
+        }
+        let Epilogue {
+            bias,
+            residual,
+            relu,
+        } = self.epilogue;
+        // SAFETY: the caller's promise: the masked lanes are within the bias, the residual
+        // and the output. The operations of the portable epilogue, in its order.
+        unsafe {
+            let mut v = _mm512_add_ps(v, _mm512_maskz_loadu_ps(mask, bias.as_ptr().add(ch)));
+            if let Some(r) = residual {
+                v = _mm512_add_ps(v, _mm512_maskz_loadu_ps(mask, r.as_ptr().add(at + ch)));
+            }
+            if *relu {
+                v = _mm512_max_ps(v, _mm512_setzero_ps());
+            }
+            _mm512_mask_storeu_ps(self.out.as_mut_ptr().add(at + ch), mask, v)
+        }
+    }
+}
+
 /// `C d C^T` of one tile, 16 channels at a time in registers: `d[k * I + l]` is the tile's
 /// value (k, l), `C` is `T`'s `O x I` coefficients, and value (i, j) of the result goes to
-/// `out[(i * O + j) * stride..][..n]`. Every transform is one of these: the input's
+/// channels `..n` of `out`'s value `i * O + j`. Every transform is one of these: the input's
 /// (`C = B^T`), the output's (`C = A^T`) and the output gradient's (`C = A`). The same
 /// operations in the same order as [`combine`]'s two passes (each product rounded, then
 /// added), so the same bits as the portable path; it reads and writes each value once where
@@ -294,11 +363,10 @@ unsafe fn tile_transform_body<const I: usize, const O: usize, T: Coefficients<O,
     d: &[&[f32]],
     n: usize,
     mut out: S,
-    stride: usize,
 ) {
     use std::arch::x86_64::*;
     assert!(d.len() >= I * I && d[..I * I].iter().all(|d| d.len() >= n));
-    assert!(out.len() >= (O * O - 1) * stride + n);
+    assert!(out.holds(O * O, n));
     // Plain loops and a function with the same target features, not closures: a closure is
     // compiled without them and called for every term.
     #[inline]
@@ -339,23 +407,22 @@ unsafe fn tile_transform_body<const I: usize, const O: usize, T: Coefficients<O,
                 }
                 // SAFETY: within out (asserted), the masked lanes below n; the caller's
                 // features.
-                unsafe { out.store((i * O + j) * stride + ch, mask, v) };
+                unsafe { out.store(i * O + j, ch, mask, v) };
             }
         }
     }
 }
 
-/// [`tile_transform_body`] into f32 values.
+/// [`tile_transform_body`] into f32 values (plain, or output pixels).
 #[cfg(target_arch = "x86_64")]
 #[target_feature(enable = "avx512f")]
-unsafe fn tile_transform_f32<const I: usize, const O: usize, T: Coefficients<O, I>>(
+unsafe fn tile_transform_f32<const I: usize, const O: usize, T: Coefficients<O, I>, S: Sink>(
     d: &[&[f32]],
     n: usize,
-    out: &mut [f32],
-    stride: usize,
+    out: S,
 ) {
     // SAFETY: this function enables what the stores need.
-    unsafe { tile_transform_body::<I, O, T, _>(d, n, out, stride) }
+    unsafe { tile_transform_body::<I, O, T, _>(d, n, out) }
 }
 
 /// [`tile_transform_body`] into bf16 values.
@@ -364,11 +431,10 @@ unsafe fn tile_transform_f32<const I: usize, const O: usize, T: Coefficients<O, 
 unsafe fn tile_transform_bf16<const I: usize, const O: usize, T: Coefficients<O, I>>(
     d: &[&[f32]],
     n: usize,
-    out: &mut [u32],
-    stride: usize,
+    out: Strided<u32>,
 ) {
     // SAFETY: this function enables what the stores need.
-    unsafe { tile_transform_body::<I, O, T, _>(d, n, out, stride) }
+    unsafe { tile_transform_body::<I, O, T, _>(d, n, out) }
 }
 
 /// Where [`Tiling::input_transform`] writes.
@@ -401,52 +467,44 @@ impl Tiling {
         self.m + 2
     }
 
-    /// [`tile_transform_body`] with one of this tiling's transforms; `stride` and `n` count
-    /// values of `out`'s type.
+    /// [`tile_transform_body`] with one of this tiling's transforms.
     ///
     /// # Safety
     /// The CPU has AVX-512F, and AVX512_BF16 (with BW and VL) for bf16 output.
     #[cfg(target_arch = "x86_64")]
-    unsafe fn tile_transform(
-        &self,
-        transform: Transform,
-        d: &[&[f32]],
-        n: usize,
-        out: Out,
-        stride: usize,
-    ) {
+    unsafe fn tile_transform(&self, transform: Transform, d: &[&[f32]], n: usize, out: Out) {
         /// # Safety
         /// As [`Tiling::tile_transform`]'s.
         unsafe fn run<const I: usize, const O: usize, T: Coefficients<O, I>>(
             d: &[&[f32]],
             n: usize,
             out: Out,
-            stride: usize,
         ) {
             // SAFETY: the caller's promise; the functions assert their bounds.
             unsafe {
                 match out {
-                    Out::F32(out) => tile_transform_f32::<I, O, T>(d, n, out, stride),
-                    Out::Bf16(out) => tile_transform_bf16::<I, O, T>(d, n, out, stride),
+                    Out::F32(out) => tile_transform_f32::<I, O, T, _>(d, n, out),
+                    Out::Pixels(out) => tile_transform_f32::<I, O, T, _>(d, n, out),
+                    Out::Bf16(out) => tile_transform_bf16::<I, O, T>(d, n, out),
                 }
             }
         }
         // SAFETY: the caller's promise.
         unsafe {
             match (self.m, transform) {
-                (2, Transform::Input) => run::<4, 4, Input<2>>(d, n, out, stride),
-                (4, Transform::Input) => run::<6, 6, Input<4>>(d, n, out, stride),
-                (2, Transform::Output) => run::<4, 2, Output<2>>(d, n, out, stride),
-                (4, Transform::Output) => run::<6, 4, Output<4>>(d, n, out, stride),
-                (2, Transform::Gradient) => run::<2, 4, Gradient<2>>(d, n, out, stride),
-                (4, Transform::Gradient) => run::<4, 6, Gradient<4>>(d, n, out, stride),
+                (2, Transform::Input) => run::<4, 4, Input<2>>(d, n, out),
+                (4, Transform::Input) => run::<6, 6, Input<4>>(d, n, out),
+                (2, Transform::Output) => run::<4, 2, Output<2>>(d, n, out),
+                (4, Transform::Output) => run::<6, 4, Output<4>>(d, n, out),
+                (2, Transform::Gradient) => run::<2, 4, Gradient<2>>(d, n, out),
+                (4, Transform::Gradient) => run::<4, 6, Gradient<4>>(d, n, out),
                 _ => unreachable!("F(2x2) and F(4x4) only"),
             }
         }
     }
 
     #[cfg(not(target_arch = "x86_64"))]
-    unsafe fn tile_transform(&self, _: Transform, _: &[&[f32]], _: usize, _: Out, _: usize) {
+    unsafe fn tile_transform(&self, _: Transform, _: &[&[f32]], _: usize, _: Out) {
         unreachable!("avx512() is false off x86_64")
     }
 
@@ -545,13 +603,20 @@ impl Tiling {
                 for (p, d) in d.iter_mut().take(points).enumerate() {
                     *d = pixel(p / a, p % a);
                 }
+                let stride = point_values;
                 let dst = match &mut out {
-                    Transformed::F32(v) => Out::F32(&mut v[tile * cin..]),
-                    Transformed::Bf16(words) => Out::Bf16(&mut words[tile * cin / 2..]),
+                    Transformed::F32(v) => Out::F32(Strided {
+                        data: &mut v[tile * cin..],
+                        stride,
+                    }),
+                    Transformed::Bf16(words) => Out::Bf16(Strided {
+                        data: &mut words[tile * cin / 2..],
+                        stride,
+                    }),
                 };
                 // SAFETY: the CPU has AVX-512F (checked above), and AVX512_BF16 where the
                 // weights are bf16; the function asserts the bounds of its reads and writes.
-                unsafe { self.tile_transform(Transform::Input, &d, cin, dst, point_values) };
+                unsafe { self.tile_transform(Transform::Input, &d, cin, dst) };
                 continue;
             }
             let Transformed::F32(v) = &mut out else {
@@ -606,9 +671,12 @@ impl Tiling {
             "the output holds every map"
         );
         let block = self.block_tiles(cin, cout);
-        let mut s = vec![0.0; a * m_ * cout];
-        let mut y = vec![0.0; m_ * m_ * cout];
         let avx512 = avx512();
+        // The portable output transform's (M A) and A^T M A of a tile.
+        let (mut s, mut y) = match avx512 {
+            true => (Vec::new(), Vec::new()),
+            false => (vec![0.0; a * m_ * cout], vec![0.0; m_ * m_ * cout]),
+        };
         // bf16 products read the transformed input as the bf16 rows the transform writes, not
         // converted from f32 in a pass of their own (the portable transforms keep that path).
         let bf16_rows = weights.precision() == Precision::Bf16 && avx512 && cin.is_multiple_of(2);
@@ -664,39 +732,51 @@ impl Tiling {
             for (tile, t) in (first..first + count).enumerate() {
                 let (image, ty, tx) = tile_at(t, (th, tw));
                 let at = |i: usize, j: usize| &m[((i * a + j) * count + tile) * cout..][..cout];
+                // Where the tile's output value (r, b) goes, if inside the map.
+                let pixel_at = |rb: usize| {
+                    let (oy, ox) = (m_ * ty + rb / m_, m_ * tx + rb % m_);
+                    (oy < h && ox < w).then(|| ((image * h + oy) * w + ox) * cout)
+                };
                 if avx512 {
                     let mut d = [&[][..]; 36];
                     for (p, d) in d.iter_mut().take(points).enumerate() {
                         *d = at(p / a, p % a);
                     }
-                    let y = Out::F32(&mut y);
-                    // SAFETY: the CPU has AVX-512F (checked above); the function asserts the
-                    // bounds of its reads and writes.
-                    unsafe { self.tile_transform(Transform::Output, &d, cout, y, cout) };
-                } else {
-                    // s[i][b] = (M A)[i][b], then y[r][b] = (A^T s)[r][b].
-                    for i in 0..a {
-                        for b in 0..m_ {
-                            combine(
-                                &mut s[(i * m_ + b) * cout..][..cout],
-                                &self.at[b * a..][..a],
-                                |j| at(i, j),
-                            );
+                    let mut pixels = Pixels {
+                        out: &mut *out,
+                        at: [OUTSIDE; 16],
+                        epilogue: &epilogue,
+                    };
+                    for (rb, at) in pixels.at.iter_mut().take(m_ * m_).enumerate() {
+                        if let Some(pixel) = pixel_at(rb) {
+                            *at = pixel;
                         }
                     }
-                    for (rb, y) in y.chunks_exact_mut(cout).enumerate() {
-                        let (r, b) = (rb / m_, rb % m_);
-                        combine(y, &self.at[r * a..][..a], |i| {
-                            &s[(i * m_ + b) * cout..][..cout]
-                        });
+                    // SAFETY: the CPU has AVX-512F (checked above); the function asserts the
+                    // bounds of its reads and writes.
+                    unsafe {
+                        self.tile_transform(Transform::Output, &d, cout, Out::Pixels(pixels))
+                    };
+                    continue;
+                }
+                // s[i][b] = (M A)[i][b], then y[r][b] = (A^T s)[r][b].
+                for i in 0..a {
+                    for b in 0..m_ {
+                        combine(
+                            &mut s[(i * m_ + b) * cout..][..cout],
+                            &self.at[b * a..][..a],
+                            |j| at(i, j),
+                        );
                     }
                 }
+                for (rb, y) in y.chunks_exact_mut(cout).enumerate() {
+                    let (r, b) = (rb / m_, rb % m_);
+                    combine(y, &self.at[r * a..][..a], |i| {
+                        &s[(i * m_ + b) * cout..][..cout]
+                    });
+                }
                 for (rb, y) in y.chunks_exact(cout).enumerate() {
-                    let (oy, ox) = (m_ * ty + rb / m_, m_ * tx + rb % m_);
-                    if oy >= h || ox >= w {
-                        continue;
-                    }
-                    let at = ((image * h + oy) * w + ox) * cout;
+                    let Some(at) = pixel_at(rb) else { continue };
                     let dst = &mut out[at..at + cout];
                     dst.iter_mut()
                         .zip(y)
@@ -777,10 +857,13 @@ impl Tiling {
                 for (p, d) in d.iter_mut().take(m_ * m_).enumerate() {
                     *d = pixel(p / m_, p % m_);
                 }
-                let dm = Out::F32(&mut dm[tile * cout..]);
+                let dm = Out::F32(Strided {
+                    data: &mut dm[tile * cout..],
+                    stride: tiles * cout,
+                });
                 // SAFETY: the CPU has AVX-512F (checked above); the function asserts the
                 // bounds of its reads and writes.
-                unsafe { self.tile_transform(Transform::Gradient, &d, cout, dm, tiles * cout) };
+                unsafe { self.tile_transform(Transform::Gradient, &d, cout, dm) };
                 continue;
             }
             // s[r][j] = (dY A^T)[r][j].
@@ -947,6 +1030,7 @@ mod tests {
         let dy: Vec<f32> = (0..images * h * w * cout).map(|_| next()).collect();
         let weight: Vec<f32> = (0..9 * cin * cout).map(|_| next()).collect();
         let bias: Vec<f32> = (0..cout).map(|_| next()).collect();
+        let residual: Vec<f32> = (0..images * h * w * cout).map(|_| next()).collect();
         let bits = |v: &[f32]| v.iter().map(|v| v.to_bits()).collect::<Vec<_>>();
         let precisions = [Precision::Fp32]
             .into_iter()
@@ -966,7 +1050,7 @@ mod tests {
                 let mut out = vec![0.0; images * h * w * cout];
                 let epilogue = Epilogue {
                     bias: &bias,
-                    residual: None,
+                    residual: Some(&residual),
                     relu: true,
                 };
                 let mut scratch = Scratch::default();
