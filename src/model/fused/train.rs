@@ -103,6 +103,12 @@ impl Conv {
     fn winograd(&self) -> Option<&'static Tiling> {
         winograd::tiling(self.window(), self.cin, self.precision)
     }
+
+    /// The tiling of its weight gradient, which is f32 at either precision: f32's, with
+    /// F(4x4)'s fewer multiplies where the maps are large, even where bf16 runs F(2x2).
+    fn weight_gradient_tiling(&self) -> Option<&'static Tiling> {
+        winograd::tiling(self.window(), self.cin, Precision::Fp32)
+    }
 }
 
 /// A bias-free convolution and the train-mode batch norm after it, with what the forward pass
@@ -651,7 +657,7 @@ impl ConvBn {
                 // transformed operands lose accuracy in bf16 (PERFORMANCE.md, change 8), and
                 // the im2col ones ran faster in f32 than with bf16's conversions and packing
                 // (change 15).
-                match conv.winograd() {
+                match conv.weight_gradient_tiling() {
                     Some(tiling) => tiling.weight_gradient(
                         x,
                         dz,
