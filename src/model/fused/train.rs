@@ -533,30 +533,31 @@ impl ConvBn {
             .enumerate()
             .for_each(|(i, (dy, acc))| {
                 let z = &z[i * per..][..per];
-                match mask {
-                    Mask::None => {}
-                    Mask::Output(out) => {
-                        let out = &out[i * per..][..per];
-                        // A store every time: the select vectorises, where a branch on
-                        // the mask mispredicts about half the time.
-                        dy.iter_mut()
-                            .zip(out)
-                            .for_each(|(d, o)| *d = if *o <= 0.0 { 0.0 } else { *d });
-                    }
-                    Mask::Recompute => {
-                        let (scale, shift) = affine.as_ref().expect("computed for Recompute");
-                        for (d, zp) in dy.chunks_exact_mut(c).zip(z.chunks_exact(c)) {
+                let out = match mask {
+                    Mask::Output(out) => &out[i * per..][..per],
+                    _ => &[],
+                };
+                // sum(dy * xhat) = invstd * (sum(dy * z) - mean * sum(dy)): per image in f64,
+                // where the subtraction loses nothing. Pixel by pixel, the mask first, while
+                // the pixel's values are in L1.
+                let (sum_dy, sum_dy_z) = acc.split_at_mut(c);
+                for (p, (d, zp)) in dy.chunks_exact_mut(c).zip(z.chunks_exact(c)).enumerate() {
+                    // Stores every time: the selects vectorise, where a branch on the mask
+                    // mispredicts about half the time.
+                    match mask {
+                        Mask::None => {}
+                        Mask::Output(_) => d
+                            .iter_mut()
+                            .zip(&out[p * c..][..c])
+                            .for_each(|(d, o)| *d = if *o <= 0.0 { 0.0 } else { *d }),
+                        Mask::Recompute => {
+                            let (scale, shift) = affine.as_ref().expect("computed for Recompute");
                             let per_channel = scale.iter().zip(shift);
                             for ((d, z), (a, b)) in d.iter_mut().zip(zp).zip(per_channel) {
                                 *d = if z * a + b <= 0.0 { 0.0 } else { *d };
                             }
                         }
                     }
-                }
-                // sum(dy * xhat) = invstd * (sum(dy * z) - mean * sum(dy)): per image in f64,
-                // where the subtraction loses nothing.
-                let (sum_dy, sum_dy_z) = acc.split_at_mut(c);
-                for (d, zp) in dy.chunks_exact(c).zip(z.chunks_exact(c)) {
                     let sums = sum_dy.iter_mut().zip(sum_dy_z.iter_mut());
                     for ((d, z), (s, sz)) in d.iter().zip(zp).zip(sums) {
                         *s += f64::from(*d);
