@@ -8,6 +8,8 @@
 //! (2.25x fewer), F(4x4, 3x3) 36 per 16 (4x fewer) at the cost of larger transforms and more
 //! rounding; these convolutions are 83% of ResNet-18's arithmetic.
 
+#[cfg(target_arch = "x86_64")]
+use std::arch::x86_64::{__m512, __mmask16};
 use std::mem::MaybeUninit;
 
 use gemm::Parallelism;
@@ -243,13 +245,7 @@ trait Sink {
     /// # Safety
     /// `holds(values, n)` for some `p < values` and the masked lanes `< n`, and the CPU has
     /// the caller's features.
-    unsafe fn store(
-        &mut self,
-        p: usize,
-        ch: usize,
-        mask: std::arch::x86_64::__mmask16,
-        v: std::arch::x86_64::__m512,
-    );
+    unsafe fn store(&mut self, p: usize, ch: usize, mask: __mmask16, v: __m512);
 }
 
 #[cfg(target_arch = "x86_64")]
@@ -259,13 +255,7 @@ impl Sink for Strided<'_, f32> {
     }
 
     #[inline(always)]
-    unsafe fn store(
-        &mut self,
-        p: usize,
-        ch: usize,
-        mask: std::arch::x86_64::__mmask16,
-        v: std::arch::x86_64::__m512,
-    ) {
+    unsafe fn store(&mut self, p: usize, ch: usize, mask: __mmask16, v: __m512) {
         let at = p * self.stride + ch;
         // SAFETY: the caller's promise.
         unsafe { std::arch::x86_64::_mm512_mask_storeu_ps(self.data.as_mut_ptr().add(at), mask, v) }
@@ -279,13 +269,7 @@ impl Sink for Strided<'_, u32> {
     }
 
     #[inline(always)]
-    unsafe fn store(
-        &mut self,
-        p: usize,
-        ch: usize,
-        mask: std::arch::x86_64::__mmask16,
-        v: std::arch::x86_64::__m512,
-    ) {
+    unsafe fn store(&mut self, p: usize, ch: usize, mask: __mmask16, v: __m512) {
         use std::arch::x86_64::*;
         let at = p * self.stride + ch;
         // SAFETY: the caller's promise (AVX512_BF16, BW and VL among its features).
@@ -314,13 +298,7 @@ impl Sink for Pixels<'_> {
     }
 
     #[inline(always)]
-    unsafe fn store(
-        &mut self,
-        p: usize,
-        ch: usize,
-        mask: std::arch::x86_64::__mmask16,
-        v: std::arch::x86_64::__m512,
-    ) {
+    unsafe fn store(&mut self, p: usize, ch: usize, mask: __mmask16, v: __m512) {
         use std::arch::x86_64::*;
         let at = self.at[p];
         if at == OUTSIDE {
