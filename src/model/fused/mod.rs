@@ -269,9 +269,6 @@ impl FoldedConv {
     }
 }
 
-/// One row of `row` values (at least `k * k * c`, the rest zero) per output pixel of a
-/// `k x k` convolution of NHWC `x` (`c` channels): the input values it sees, in (ky, kx, ci)
-/// order, zero outside.
 /// One RGB image from CHW (planes, as the transforms give it) to HWC (pixels, as the kernels
 /// read it).
 fn to_hwc(image: &[f32], hwc: &mut [f32]) {
@@ -294,6 +291,9 @@ fn grown<T: Copy + Default>(buffer: &mut Vec<T>, len: usize) -> &mut [T] {
     &mut buffer[..len]
 }
 
+/// One row of `row` values (at least `k * k * c`, the rest zero) per output pixel of a
+/// `k x k` convolution of NHWC `x` (`c` channels): the input values it sees, in (ky, kx, ci)
+/// order, zero outside.
 fn im2col<T: Copy + Default>(
     x: &[T],
     (h, w): (usize, usize),
